@@ -1,0 +1,132 @@
+/// @file sae/config.hpp
+/// SaeConfig: the shape and kind of an SAE, and its SAELens (v6) `cfg.json` form.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace sae {
+
+/// The activation family of an SAE, named as SAELens names it in cfg.json.
+enum class Architecture {
+  Standard,  ///< ReLU + L1 ("standard")
+  TopK,      ///< per-token top-k ("topk")
+};
+
+inline std::string_view architecture_name(Architecture a) {
+  switch (a) {
+    case Architecture::Standard: return "standard";
+    case Architecture::TopK: return "topk";
+  }
+  return "unknown";
+}
+
+/// Parses "standard"/"relu" and "topk"; throws std::invalid_argument for anything else.
+inline Architecture parse_architecture(std::string_view s) {
+  if (s == "standard" || s == "relu") return Architecture::Standard;
+  if (s == "topk") return Architecture::TopK;
+  throw std::invalid_argument("unknown architecture '" + std::string(s) +
+                              "' (expected standard|relu|topk)");
+}
+
+/// Shape and kind of one SAE.
+///
+/// Notation used across libsae: d = d_in (activation width), m = d_sae (dictionary size),
+/// B = tokens in a batch, k = active latents per token (TopK).
+struct SaeConfig {
+  std::int64_t d_in = 0;                        ///< d
+  std::int64_t d_sae = 0;                       ///< m
+  Architecture architecture = Architecture::TopK;
+  std::int64_t k = 0;                           ///< active latents per token (TopK only)
+  bool apply_b_dec_to_input = true;             ///< encode x - b_dec (true) or x (false)
+  std::string normalize_activations = "none";   ///< SAELens field; libsae folds scaling into weights
+  std::string dtype = "float32";                ///< storage dtype of the weights file
+  nlohmann::json metadata = nlohmann::json::object();  ///< everything else (training settings...)
+
+  /// Throws std::invalid_argument with a sentence if the shape is unusable.
+  void validate() const {
+    if (d_in <= 0) throw std::invalid_argument("d_in must be positive, got " + std::to_string(d_in));
+    if (d_sae <= 0)
+      throw std::invalid_argument("d_sae must be positive, got " + std::to_string(d_sae));
+    if (architecture == Architecture::TopK && (k <= 0 || k > d_sae))
+      throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(d_sae) + "], got " +
+                                  std::to_string(k));
+  }
+
+  /// The SAELens v6 cfg.json object.
+  nlohmann::json to_json() const {
+    nlohmann::json j;
+    j["architecture"] = std::string(architecture_name(architecture));
+    j["d_in"] = d_in;
+    j["d_sae"] = d_sae;
+    j["dtype"] = dtype;
+    j["device"] = "cpu";
+    j["apply_b_dec_to_input"] = apply_b_dec_to_input;
+    j["normalize_activations"] = normalize_activations;
+    j["reshape_activations"] = "none";
+    if (architecture == Architecture::TopK) {
+      j["k"] = k;
+      j["rescale_acts_by_decoder_norm"] = false;
+    }
+    j["metadata"] = metadata.is_object() ? metadata : nlohmann::json::object();
+    return j;
+  }
+
+  /// Reads a cfg.json object; `where` names the file in error messages.
+  /// Throws std::runtime_error("WHERE: problem") on missing or mistyped fields.
+  static SaeConfig from_json(const nlohmann::json& j, const std::string& where = "cfg.json") {
+    auto fail = [&](const std::string& problem) -> void {
+      throw std::runtime_error(where + ": " + problem);
+    };
+    if (!j.is_object()) fail("expected a JSON object");
+    auto get_int = [&](const char* key, bool required, std::int64_t fallback) -> std::int64_t {
+      auto it = j.find(key);
+      if (it == j.end() || it->is_null()) {
+        if (required) fail(std::string("missing field '") + key + "'");
+        return fallback;
+      }
+      if (!it->is_number_integer() && !it->is_number_unsigned())
+        fail(std::string("field '") + key + "' must be an integer");
+      return it->get<std::int64_t>();
+    };
+    SaeConfig c;
+    c.d_in = get_int("d_in", true, 0);
+    c.d_sae = get_int("d_sae", true, 0);
+    std::string arch = "standard";
+    if (auto it = j.find("architecture"); it != j.end()) {
+      if (!it->is_string()) fail("field 'architecture' must be a string");
+      arch = it->get<std::string>();
+    }
+    try {
+      c.architecture = parse_architecture(arch);
+    } catch (const std::invalid_argument& e) {
+      fail(e.what());
+    }
+    c.k = get_int("k", c.architecture == Architecture::TopK, 0);
+    if (auto it = j.find("apply_b_dec_to_input"); it != j.end() && !it->is_null()) {
+      if (!it->is_boolean()) fail("field 'apply_b_dec_to_input' must be a boolean");
+      c.apply_b_dec_to_input = it->get<bool>();
+    }
+    if (auto it = j.find("normalize_activations"); it != j.end() && !it->is_null()) {
+      if (!it->is_string()) fail("field 'normalize_activations' must be a string");
+      c.normalize_activations = it->get<std::string>();
+    }
+    if (auto it = j.find("dtype"); it != j.end() && !it->is_null()) {
+      if (!it->is_string()) fail("field 'dtype' must be a string");
+      c.dtype = it->get<std::string>();
+    }
+    if (auto it = j.find("metadata"); it != j.end() && it->is_object()) c.metadata = *it;
+    try {
+      c.validate();
+    } catch (const std::invalid_argument& e) {
+      fail(e.what());
+    }
+    return c;
+  }
+};
+
+}  // namespace sae

@@ -1,0 +1,224 @@
+/// @file sae/core/kernels.hpp
+/// The encoder / decoder / backward kernels shared by every SAE variant.
+///
+/// Notation: d = d_in, m = d_sae, B = tokens in the batch, k = active latents per token.
+/// X is d x B (one token per column), Z (pre-activations) and dense codes F are m x B,
+/// parameters are laid out as in Parameters (one length-d column per latent).
+///
+///     z_t     = W_enc^T (x_t - b_dec) + b_enc  =  W_enc^T x_t + c,   c = b_enc - W_enc^T b_dec
+///     x_hat_t = W_dec f_t + b_dec
+///
+/// Folding b_dec into the bias c means the encoder never forms the d x B matrix X - b_dec.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../detail/omp.hpp"
+#include "parameters.hpp"
+#include "sparse_codes.hpp"
+
+namespace sae::kernels {
+
+/// c = b_enc - W_enc^T b_dec when b_dec is subtracted from the input, else b_enc.  [m]
+template <class Scalar>
+void encoder_bias(const Parameters<Scalar>& p, bool apply_b_dec_to_input, Vec<Scalar>& c) {
+  c = p.b_enc;
+  if (apply_b_dec_to_input) c.noalias() -= p.W_enc.transpose() * p.b_dec;
+}
+
+/// Z = W_enc^T X + c (one dense product).  X: d x b, Z: m x b (resized).
+template <class Scalar, class DerivedX>
+void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c,
+                    const Eigen::MatrixBase<DerivedX>& X, Mat<Scalar>& Z) {
+  Z.resize(p.d_sae(), X.cols());
+  Z.noalias() = p.W_enc.transpose() * X;
+  Z.colwise() += c;
+}
+
+/// Dense decode: X_hat = W_dec F + b_dec.  F: m x B, X_hat: d x B.
+template <class Scalar>
+void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_hat) {
+  X_hat.resize(p.d_in(), F.cols());
+  X_hat.noalias() = p.W_dec * F;
+  X_hat.colwise() += p.b_dec;
+}
+
+/// Sparse decode: x_hat_t = b_dec + sum_{j active in t} f_tj W_dec[:, j]  (k gathers of
+/// contiguous columns per token, O(B k d)).  X_hat: d x B.
+template <class Scalar>
+void decode(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes, Mat<Scalar>& X_hat) {
+  const Index B = codes.tokens();
+  X_hat.resize(p.d_in(), B);
+  SAE_OMP(parallel for schedule(static))
+  for (Index t = 0; t < B; ++t) {
+    auto x = X_hat.col(t);
+    x = p.b_dec;
+    for (Index i = codes.offsets[t]; i < codes.offsets[t + 1]; ++i)
+      x.noalias() += codes.values[i] * p.W_dec.col(codes.indices[i]);
+  }
+}
+
+/// Per-latent sums over tokens, s_j = sum_t f_tj.  [m]
+template <class Scalar>
+void latent_sums(const Mat<Scalar>& F, Vec<Scalar>& s) {
+  s.noalias() = F.rowwise().sum();
+}
+template <class Scalar>
+void latent_sums(const SparseCodes<Scalar>& codes, Vec<Scalar>& s) {
+  s.setZero(codes.d_sae);
+  for (Index i = 0; i < codes.nnz(); ++i) s[codes.indices[i]] += codes.values[i];
+}
+
+/// Number of nonzero codes (sum over tokens of the L0 of each token).
+template <class Scalar>
+Index count_active(const Mat<Scalar>& F) {
+  return (F.array() != Scalar(0)).count();
+}
+template <class Scalar>
+Index count_active(const SparseCodes<Scalar>& codes) {
+  Index n = 0;
+  for (const Scalar v : codes.values) n += (v != Scalar(0));
+  return n;
+}
+
+/// Gradient with respect to the codes, in the codes' own structure: a dense m x B matrix for
+/// dense codes, one value per stored entry for sparse codes.
+template <class Codes>
+struct CodeGradient;
+template <class Scalar>
+struct CodeGradient<Mat<Scalar>> {
+  using type = Mat<Scalar>;
+};
+template <class Scalar>
+struct CodeGradient<SparseCodes<Scalar>> {
+  using type = std::vector<Scalar>;
+};
+template <class Codes>
+using code_gradient_t = typename CodeGradient<Codes>::type;
+
+/// grad_f_tj += w_j for every code entry (dense: all entries; sparse: stored entries).
+template <class Scalar>
+void add_latent_weights(const Mat<Scalar>& /*F*/, const Vec<Scalar>& w, Mat<Scalar>& grad) {
+  grad.colwise() += w;
+}
+template <class Scalar>
+void add_latent_weights(const SparseCodes<Scalar>& codes, const Vec<Scalar>& w,
+                        std::vector<Scalar>& grad) {
+  for (Index i = 0; i < codes.nnz(); ++i) grad[i] += w[codes.indices[i]];
+}
+
+/// Entries of sparse codes grouped by latent (a CSR transpose built by counting sort), so
+/// per-latent gradient columns can be accumulated in parallel without two threads writing
+/// the same column.  For latent j, entries entry[start[j] .. start[j+1]) are positions in
+/// codes.indices / codes.values, and token[...] the token each belongs to.
+struct LatentGroups {
+  std::vector<Index> start;  ///< m + 1
+  std::vector<Index> entry;  ///< nnz
+  std::vector<Index> token;  ///< nnz
+
+  template <class Scalar>
+  void build(const SparseCodes<Scalar>& codes) {
+    const Index m = codes.d_sae, nnz = codes.nnz(), B = codes.tokens();
+    start.assign(static_cast<std::size_t>(m) + 1, 0);
+    entry.resize(static_cast<std::size_t>(nnz));
+    token.resize(static_cast<std::size_t>(nnz));
+    for (Index i = 0; i < nnz; ++i) ++start[codes.indices[i] + 1];
+    for (Index j = 0; j < m; ++j) start[j + 1] += start[j];
+    std::vector<Index>& next = scratch_;
+    next.assign(start.begin(), start.end() - 1);
+    for (Index t = 0; t < B; ++t)
+      for (Index i = codes.offsets[t]; i < codes.offsets[t + 1]; ++i) {
+        const Index slot = next[codes.indices[i]]++;
+        entry[slot] = i;
+        token[slot] = t;
+      }
+  }
+
+ private:
+  std::vector<Index> scratch_;
+};
+
+/// Backward through a sparse decoder, given G = dL/dX_hat (d x B):
+///
+///     grad_codes_i    += G_t . W_dec[:, j]                (entry i = (t, j))
+///     grad_W_dec[:,j] += sum_{t active} f_tj G_t
+///     grad_b_dec      += sum_t G_t
+///
+/// Like every backward kernel here it accumulates (+=) into `grads`, which the caller zeroes
+/// once per step; loss terms that act on parameters directly add their part the same way.
+template <class Scalar>
+void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes,
+                      const LatentGroups& groups, const Mat<Scalar>& G,
+                      std::vector<Scalar>& grad_codes, Parameters<Scalar>& grads) {
+  const Index B = codes.tokens(), m = codes.d_sae;
+  SAE_OMP(parallel for schedule(static))
+  for (Index t = 0; t < B; ++t)
+    for (Index i = codes.offsets[t]; i < codes.offsets[t + 1]; ++i)
+      grad_codes[i] += G.col(t).dot(p.W_dec.col(codes.indices[i]));
+  SAE_OMP(parallel for schedule(dynamic, 64))
+  for (Index j = 0; j < m; ++j) {
+    auto g = grads.W_dec.col(j);
+    for (Index s = groups.start[j]; s < groups.start[j + 1]; ++s)
+      g.noalias() += codes.values[groups.entry[s]] * G.col(groups.token[s]);
+  }
+  grads.b_dec.noalias() += G.rowwise().sum();
+}
+
+/// Dense decoder backward: grad_F += W_dec^T G, grad_W_dec += G F^T, grad_b_dec += sum_t G_t.
+template <class Scalar>
+void decoder_backward(const Parameters<Scalar>& p, const Mat<Scalar>& F, const Mat<Scalar>& G,
+                      Mat<Scalar>& grad_F, Parameters<Scalar>& grads) {
+  grad_F.noalias() += p.W_dec.transpose() * G;
+  grads.W_dec.noalias() += G * F.transpose();
+  grads.b_dec.noalias() += G.rowwise().sum();
+}
+
+/// Backward through a sparse encoder, given dL/dz at the stored entries (grad_z, aligned with
+/// codes.values; entries outside the codes have zero gradient):
+///
+///     grad_W_enc[:,j] += sum_t dz_tj (x_t - b_dec)  = sum_t dz_tj x_t - (sum_t dz_tj) b_dec
+///     grad_b_enc[j]   += sum_t dz_tj
+///     grad_b_dec      -= W_enc grad_b_enc               (only when b_dec is subtracted)
+///
+/// Call it once per step with the total dL/dz: the b_dec term uses the whole b_enc gradient,
+/// which is exactly sum_t dz_t because b_enc receives gradient through z only.
+template <class Scalar, class DerivedX>
+void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
+                      const SparseCodes<Scalar>& codes, const LatentGroups& groups,
+                      const Eigen::MatrixBase<DerivedX>& X, const std::vector<Scalar>& grad_z,
+                      Parameters<Scalar>& grads) {
+  const Index m = codes.d_sae;
+  SAE_OMP(parallel for schedule(dynamic, 64))
+  for (Index j = 0; j < m; ++j) {
+    auto g = grads.W_enc.col(j);
+    Scalar sum = 0;
+    for (Index s = groups.start[j]; s < groups.start[j + 1]; ++s) {
+      const Scalar dz = grad_z[groups.entry[s]];
+      g.noalias() += dz * X.col(groups.token[s]);
+      sum += dz;
+    }
+    if (apply_b_dec_to_input) g.noalias() -= sum * p.b_dec;
+    grads.b_enc[j] += sum;
+  }
+  if (apply_b_dec_to_input) grads.b_dec.noalias() -= p.W_enc * grads.b_enc;
+}
+
+/// Dense encoder backward from dL/dZ (m x B): grad_W_enc += (X - b_dec) dZ^T,
+/// grad_b_enc += rowsum(dZ), grad_b_dec -= W_enc grad_b_enc (same once-per-step rule).
+template <class Scalar, class DerivedX>
+void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
+                      const Eigen::MatrixBase<DerivedX>& X, const Mat<Scalar>& grad_Z,
+                      Parameters<Scalar>& grads) {
+  grads.b_enc.noalias() += grad_Z.rowwise().sum();
+  grads.W_enc.noalias() += X * grad_Z.transpose();
+  if (apply_b_dec_to_input) {
+    grads.W_enc.noalias() -= p.b_dec * grads.b_enc.transpose();
+    grads.b_dec.noalias() -= p.W_enc * grads.b_enc;
+  }
+}
+
+}  // namespace sae::kernels

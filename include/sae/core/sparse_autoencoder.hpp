@@ -1,0 +1,224 @@
+/// @file sae/core/sparse_autoencoder.hpp
+/// SparseAutoencoder<Activation, Loss, Scalar>: the one encoder/decoder core of every variant.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "../activations/relu.hpp"
+#include "../activations/topk.hpp"
+#include "../config.hpp"
+#include "../detail/random.hpp"
+#include "../losses/combined_loss.hpp"
+#include "../losses/l1_sparsity.hpp"
+#include "../losses/reconstruction.hpp"
+#include "kernels.hpp"
+#include "parameters.hpp"
+#include "sparse_codes.hpp"
+#include "step_state.hpp"
+
+namespace sae {
+
+/// A sparse autoencoder with d = d_in inputs and m = d_sae latents.
+///
+///     z     = W_enc^T (x - b_dec) + b_enc      pre-activations, m values
+///     f     = Activation(z)                    codes: dense (ReLU) or SparseCodes (TopK)
+///     x_hat = W_dec f + b_dec                  reconstruction
+///
+/// Batches are d x B column-major matrices, one token per column (a C-order [B, d] array
+/// viewed without a copy). The variant is fixed at compile time: @p Activation is an
+/// Activation policy (relu.hpp documents the interface), @p Loss a CombinedLoss of LossTerms,
+/// @p Scalar float (training) or double (gradient checks).
+///
+/// Threading: encode/decode/forward_backward use OpenMP and Eigen's threads internally
+/// (set_num_threads); one model must not run two of them concurrently on the same StepState.
+template <class Activation, class Loss, class Scalar = float>
+class SparseAutoencoder {
+ public:
+  using scalar_type = Scalar;
+  using activation_type = Activation;
+  using loss_type = Loss;
+  using Codes = std::conditional_t<Activation::sparse, SparseCodes<Scalar>, Mat<Scalar>>;
+  using State = StepState<Scalar, Codes>;
+  using Report = typename Loss::Report;
+
+  /// Tokens per encoder block for sparse activations: the m x block pre-activations are the
+  /// only dense m-sized buffer a TopK step holds.
+  static constexpr Index block_tokens = 256;
+
+  SparseAutoencoder() = default;
+
+  /// Zero parameters of the configured shape; call initialize() before training.
+  /// Throws std::invalid_argument if cfg is unusable or names another architecture.
+  explicit SparseAutoencoder(SaeConfig cfg, Activation act = {}, Loss loss = {})
+      : cfg_(std::move(cfg)), act_(std::move(act)), loss_(std::move(loss)) {
+    cfg_.architecture = Activation::architecture;
+    cfg_.validate();
+    act_.configure(cfg_);
+    params_ = Parameters<Scalar>(cfg_.d_in, cfg_.d_sae);
+  }
+
+  const SaeConfig& config() const { return cfg_; }
+  SaeConfig& config() { return cfg_; }
+  const Parameters<Scalar>& params() const { return params_; }
+  Parameters<Scalar>& params() { return params_; }
+  const Activation& activation() const { return act_; }
+  Activation& activation() { return act_; }
+  const Loss& loss() const { return loss_; }
+  Loss& loss() { return loss_; }
+  Index d_in() const { return params_.d_in(); }
+  Index d_sae() const { return params_.d_sae(); }
+
+  /// Replaces the parameters (shapes must match the config).
+  void set_params(Parameters<Scalar> p) {
+    p.check_shapes();
+    if (p.d_in() != cfg_.d_in || p.d_sae() != cfg_.d_sae)
+      throw std::invalid_argument("parameters are " + std::to_string(p.d_in()) + "x" +
+                                  std::to_string(p.d_sae()) + ", config says d_in=" +
+                                  std::to_string(cfg_.d_in) + ", d_sae=" + std::to_string(cfg_.d_sae));
+    params_ = std::move(p);
+  }
+
+  /// Initialisation: decoder columns are random unit directions scaled to
+  /// Activation::decoder_init_norm, W_enc = W_dec (SAELens's W_enc = W_dec^T in its layout),
+  /// b_enc = 0, b_dec = mean of @p sample (d x n, any n >= 1).
+  template <class Derived>
+  void initialize(const Eigen::MatrixBase<Derived>& sample, std::uint64_t seed) {
+    if (sample.rows() != d_in() || sample.cols() < 1)
+      throw std::invalid_argument("initialize: sample must be d_in x n with n >= 1");
+    detail::Rng rng(seed);
+    for (Index j = 0; j < d_sae(); ++j) {
+      auto w = params_.W_dec.col(j);
+      for (Index i = 0; i < d_in(); ++i) w[i] = static_cast<Scalar>(rng.normal());
+      w *= static_cast<Scalar>(Activation::decoder_init_norm) / w.norm();
+    }
+    params_.W_enc = params_.W_dec;
+    params_.b_enc.setZero();
+    params_.b_dec = sample.template cast<Scalar>().rowwise().mean();
+  }
+
+  /// Codes of the tokens X (d x B), using s.Z / s.c as scratch.
+  template <class Derived>
+  void encode(const Eigen::MatrixBase<Derived>& X, Codes& codes, State& s) const {
+    check_batch(X.rows());
+    kernels::encoder_bias(params_, cfg_.apply_b_dec_to_input, s.c);
+    if constexpr (Activation::sparse) {
+      const Index B = X.cols();
+      codes.reset(d_sae(), B, act_.k);
+      for (Index t0 = 0; t0 < B; t0 += block_tokens) {
+        const Index b = std::min(block_tokens, B - t0);
+        kernels::preactivations(params_, s.c, X.middleCols(t0, b), s.Z);
+        act_.select(s.Z, t0, codes);
+      }
+    } else {
+      kernels::preactivations(params_, s.c, X, codes);
+      act_.forward(codes);
+    }
+  }
+
+  /// Codes of X (d x B) with temporary scratch.
+  template <class Derived>
+  Codes encode(const Eigen::MatrixBase<Derived>& X) const {
+    State s;
+    Codes codes;
+    encode(X, codes, s);
+    return codes;
+  }
+
+  /// X_hat = W_dec f + b_dec (d x B).
+  void decode(const Codes& codes, Mat<Scalar>& X_hat) const { kernels::decode(params_, codes, X_hat); }
+
+  /// One forward and backward pass on the batch X (d x B) at 0-based training step @p step.
+  /// Fills @p grads (resized and zeroed here) with dL/dtheta and returns the loss terms.
+  template <class Derived>
+  Report forward_backward(const Eigen::MatrixBase<Derived>& X, Parameters<Scalar>& grads,
+                          State& s, std::int64_t step = 0) const {
+    static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
+                  "forward_backward: the batch must have the model's Scalar type");
+    s.step = step;
+    encode(X, s.codes, s);
+    decode(s.codes, s.X_hat);
+
+    if (grads.d_in() != d_in() || grads.d_sae() != d_sae())
+      grads = Parameters<Scalar>(d_in(), d_sae());
+    else
+      grads.set_zero();
+    s.grad_xhat.setZero(d_in(), X.cols());
+    if constexpr (Activation::sparse)
+      s.grad_codes.assign(s.codes.values.size(), Scalar(0));
+    else
+      s.grad_codes.setZero(d_sae(), X.cols());
+
+    Report r = loss_.accumulate(X, params_, s, grads);
+
+    if constexpr (Activation::sparse) {
+      s.groups.build(s.codes);
+      kernels::decoder_backward(params_, s.codes, s.groups, s.grad_xhat, s.grad_codes, grads);
+      act_.backward(s.codes, s.grad_codes);
+      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, s.codes, s.groups, X,
+                                s.grad_codes, grads);
+    } else {
+      kernels::decoder_backward(params_, s.codes, s.grad_xhat, s.grad_codes, grads);
+      act_.backward(s.codes, s.grad_codes);
+      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, X, s.grad_codes, grads);
+    }
+    return r;
+  }
+
+  /// Loss of the batch X without gradients (for checks; allocates).
+  template <class Derived>
+  Report loss_value(const Eigen::MatrixBase<Derived>& X, std::int64_t step = 0) const {
+    State s;
+    Parameters<Scalar> g;
+    return forward_backward(X, g, s, step);
+  }
+
+  /// For unit-norm decoders: removes from each decoder-column gradient its component along
+  /// the column, g_j <- g_j - (g_j . w_j) w_j / ||w_j||^2, so a step moves along the sphere.
+  void project_decoder_gradient(Parameters<Scalar>& grads) const {
+    SAE_OMP(parallel for schedule(static))
+    for (Index j = 0; j < d_sae(); ++j) {
+      const auto w = params_.W_dec.col(j);
+      const Scalar nn = w.squaredNorm();
+      if (nn > Scalar(0)) grads.W_dec.col(j) -= (grads.W_dec.col(j).dot(w) / nn) * w;
+    }
+  }
+
+  /// Rescales every decoder column to unit norm (columns of norm 0 are left alone).
+  void normalize_decoder() {
+    SAE_OMP(parallel for schedule(static))
+    for (Index j = 0; j < d_sae(); ++j) {
+      auto w = params_.W_dec.col(j);
+      const Scalar n = w.norm();
+      if (n > Scalar(0)) w /= n;
+    }
+  }
+
+ private:
+  void check_batch(Index rows) const {
+    if (rows != d_in())
+      throw std::invalid_argument("batch has " + std::to_string(rows) + " rows, the SAE has d_in=" +
+                                  std::to_string(d_in()));
+  }
+
+  SaeConfig cfg_;
+  Activation act_;
+  Loss loss_;
+  Parameters<Scalar> params_;
+};
+
+/// ReLU SAE with the decoder-norm-weighted L1 penalty (SAELens "standard").
+template <class Scalar = float>
+using ReluSae = SparseAutoencoder<ReLU, CombinedLoss<Reconstruction, L1Sparsity>, Scalar>;
+
+/// TopK SAE (Gao et al. 2024), unit-norm decoder.
+template <class Scalar = float>
+using TopKSae = SparseAutoencoder<TopK, CombinedLoss<Reconstruction>, Scalar>;
+
+}  // namespace sae

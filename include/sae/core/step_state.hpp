@@ -1,0 +1,33 @@
+/// @file sae/core/step_state.hpp
+/// StepState: the buffers of one forward/backward pass, reused from step to step.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels.hpp"
+#include "parameters.hpp"
+
+namespace sae {
+
+/// What a training step computes for a batch of B tokens, and what loss terms read and add to.
+/// Kept between steps so the buffers are allocated once.
+///
+///     codes      m x B dense matrix (ReLU) or SparseCodes (TopK family)
+///     grad_codes dL/df, in the codes' structure (m x B, or one value per stored code)
+///     X_hat      d x B reconstruction
+///     grad_xhat  d x B, dL/dX_hat
+template <class Scalar, class Codes>
+struct StepState {
+  Codes codes;
+  kernels::code_gradient_t<Codes> grad_codes;
+  Mat<Scalar> X_hat;
+  Mat<Scalar> grad_xhat;
+  std::int64_t step = 0;  ///< 0-based training step (for coefficient warm-up)
+
+  // scratch owned by the model's kernels
+  Mat<Scalar> Z;                  ///< pre-activations of one block of tokens (sparse) or all (dense)
+  Vec<Scalar> c;                  ///< folded encoder bias, b_enc - W_enc^T b_dec
+  kernels::LatentGroups groups;   ///< sparse codes grouped by latent
+};
+
+}  // namespace sae

@@ -1,0 +1,188 @@
+/// @file sae/io/atomic_file.hpp
+/// Atomic file replacement: write a temporary file next to the target, fsync, rename over it.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "sae/io/error.hpp"
+
+namespace sae::io {
+
+namespace detail_atomic {
+
+/// Process-wide counter so that two AtomicFile objects in one process never share a temp name.
+inline std::atomic<unsigned long long>& temp_counter() {
+    static std::atomic<unsigned long long> counter{0};
+    return counter;
+}
+
+inline std::string errno_text(int err) { return std::strerror(err); }
+
+}  // namespace detail_atomic
+
+/// Streaming atomic writer.
+///
+/// Protocol: the constructor creates "<path>.tmp.<pid>.<counter>" in the target's directory
+/// (exclusively; mode 0666 minus umask, or the existing target's permission bits);
+/// write() appends bytes (buffered); commit() flushes (fflush), fsyncs the file, closes it,
+/// renames it over `path` (atomic on POSIX file systems) and fsyncs the directory so the
+/// rename itself is durable. Readers of `path` therefore see either the old file or the
+/// complete new one, never a partial write.
+///
+/// On any failure the temporary file is removed and IoError "PATH: problem" is thrown, with
+/// PATH the target path. If the object is destroyed without a successful commit() (e.g. an
+/// exception unwinds past it), the temporary file is removed and the target is untouched.
+///
+/// Not copyable; movable (the moved-from object owns nothing).
+class AtomicFile {
+public:
+    explicit AtomicFile(std::filesystem::path path) : path_(std::move(path)) {
+        tmp_ = path_;
+        tmp_ += ".tmp." + std::to_string(static_cast<long long>(::getpid())) + "." +
+                std::to_string(detail_atomic::temp_counter().fetch_add(1));
+        mode_t mode = 0666;
+        struct stat st {};
+        const bool had_target = ::stat(path_.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+        if (had_target) mode = st.st_mode & 07777;
+        int fd = -1;
+        do {
+            fd = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        } while (fd < 0 && errno == EINTR);
+        if (fd < 0) {
+            const int err = errno;
+            throw IoError(path_, "cannot create temporary file '" + tmp_.string() +
+                                     "': " + detail_atomic::errno_text(err));
+        }
+        // open() applied the umask; keep an existing target's exact permissions.
+        if (had_target) (void)::fchmod(fd, mode);
+        file_ = ::fdopen(fd, "wb");
+        if (file_ == nullptr) {
+            const int err = errno;
+            ::close(fd);
+            ::unlink(tmp_.c_str());
+            throw IoError(path_, "cannot open temporary file stream: " + detail_atomic::errno_text(err));
+        }
+        std::setvbuf(file_, nullptr, _IOFBF, std::size_t{1} << 20);
+    }
+
+    AtomicFile(const AtomicFile&) = delete;
+    AtomicFile& operator=(const AtomicFile&) = delete;
+
+    AtomicFile(AtomicFile&& other) noexcept
+        : path_(std::move(other.path_)), tmp_(std::move(other.tmp_)),
+          file_(std::exchange(other.file_, nullptr)), committed_(other.committed_) {}
+
+    AtomicFile& operator=(AtomicFile&& other) noexcept {
+        if (this != &other) {
+            discard();
+            path_ = std::move(other.path_);
+            tmp_ = std::move(other.tmp_);
+            file_ = std::exchange(other.file_, nullptr);
+            committed_ = other.committed_;
+        }
+        return *this;
+    }
+
+    /// Removes the temporary file unless commit() succeeded.
+    ~AtomicFile() { discard(); }
+
+    /// Appends `size` bytes. Throws IoError (after removing the temp file) on failure or if
+    /// the file was already committed or discarded.
+    void write(const void* data, std::size_t size) {
+        if (file_ == nullptr) throw IoError(path_, "write after commit or failure");
+        if (size == 0) return;
+        if (std::fwrite(data, 1, size, file_) != size) {
+            const int err = errno;
+            fail("write failed: " + detail_atomic::errno_text(err));
+        }
+    }
+
+    /// Convenience overload for a byte span.
+    void write(std::span<const std::byte> bytes) { write(bytes.data(), bytes.size()); }
+
+    /// Flushes, fsyncs, renames over the target and fsyncs the directory.
+    void commit() {
+        if (file_ == nullptr) throw IoError(path_, "commit after commit or failure");
+        if (std::fflush(file_) != 0) {
+            const int err = errno;
+            fail("flush failed: " + detail_atomic::errno_text(err));
+        }
+        if (::fsync(::fileno(file_)) != 0) {
+            const int err = errno;
+            fail("fsync failed: " + detail_atomic::errno_text(err));
+        }
+        FILE* f = std::exchange(file_, nullptr);
+        if (std::fclose(f) != 0) {
+            const int err = errno;
+            ::unlink(tmp_.c_str());
+            throw IoError(path_, "close failed: " + detail_atomic::errno_text(err));
+        }
+        if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+            const int err = errno;
+            ::unlink(tmp_.c_str());
+            throw IoError(path_, "cannot rename temporary file into place: " +
+                                     detail_atomic::errno_text(err));
+        }
+        committed_ = true;
+        sync_directory();
+    }
+
+    /// The target path.
+    const std::filesystem::path& path() const noexcept { return path_; }
+    /// The temporary file's path (exists between construction and commit()).
+    const std::filesystem::path& temp_path() const noexcept { return tmp_; }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) {
+        discard();
+        throw IoError(path_, problem);
+    }
+
+    void discard() noexcept {
+        if (file_ != nullptr) {
+            std::fclose(file_);
+            file_ = nullptr;
+            if (!committed_) ::unlink(tmp_.c_str());
+        }
+    }
+
+    void sync_directory() const {
+        std::filesystem::path dir = path_.parent_path();
+        if (dir.empty()) dir = ".";
+        int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0) return;  // cannot open the directory for syncing; the rename is done
+        int rc = ::fsync(dfd);
+        const int err = errno;
+        ::close(dfd);
+        // Some file systems do not support fsync on directories; that is not an error.
+        if (rc != 0 && err != EINVAL && err != ENOTSUP && err != EROFS && err != EBADF)
+            throw IoError(path_, "fsync of the directory failed: " + detail_atomic::errno_text(err));
+    }
+
+    std::filesystem::path path_;
+    std::filesystem::path tmp_;
+    FILE* file_ = nullptr;
+    bool committed_ = false;
+};
+
+/// Atomically replaces (or creates) `path` with `bytes`. See AtomicFile for the protocol.
+/// Throws IoError "PATH: problem" on failure; the previous content of `path` is then intact.
+inline void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+    AtomicFile file(path);
+    file.write(bytes.data(), bytes.size());
+    file.commit();
+}
+
+}  // namespace sae::io
