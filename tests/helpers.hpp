@@ -1,0 +1,75 @@
+// Shared helpers for libsae's Catch2 tests.
+#pragma once
+
+#include <sae/sae.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include <unistd.h>
+
+namespace sae_test {
+
+/// Per-precision tolerances (ensmallen's Tolerances<MatType> idea).
+template <class Scalar>
+struct Tol;
+template <>
+struct Tol<float> {
+  static constexpr double rel = 1e-4;
+  static constexpr double abs = 1e-5;
+};
+template <>
+struct Tol<double> {
+  static constexpr double rel = 1e-10;
+  static constexpr double abs = 1e-12;
+};
+
+/// Gaussian matrix with a fixed seed.
+template <class Scalar>
+sae::Mat<Scalar> random_matrix(sae::Index rows, sae::Index cols, std::uint64_t seed, double scale = 1.0) {
+  sae::detail::Rng rng(seed);
+  sae::Mat<Scalar> m(rows, cols);
+  for (sae::Index j = 0; j < cols; ++j)
+    for (sae::Index i = 0; i < rows; ++i) m(i, j) = static_cast<Scalar>(scale * rng.normal());
+  return m;
+}
+
+/// Random parameters (not the training initialisation: every tensor independent and nonzero).
+template <class Scalar>
+sae::Parameters<Scalar> random_params(sae::Index d, sae::Index m, std::uint64_t seed) {
+  sae::Parameters<Scalar> p;
+  p.W_enc = random_matrix<Scalar>(d, m, seed, 0.5);
+  p.W_dec = random_matrix<Scalar>(d, m, seed + 1, 0.5);
+  p.b_enc = random_matrix<Scalar>(m, 1, seed + 2, 0.1);
+  p.b_dec = random_matrix<Scalar>(d, 1, seed + 3, 0.3);
+  return p;
+}
+
+/// A fresh empty directory under the system temp dir, removed on destruction.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) {
+    static int counter = 0;
+    path_ = std::filesystem::temp_directory_path() /
+            ("libsae_test_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+}  // namespace sae_test
