@@ -115,7 +115,7 @@ struct TrainArgs {
   std::string arch = "topk";
   sae::Index d_sae = 0;
   sae::Index k = 32;
-  double l1 = 3e-3;
+  double l1 = 0.3;
   std::int64_t l1_warmup = -1;
   std::optional<double> lr;
   sae::TrainOptions opt;
