@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages libsae needs to build, test and run its demo.
+# Idempotent: installs only what is missing, and runs `apt-get update` only then.
+#
+#   scripts/setup-deps.sh               build + test dependencies
+#   scripts/setup-deps.sh --with-torch  also python3-torch (optional cross-checks)
+set -euo pipefail
+
+packages=(
+  build-essential cmake
+  libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev
+  libbenchmark-dev libopenblas-dev zlib1g-dev
+  python3-numpy
+)
+
+for arg in "$@"; do
+  case "$arg" in
+    --with-torch) packages+=(python3-torch) ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "setup-deps: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for pkg in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  if [[ "$status" != "install ok installed" ]]; then
+    missing+=("$pkg")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "setup-deps: all ${#packages[@]} packages are installed"
+  exit 0
+fi
+
+if [[ $EUID -eq 0 ]]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  echo "setup-deps: missing ${missing[*]}; run as root or install sudo" >&2
+  exit 1
+fi
+
+echo "setup-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update
+"${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
