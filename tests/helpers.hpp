@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include <unistd.h>
@@ -52,7 +54,7 @@ sae::Parameters<Scalar> random_params(sae::Index d, sae::Index m, std::uint64_t 
 /// A fresh empty directory under the system temp dir, removed on destruction.
 class TempDir {
  public:
-  explicit TempDir(const std::string& tag) {
+  explicit TempDir(const std::string& tag = "tmp") {
     static int counter = 0;
     path_ = std::filesystem::temp_directory_path() /
             ("libsae_test_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
@@ -67,9 +69,42 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
   const std::filesystem::path& path() const { return path_; }
   std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+  /// Number of directory entries (e.g. to check no temporary files were left behind).
+  std::size_t entries() const {
+    return static_cast<std::size_t>(std::distance(std::filesystem::directory_iterator(path_),
+                                                  std::filesystem::directory_iterator()));
+  }
 
  private:
   std::filesystem::path path_;
 };
+
+/// Whole file as bytes.
+inline std::string read_all(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+/// Replaces a file's content with @p bytes.
+inline void write_all(const std::filesystem::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// Requires that open() throws a one-line sae::io::IoError whose message starts with
+/// "PATH: " and, if given, contains @p fragment.
+template <class Open>
+void require_io_error(const std::filesystem::path& p, Open&& open, const std::string& fragment = "") {
+  try {
+    open();
+    FAIL("expected IoError for " << p);
+  } catch (const sae::io::IoError& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.rfind(p.string() + ": ", 0) == 0);
+    CHECK(msg.find('\n') == std::string::npos);
+    if (!fragment.empty()) CHECK(msg.find(fragment) != std::string::npos);
+  }
+}
 
 }  // namespace sae_test

@@ -1,6 +1,8 @@
 // Tests for sae/io/npy.hpp and sae/io/atomic_file.hpp.
 #include <catch2/catch.hpp>
 
+#include "helpers.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -27,35 +29,9 @@ using sae::io::NpyReader;
 
 namespace {
 
-/// A fresh directory under the system temp dir, removed with its contents at scope exit.
-struct TempDir {
-    fs::path dir;
-    TempDir() {
-        static int counter = 0;
-        dir = fs::temp_directory_path() /
-              ("libsae_test_npy_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-        fs::remove_all(dir);
-        fs::create_directories(dir);
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
-    }
-    fs::path operator/(const std::string& name) const { return dir / name; }
-    std::size_t entries() const {
-        return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
-    }
-};
-
-std::string read_all(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_all(const fs::path& p, const std::string& bytes) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using sae_test::read_all;
+using sae_test::TempDir;
+using sae_test::write_all;
 
 /// Raw .npy bytes: magic, version major.0, little-endian header length (u16 for 1.x, u32
 /// otherwise), the header text exactly as given, then `data`.
@@ -76,16 +52,7 @@ std::string float_bytes(const std::vector<float>& v) {
 /// Requires that opening `p` throws IoError whose message starts with the path and, if given,
 /// contains `fragment`.
 void require_npy_error(const fs::path& p, const std::string& fragment = "") {
-    try {
-        (void)NpyReader::open(p);
-        FAIL("expected IoError for " << p);
-    } catch (const IoError& e) {
-        const std::string msg = e.what();
-        INFO(msg);
-        CHECK(msg.rfind(p.string() + ": ", 0) == 0);
-        CHECK(msg.find('\n') == std::string::npos);
-        if (!fragment.empty()) CHECK(msg.find(fragment) != std::string::npos);
-    }
+    sae_test::require_io_error(p, [&] { (void)NpyReader::open(p); }, fragment);
 }
 
 }  // namespace
@@ -332,7 +299,7 @@ TEST_CASE("npy: malformed files are rejected with a one-line IoError naming the 
     require_npy_error(p, "beyond the end of the file");
     // Missing file and a directory.
     require_npy_error(tmp / "missing.npy", "cannot open (No such file or directory)");
-    require_npy_error(tmp.dir, "not a regular file");
+    require_npy_error(tmp.path(), "not a regular file");
 }
 
 TEST_CASE("npy: writer errors are IoErrors naming the path", "[io][npy]") {

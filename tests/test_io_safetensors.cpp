@@ -1,6 +1,8 @@
 // Tests for sae/io/safetensors.hpp.
 #include <catch2/catch.hpp>
 
+#include "helpers.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -26,34 +28,9 @@ using sae::io::StDtype;
 
 namespace {
 
-struct TempDir {
-    fs::path dir;
-    TempDir() {
-        static int counter = 0;
-        dir = fs::temp_directory_path() /
-              ("libsae_test_st_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-        fs::remove_all(dir);
-        fs::create_directories(dir);
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
-    }
-    fs::path operator/(const std::string& name) const { return dir / name; }
-    std::size_t entries() const {
-        return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
-    }
-};
-
-std::string read_all(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_all(const fs::path& p, const std::string& bytes) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using sae_test::read_all;
+using sae_test::TempDir;
+using sae_test::write_all;
 
 std::string le64(std::uint64_t n) {
     std::string s;
@@ -82,16 +59,7 @@ std::vector<float> random_floats(std::size_t n, unsigned seed) {
 /// Requires that opening `p` throws a one-line IoError that starts with the path and, if
 /// given, contains `fragment`.
 void require_st_error(const fs::path& p, const std::string& fragment = "") {
-    try {
-        (void)SafetensorsReader::open(p);
-        FAIL("expected IoError for " << p);
-    } catch (const IoError& e) {
-        const std::string msg = e.what();
-        INFO(msg);
-        CHECK(msg.rfind(p.string() + ": ", 0) == 0);
-        CHECK(msg.find('\n') == std::string::npos);
-        if (!fragment.empty()) CHECK(msg.find(fragment) != std::string::npos);
-    }
+    sae_test::require_io_error(p, [&] { (void)SafetensorsReader::open(p); }, fragment);
 }
 
 }  // namespace

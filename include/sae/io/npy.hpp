@@ -30,6 +30,7 @@
 
 #include <Eigen/Core>
 
+#include "sae/detail/checked.hpp"
 #include "sae/detail/half.hpp"
 #include "sae/detail/mapped_file.hpp"
 #include "sae/io/atomic_file.hpp"
@@ -51,12 +52,7 @@ constexpr const char* npy_descr(NpyDtype t) noexcept { return t == NpyDtype::F32
 
 namespace detail_npy {
 
-/// a * b, or false on overflow.
-inline bool checked_mul(std::size_t a, std::size_t b, std::size_t& out) noexcept {
-    if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) return false;
-    out = a * b;
-    return true;
-}
+using sae::detail::checked_mul;
 
 /// The parsed header dict.
 struct Header {

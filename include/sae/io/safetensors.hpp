@@ -35,6 +35,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sae/detail/checked.hpp"
 #include "sae/detail/half.hpp"
 #include "sae/detail/mapped_file.hpp"
 #include "sae/io/atomic_file.hpp"
@@ -110,11 +111,7 @@ namespace detail_st {
 inline constexpr std::uint64_t max_header_size = 100'000'000;
 inline constexpr int max_json_depth = 64;
 
-inline bool checked_mul(std::size_t a, std::size_t b, std::size_t& out) noexcept {
-    if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) return false;
-    out = a * b;
-    return true;
-}
+using sae::detail::checked_mul;
 
 /// Escapes control and non-ASCII bytes as \xNN and shortens long text, so that messages stay
 /// one printable line.
