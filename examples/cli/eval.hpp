@@ -1,0 +1,60 @@
+// sae eval: metrics of an SAE directory on activations.
+#pragma once
+
+#include "common.hpp"
+
+namespace sae_cli {
+
+struct EvalArgs {
+  fs::path sae_dir, data;
+  std::optional<fs::path> features;
+  sae::Index limit = 0;
+  sae::Index batch = 4096;
+  int threads = 0;
+};
+
+inline int run_eval(const EvalArgs& a) {
+  sae::set_num_threads(a.threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  const sae::AnySae model = sae::load_sae(a.sae_dir);
+  const sae::Index d_in = std::visit([](const auto& m) { return m.d_in(); }, model);
+  const Activations X(a.data);
+  if (X.d_in() != d_in)
+    throw std::invalid_argument(a.data.string() + " has d_in=" + std::to_string(X.d_in()) + " but the SAE in " +
+                                a.sae_dir.string() + " has d_in=" + std::to_string(d_in));
+  std::optional<Activations> F;
+  if (a.features) {
+    F.emplace(*a.features);
+    if (F->d_in() != d_in)
+      throw std::invalid_argument(a.features->string() + " has feature dimension " + std::to_string(F->d_in()) +
+                                  " but the SAE has d_in=" + std::to_string(d_in));
+  }
+  if (a.batch <= 0) throw std::invalid_argument("--batch must be positive");
+  const sae::Index n = a.limit > 0 ? std::min(a.limit, X.tokens()) : X.tokens();
+  std::cerr << "sae eval: " << a.sae_dir.string() << " on " << n << " tokens of " << a.data.string() << "\n";
+  sae::EvalMetrics r = std::visit([&](const auto& m) { return sae::evaluate(m, X.matrix(), n, a.batch); }, model);
+  if (F) r.mmcs = std::visit([&](const auto& m) { return sae::mmcs(m.params().W_dec, F->matrix()); }, model);
+  json j = r.to_json();
+  j["sae"] = a.sae_dir.string();
+  j["data"] = a.data.string();
+  j["architecture"] =
+      std::visit([](const auto& m) { return std::string(sae::architecture_name(m.config().architecture)); }, model);
+  j["seconds"] = seconds_since(t0);
+  print_result(j);
+  return 0;
+}
+
+inline CLI::App* add_eval(CLI::App& app, Command& chosen) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* c = app.add_subcommand("eval", "Evaluate an SAE directory on activations (.npy)");
+  c->add_option("--sae", a->sae_dir, "SAE directory (cfg.json + sae_weights.safetensors)")->required();
+  c->add_option("--data", a->data, "Activations .npy [tokens, d_in]")->required()->check(CLI::ExistingFile);
+  c->add_option("--features", a->features, "True features .npy [features, d_in], adds mmcs")->check(CLI::ExistingFile);
+  c->add_option("--limit", a->limit, "Evaluate only the first N tokens");
+  c->add_option("--batch", a->batch, "Tokens per evaluation batch")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads");
+  c->callback([a, &chosen] { chosen = [a] { return run_eval(*a); }; });
+  return c;
+}
+
+}  // namespace sae_cli
