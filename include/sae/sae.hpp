@@ -29,6 +29,8 @@
 #include "io/safetensors.hpp"
 #include "io/saelens.hpp"
 #include "any_sae.hpp"
+#include "io/formats.hpp"
+#include "interp/interp.hpp"
 #include "train/synthetic.hpp"
 #include "train/batches.hpp"
 #include "train/trainer.hpp"
