@@ -184,7 +184,7 @@ TEMPLATE_TEST_CASE("Adam: two steps match the update written coefficient by coef
   o.beta1 = 0.8;
   o.beta2 = 0.95;
   o.eps = 1e-6;
-  sae::Adam<Scalar> adam(o, d, m);
+  sae::Adam<Scalar> adam(o, sae::Parameters<Scalar>(d, m));
   auto p = sae_test::random_params<Scalar>(d, m, 40);
   const auto p0 = p.template cast<double>();
   const auto g1 = sae_test::random_params<Scalar>(d, m, 41);

@@ -35,7 +35,7 @@ void check_all_gradients(Model& model, const Mat<double>& X, std::int64_t step) 
         }
       },
       model.params(), g);
-  REQUIRE(checked == 2 * model.d_in() * model.d_sae() + model.d_in() + model.d_sae());
+  REQUIRE(checked == 2 * model.d_in() * model.d_sae() + model.d_in() + model.d_sae() + model.params().threshold.size());
   INFO("worst absolute difference " << worst);
   CHECK(worst < 1e-6);
 }

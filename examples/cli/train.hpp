@@ -12,6 +12,16 @@ struct TrainArgs {
   sae::Index k = 32;
   double l1 = 0.3;
   std::int64_t l1_warmup = -1;
+  std::optional<double> l0;              // jumprelu: lambda of lambda*L0 or of the target-L0 penalty
+  std::optional<double> target_l0;       // jumprelu: use the target-L0 penalty
+  std::int64_t l0_warmup = -1;
+  double bandwidth = sae::JumpReLU{}.bandwidth;
+  double threshold_init = sae::JumpReLU{}.initial_threshold;
+  double ortho = sae::Orthogonality{}.coefficient;
+  sae::Index chunks = sae::Orthogonality{}.chunks;
+  sae::Index aux_k = 0;                  // 0: d_in / 2
+  double aux_coeff = sae::AuxK{}.coefficient;
+  std::int64_t dead_tokens = sae::AuxK{}.dead_tokens;
   std::optional<double> lr;
   sae::TrainOptions opt;
   int threads = 0;
@@ -28,12 +38,15 @@ int train_and_save(Model& model, const TrainArgs& a, const Activations& X, json 
   std::vector<std::string> log_lines;
   const sae::TrainResult r = sae::train(model, batches, a.opt, [&](const sae::TrainProgress& p) {
     char line[256];
-    std::snprintf(line, sizeof line, "step %lld/%lld  loss %.5g  l0 %.2f  fvu %.4f  lr %.2e  %s tok/s  ETA %s",
-                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu, p.lr,
-                  human_rate(p.tokens_per_s).c_str(), human_seconds(p.eta_seconds).c_str());
+    std::snprintf(line, sizeof line,
+                  "step %lld/%lld  loss %.5g  l0 %.2f  fvu %.4f  dead %.1f%%  lr %.2e  %s tok/s  ETA %s",
+                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu,
+                  100.0 * p.dead_fraction, p.lr, human_rate(p.tokens_per_s).c_str(),
+                  human_seconds(p.eta_seconds).c_str());
     std::cerr << line << std::endl;
     json j = {{"step", p.step}, {"tokens", p.tokens}, {"loss", p.loss}, {"l0", p.l0}, {"fvu", p.fvu},
-              {"lr", p.lr}, {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}};
+              {"dead_fraction", p.dead_fraction}, {"lr", p.lr}, {"seconds", p.seconds},
+              {"tokens_per_s", p.tokens_per_s}};
     for (const auto& [name, v] : p.terms) j[name] = v;
     log_lines.push_back(j.dump());
   });
@@ -58,9 +71,14 @@ int train_and_save(Model& model, const TrainArgs& a, const Activations& X, json 
                 {"final_loss", r.final_loss},
                 {"l0", r.final_l0},
                 {"fvu", r.final_fvu},
+                {"dead_fraction", r.final_dead_fraction},
                 {"threads", sae::num_threads()}});
   return 0;
 }
+
+/// Default lambda for JumpReLU: 1e-3 for lambda * L0 and 1.0 for the target-L0 penalty
+/// (measured on data of mean squared norm about 1; see docs/variants.md).
+inline double default_l0(const TrainArgs& a) { return a.target_l0 ? 1.0 : 1e-3; }
 
 inline int run_train(TrainArgs a) {
   sae::set_num_threads(a.threads);
@@ -73,44 +91,123 @@ inline int run_train(TrainArgs a) {
   cfg.d_in = X.d_in();
   cfg.d_sae = a.d_sae;
   cfg.architecture = arch;
-  cfg.k = arch == sae::Architecture::TopK ? a.k : 0;
-  if (arch == sae::Architecture::TopK && (a.k <= 0 || a.k > a.d_sae))
+  const bool uses_k = sae::architecture_uses_k(arch);
+  cfg.k = uses_k ? a.k : 0;
+  if (uses_k && (a.k <= 0 || a.k > a.d_sae))
     throw std::invalid_argument("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
+  if (!(a.bandwidth > 0)) throw std::invalid_argument("--bandwidth must be positive");
+  if (a.target_l0 && !(*a.target_l0 > 0)) throw std::invalid_argument("--target-l0 must be positive");
+  if (a.chunks < 1) throw std::invalid_argument("--chunks must be at least 1");
   a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
+  a.opt.dead_tokens = a.dead_tokens;
   if (!(a.opt.lr > 0)) throw std::invalid_argument("--lr must be positive");
-  std::cerr << "sae train: " << a.arch << " d_in " << cfg.d_in << " d_sae " << cfg.d_sae;
-  if (arch == sae::Architecture::TopK) std::cerr << " k " << cfg.k;
-  else std::cerr << " l1 " << a.l1;
+  std::cerr << "sae train: " << sae::architecture_name(arch) << " d_in " << cfg.d_in << " d_sae " << cfg.d_sae;
+  if (uses_k) std::cerr << " k " << cfg.k;
   std::cerr << ", " << X.tokens() << " tokens from " << a.data.string() << ", " << a.opt.steps << " steps of "
             << a.opt.batch << ", lr " << a.opt.lr << ", " << sae::num_threads() << " threads\n";
 
   json meta = {{"libsae_version", sae::version_string}, {"dataset_path", a.data.string()}};
-  meta["training"] = {{"steps", a.opt.steps}, {"batch", a.opt.batch}, {"lr", a.opt.lr}, {"seed", a.opt.seed},
-                      {"warmup_steps", a.opt.schedule().warmup_steps},
-                      {"decay_steps", a.opt.schedule().decay_steps}};
-  if (arch == sae::Architecture::TopK) {
-    sae::TopKSae<float> model(cfg);
-    return train_and_save(model, a, X, meta);
+  json& tr = meta["training"];
+  tr = {{"architecture", std::string(sae::architecture_name(arch))}, {"steps", a.opt.steps},
+        {"batch", a.opt.batch}, {"lr", a.opt.lr}, {"seed", a.opt.seed},
+        {"warmup_steps", a.opt.schedule().warmup_steps}, {"decay_steps", a.opt.schedule().decay_steps}};
+  auto set_aux = [&](auto& model) {
+    auto& aux = model.loss().template get<sae::AuxK>();
+    aux.k_aux = a.aux_k;
+    aux.coefficient = a.aux_coeff;
+    aux.dead_tokens = a.dead_tokens;
+    tr["aux_k"] = a.aux_k > 0 ? a.aux_k : std::max<sae::Index>(1, cfg.d_in / 2);
+    tr["aux_coeff"] = a.aux_coeff;
+    tr["dead_tokens"] = a.dead_tokens;
+  };
+  auto set_jumprelu = [&](auto& model) {
+    model.activation().bandwidth = a.bandwidth;
+    model.activation().initial_threshold = a.threshold_init;
+    tr["bandwidth"] = a.bandwidth;
+    tr["threshold_init"] = a.threshold_init;
+  };
+  const std::int64_t coeff_warmup = a.opt.steps / 20;
+  switch (arch) {
+    case sae::Architecture::Standard: {
+      sae::ReluSae<float> model(cfg);
+      auto& l1 = model.loss().get<sae::L1Sparsity>();
+      l1.coefficient = a.l1;
+      l1.warmup_steps = a.l1_warmup >= 0 ? a.l1_warmup : coeff_warmup;
+      tr["l1_coefficient"] = l1.coefficient;
+      tr["l1_warmup_steps"] = l1.warmup_steps;
+      return train_and_save(model, a, X, meta);
+    }
+    case sae::Architecture::TopK: {
+      sae::TopKSae<float> model(cfg);
+      set_aux(model);
+      return train_and_save(model, a, X, meta);
+    }
+    case sae::Architecture::BatchTopK: {
+      sae::BatchTopKSae<float> model(cfg);
+      set_aux(model);
+      return train_and_save(model, a, X, meta);
+    }
+    case sae::Architecture::OrtSAE: {
+      sae::OrtSae<float> model(cfg);
+      set_aux(model);
+      auto& o = model.loss().get<sae::Orthogonality>();
+      o.coefficient = a.ortho;
+      o.chunks = a.chunks;
+      tr["ortho"] = a.ortho;
+      tr["chunks"] = a.chunks;
+      return train_and_save(model, a, X, meta);
+    }
+    case sae::Architecture::JumpReLU: {
+      const double lam = a.l0.value_or(default_l0(a));
+      const std::int64_t warm = a.l0_warmup >= 0 ? a.l0_warmup : coeff_warmup;
+      tr["l0_coefficient"] = lam;
+      tr["l0_warmup_steps"] = warm;
+      if (a.target_l0) {
+        sae::JumpReluTargetSae<float> model(cfg);
+        set_jumprelu(model);
+        auto& t = model.loss().get<sae::TargetL0>();
+        t.coefficient = lam;
+        t.target = *a.target_l0;
+        t.warmup_steps = warm;
+        tr["target_l0"] = *a.target_l0;
+        return train_and_save(model, a, X, meta);
+      }
+      sae::JumpReluSae<float> model(cfg);
+      set_jumprelu(model);
+      auto& l0 = model.loss().get<sae::L0Sparsity>();
+      l0.coefficient = lam;
+      l0.warmup_steps = warm;
+      return train_and_save(model, a, X, meta);
+    }
   }
-  sae::ReluSae<float> model(cfg);
-  auto& l1 = model.loss().get<sae::L1Sparsity>();
-  l1.coefficient = a.l1;
-  l1.warmup_steps = a.l1_warmup >= 0 ? a.l1_warmup : a.opt.steps / 20;
-  meta["training"]["l1_coefficient"] = l1.coefficient;
-  meta["training"]["l1_warmup_steps"] = l1.warmup_steps;
-  return train_and_save(model, a, X, meta);
+  throw std::invalid_argument("unsupported architecture");
 }
 
 inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<TrainArgs>();
   auto* c = app.add_subcommand("train", "Train an SAE on activations from a .npy file, save an SAELens directory");
   c->add_option("--data", a->data, "Activations .npy [tokens, d_in] (float32 or float16)")->required()->check(CLI::ExistingFile);
-  c->add_option("--arch", a->arch, "Architecture: relu (= standard) or topk")->capture_default_str()
-      ->check(CLI::IsMember({"relu", "standard", "topk"}));
+  c->add_option("--arch", a->arch, "Architecture: relu (= standard), topk, batchtopk, jumprelu or ortsae")
+      ->capture_default_str()->check(CLI::IsMember({"relu", "standard", "topk", "batchtopk", "jumprelu", "ortsae"}));
   c->add_option("--d-sae", a->d_sae, "Number of latents")->required()->check(CLI::PositiveNumber);
-  c->add_option("--k", a->k, "Active latents per token (topk)")->capture_default_str();
+  c->add_option("--k", a->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")->capture_default_str();
   c->add_option("--l1", a->l1, "L1 coefficient (relu)")->capture_default_str()->check(CLI::NonNegativeNumber);
   c->add_option("--l1-warmup", a->l1_warmup, "Steps of linear L1 warm-up (relu; default steps/20)");
+  c->add_option("--l0", a->l0, "L0 coefficient lambda (jumprelu; default 1e-3, or 1.0 with --target-l0)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--target-l0", a->target_l0, "jumprelu: penalise lambda*(L0/target - 1)^2 instead of lambda*L0");
+  c->add_option("--l0-warmup", a->l0_warmup, "Steps of linear L0-coefficient warm-up (jumprelu; default steps/20)");
+  c->add_option("--bandwidth", a->bandwidth, "JumpReLU straight-through kernel width epsilon")->capture_default_str();
+  c->add_option("--threshold-init", a->threshold_init, "JumpReLU initial threshold")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--ortho", a->ortho, "OrtSAE orthogonality coefficient gamma")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--chunks", a->chunks, "OrtSAE: random chunks of latents per step (cost m^2 d / K)")->capture_default_str();
+  c->add_option("--aux-k", a->aux_k, "AuxK: dead latents used to reconstruct the residual (default d_in/2)");
+  c->add_option("--aux-coeff", a->aux_coeff, "AuxK coefficient alpha (0 disables)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--dead-tokens", a->dead_tokens, "Tokens without firing after which a latent is dead")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--steps", a->opt.steps, "Training steps")->capture_default_str();
   c->add_option("--batch", a->opt.batch, "Tokens per step")->capture_default_str();
   c->add_option("--lr", a->lr, "Peak learning rate (default 2e-4/sqrt(d_sae/16384))");

@@ -5,7 +5,9 @@
 
 #include <filesystem>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 
 #include "config.hpp"
@@ -14,16 +16,40 @@
 
 namespace sae {
 
-/// One of the float SAE variants; use std::visit to run templated code on it.
-using AnySae = std::variant<ReluSae<float>, TopKSae<float>>;
+/// One of the float SAE variants as saved on disk (BatchTopK and OrtSAE are saved as
+/// JumpReLU); use std::visit to run templated code on it.
+using AnySae = std::variant<ReluSae<float>, TopKSae<float>, JumpReluSae<float>>;
 
 /// A zero-initialised SAE of the variant cfg.architecture names.
 inline AnySae make_sae(const SaeConfig& cfg) {
   switch (cfg.architecture) {
     case Architecture::Standard: return ReluSae<float>(cfg);
     case Architecture::TopK: return TopKSae<float>(cfg);
+    case Architecture::JumpReLU: return JumpReluSae<float>(cfg);
+    case Architecture::BatchTopK:
+    case Architecture::OrtSAE: break;
   }
-  throw std::invalid_argument("unsupported architecture");
+  throw std::invalid_argument("architecture '" + std::string(architecture_name(cfg.architecture)) +
+                              "' is a training architecture; libsae saves it as 'jumprelu' with its threshold");
+}
+
+/// The configuration and float parameters that represent @p model on disk and at inference:
+/// the model itself, except that BatchTopK-family models become JumpReLU with their learned
+/// global threshold for every latent (as SAELens saves BatchTopK), the training architecture
+/// and k recorded in the metadata.
+template <class Model>
+std::pair<SaeConfig, Parameters<float>> inference_form(const Model& model) {
+  SaeConfig cfg = model.config();
+  Parameters<float> p = model.params().template cast<float>();
+  if constexpr (Model::activation_type::architecture == Architecture::BatchTopK) {
+    cfg.metadata["training_architecture"] = std::string(architecture_name(cfg.architecture));
+    cfg.metadata["k"] = cfg.k;
+    cfg.metadata["batchtopk_threshold"] = model.activation().threshold;
+    cfg.architecture = Architecture::JumpReLU;
+    cfg.k = 0;
+    p.threshold = Vec<float>::Constant(p.d_sae(), static_cast<float>(model.activation().threshold));
+  }
+  return {std::move(cfg), std::move(p)};
 }
 
 /// Loads an SAELens directory into the variant its cfg.json names.
@@ -37,10 +63,8 @@ inline AnySae load_sae(const std::filesystem::path& dir) {
 /// Saves any float SAE (its config and weights) as an SAELens directory.
 template <class Model>
 void save_sae(const std::filesystem::path& dir, const Model& model) {
-  if constexpr (std::is_same_v<typename Model::scalar_type, float>)
-    io::save_saelens(dir, model.config(), model.params());
-  else
-    io::save_saelens(dir, model.config(), model.params().template cast<float>());
+  const auto [cfg, params] = inference_form(model);
+  io::save_saelens(dir, cfg, params);
 }
 inline void save_sae(const std::filesystem::path& dir, const AnySae& sae) {
   std::visit([&](const auto& m) { save_sae(dir, m); }, sae);

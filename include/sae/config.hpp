@@ -12,25 +12,43 @@
 namespace sae {
 
 /// The activation family of an SAE, named as SAELens names it in cfg.json.
+///
+/// BatchTopK and OrtSAE are training architectures: they are saved as "jumprelu" with one
+/// threshold for every latent (as SAELens saves BatchTopK), so inference needs no batch; the
+/// training architecture and k go into cfg.json's metadata.
 enum class Architecture {
-  Standard,  ///< ReLU + L1 ("standard")
-  TopK,      ///< per-token top-k ("topk")
+  Standard,   ///< ReLU + L1 ("standard")
+  TopK,       ///< per-token top-k ("topk")
+  BatchTopK,  ///< top k*B over the batch ("batchtopk"), saved as jumprelu
+  JumpReLU,   ///< z * 1[z > theta_j] with a learned threshold ("jumprelu")
+  OrtSAE,     ///< BatchTopK + decoder orthogonality penalty ("ortsae"), saved as jumprelu
 };
 
 inline std::string_view architecture_name(Architecture a) {
   switch (a) {
     case Architecture::Standard: return "standard";
     case Architecture::TopK: return "topk";
+    case Architecture::BatchTopK: return "batchtopk";
+    case Architecture::JumpReLU: return "jumprelu";
+    case Architecture::OrtSAE: return "ortsae";
   }
   return "unknown";
 }
 
-/// Parses "standard"/"relu" and "topk"; throws std::invalid_argument for anything else.
+/// True for architectures that use k (active latents per token, or per token on average).
+inline bool architecture_uses_k(Architecture a) {
+  return a == Architecture::TopK || a == Architecture::BatchTopK || a == Architecture::OrtSAE;
+}
+
+/// Parses standard|relu|topk|batchtopk|jumprelu|ortsae; throws std::invalid_argument otherwise.
 inline Architecture parse_architecture(std::string_view s) {
   if (s == "standard" || s == "relu") return Architecture::Standard;
   if (s == "topk") return Architecture::TopK;
+  if (s == "batchtopk") return Architecture::BatchTopK;
+  if (s == "jumprelu") return Architecture::JumpReLU;
+  if (s == "ortsae") return Architecture::OrtSAE;
   throw std::invalid_argument("unknown architecture '" + std::string(s) +
-                              "' (expected standard|relu|topk)");
+                              "' (expected standard|relu|topk|batchtopk|jumprelu|ortsae)");
 }
 
 /// Shape and kind of one SAE.
@@ -52,7 +70,7 @@ struct SaeConfig {
     if (d_in <= 0) throw std::invalid_argument("d_in must be positive, got " + std::to_string(d_in));
     if (d_sae <= 0)
       throw std::invalid_argument("d_sae must be positive, got " + std::to_string(d_sae));
-    if (architecture == Architecture::TopK && (k <= 0 || k > d_sae))
+    if (architecture_uses_k(architecture) && (k <= 0 || k > d_sae))
       throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(d_sae) + "], got " +
                                   std::to_string(k));
   }
@@ -68,10 +86,8 @@ struct SaeConfig {
     j["apply_b_dec_to_input"] = apply_b_dec_to_input;
     j["normalize_activations"] = normalize_activations;
     j["reshape_activations"] = "none";
-    if (architecture == Architecture::TopK) {
-      j["k"] = k;
-      j["rescale_acts_by_decoder_norm"] = false;
-    }
+    if (architecture_uses_k(architecture)) j["k"] = k;
+    if (architecture == Architecture::TopK) j["rescale_acts_by_decoder_norm"] = false;
     j["metadata"] = metadata.is_object() ? metadata : nlohmann::json::object();
     return j;
   }
@@ -106,7 +122,7 @@ struct SaeConfig {
     } catch (const std::invalid_argument& e) {
       fail(e.what());
     }
-    c.k = get_int("k", c.architecture == Architecture::TopK, 0);
+    c.k = get_int("k", architecture_uses_k(c.architecture), 0);
     if (auto it = j.find("apply_b_dec_to_input"); it != j.end() && !it->is_null()) {
       if (!it->is_boolean()) fail("field 'apply_b_dec_to_input' must be a boolean");
       c.apply_b_dec_to_input = it->get<bool>();

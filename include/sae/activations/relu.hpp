@@ -20,34 +20,43 @@ namespace sae {
 ///   static constexpr bool sparse = false;               // codes are Mat<Scalar>, m x B
 ///   static constexpr bool unit_norm_decoder = false;    // keep ||W_dec[:, j]|| = 1 during training?
 ///   static constexpr double decoder_init_norm = 0.1;    // norm of the initial decoder columns
+///   static constexpr bool has_threshold = false;        // owns Parameters::threshold (JumpReLU)?
 ///   static constexpr Architecture architecture = ...;   // name used in cfg.json
 ///   void configure(const SaeConfig&);                    // read k etc. from the config
-///   template <class Scalar> void forward(Mat<Scalar>& Z) const;          // Z -> F in place
-///   template <class Scalar> void backward(const Mat<Scalar>& F, Mat<Scalar>& grad) const;
-///                                                        // dL/dF -> dL/dZ in place
+///   // F = act(Z), both m x B
+///   template <class Scalar>
+///   void forward(const Mat<Scalar>& Z, const Parameters<Scalar>& p, Mat<Scalar>& F) const;
+///   // grad: dL/dF in, dL/dZ out; may add to grads (e.g. the threshold's gradient)
+///   template <class Scalar>
+///   void backward(const Mat<Scalar>& Z, const Mat<Scalar>& F, const Parameters<Scalar>& p,
+///                 Mat<Scalar>& grad, Parameters<Scalar>& grads) const;
 /// };
 /// @endcode
-/// A sparse activation (TopK family) instead has `sparse = true` and
-/// `select(const Mat<Scalar>& Zblock, Index first_token, SparseCodes<Scalar>& codes)`, see topk.hpp.
+/// A sparse activation (TopK family) instead has `sparse = true`,
+/// `select(Zblock, first_token, codes, p)` and `backward(codes, grad_values)` (see topk.hpp),
+/// and optionally `select_batch(...)` for a training-time selection across the batch
+/// (batch_topk.hpp). Either kind may define `after_update(Parameters&, const Codes&)`, called
+/// by the trainer after every optimizer step (to keep a threshold positive, or to track one).
 ///
-/// Backward: dL/dz = dL/df * 1[z > 0]; since f > 0 exactly where z > 0, the mask is read
-/// from F and the pre-activations need not be kept.
+/// Backward: dL/dz = dL/df * 1[z > 0].
 struct ReLU {
   static constexpr bool sparse = false;
   static constexpr bool unit_norm_decoder = false;
   static constexpr double decoder_init_norm = 0.1;
+  static constexpr bool has_threshold = false;
   static constexpr Architecture architecture = Architecture::Standard;
 
   void configure(const SaeConfig&) {}
 
   template <class Scalar>
-  void forward(Mat<Scalar>& Z) const {
-    Z = Z.cwiseMax(Scalar(0));
+  void forward(const Mat<Scalar>& Z, const Parameters<Scalar>& /*p*/, Mat<Scalar>& F) const {
+    F = Z.cwiseMax(Scalar(0));
   }
 
   template <class Scalar>
-  void backward(const Mat<Scalar>& F, Mat<Scalar>& grad) const {
-    grad = (F.array() > Scalar(0)).select(grad, Scalar(0));
+  void backward(const Mat<Scalar>& Z, const Mat<Scalar>& /*F*/, const Parameters<Scalar>& /*p*/,
+                Mat<Scalar>& grad, Parameters<Scalar>& /*grads*/) const {
+    grad = (Z.array() > Scalar(0)).select(grad, Scalar(0));
   }
 };
 

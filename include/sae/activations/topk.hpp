@@ -36,6 +36,7 @@ struct TopK {
   static constexpr bool sparse = true;
   static constexpr bool unit_norm_decoder = true;
   static constexpr double decoder_init_norm = 1.0;
+  static constexpr bool has_threshold = false;
   static constexpr Architecture architecture = Architecture::TopK;
 
   Index k = 0;
@@ -46,7 +47,8 @@ struct TopK {
   /// offsets must already hold room for them (codes.reset(m, B, k)). Tokens must be
   /// selected in order, block after block.
   template <class Scalar>
-  void select(const Mat<Scalar>& Z, Index first_token, SparseCodes<Scalar>& codes) const {
+  void select(const Mat<Scalar>& Z, Index first_token, SparseCodes<Scalar>& codes,
+              const Parameters<Scalar>& /*p*/ = {}) const {
     if (k <= 0 || k > Z.rows())
       throw std::invalid_argument("TopK: k=" + std::to_string(k) + " outside [1, d_sae=" +
                                   std::to_string(Z.rows()) + "]");

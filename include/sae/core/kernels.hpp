@@ -85,6 +85,22 @@ Index count_active(const SparseCodes<Scalar>& codes) {
   return n;
 }
 
+/// Dead-latent bookkeeping: adds the batch's B tokens to every latent's count of tokens since
+/// it last fired, then zeroes the count of every latent active in @p codes.
+template <class Scalar>
+void update_since_fired(const SparseCodes<Scalar>& codes, std::vector<std::int64_t>& since_fired) {
+  since_fired.resize(static_cast<std::size_t>(codes.d_sae), 0);
+  for (auto& v : since_fired) v += codes.tokens();
+  for (Index i = 0; i < codes.nnz(); ++i)
+    if (codes.values[i] != Scalar(0)) since_fired[codes.indices[i]] = 0;
+}
+template <class Scalar>
+void update_since_fired(const Mat<Scalar>& F, std::vector<std::int64_t>& since_fired) {
+  since_fired.resize(static_cast<std::size_t>(F.rows()), 0);
+  for (Index j = 0; j < F.rows(); ++j)
+    since_fired[j] = (F.row(j).array() != Scalar(0)).any() ? 0 : since_fired[j] + F.cols();
+}
+
 /// Gradient with respect to the codes, in the codes' own structure: a dense m x B matrix for
 /// dense codes, one value per stored entry for sparse codes.
 template <class Codes>
@@ -182,16 +198,17 @@ void decoder_backward(const Parameters<Scalar>& p, const Mat<Scalar>& F, const M
 ///
 ///     grad_W_enc[:,j] += sum_t dz_tj (x_t - b_dec)  = sum_t dz_tj x_t - (sum_t dz_tj) b_dec
 ///     grad_b_enc[j]   += sum_t dz_tj
-///     grad_b_dec      -= W_enc grad_b_enc               (only when b_dec is subtracted)
+///     grad_b_dec      -= W_enc s,   s_j = sum_t dz_tj  (only when b_dec is subtracted)
 ///
-/// Call it once per step with the total dL/dz: the b_dec term uses the whole b_enc gradient,
-/// which is exactly sum_t dz_t because b_enc receives gradient through z only.
+/// s is this call's own sum (@p dz_sum, scratch of m values), not grads.b_enc, so other terms
+/// (AuxK) may add their own encoder gradients before or after.
 template <class Scalar, class DerivedX>
 void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
                       const SparseCodes<Scalar>& codes, const LatentGroups& groups,
                       const Eigen::MatrixBase<DerivedX>& X, const std::vector<Scalar>& grad_z,
-                      Parameters<Scalar>& grads) {
+                      Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
   const Index m = codes.d_sae;
+  dz_sum.resize(m);
   SAE_OMP(parallel for schedule(dynamic, 64))
   for (Index j = 0; j < m; ++j) {
     auto g = grads.W_enc.col(j);
@@ -203,21 +220,23 @@ void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
     }
     if (apply_b_dec_to_input) g.noalias() -= sum * p.b_dec;
     grads.b_enc[j] += sum;
+    dz_sum[j] = sum;
   }
-  if (apply_b_dec_to_input) grads.b_dec.noalias() -= p.W_enc * grads.b_enc;
+  if (apply_b_dec_to_input) grads.b_dec.noalias() -= p.W_enc * dz_sum;
 }
 
-/// Dense encoder backward from dL/dZ (m x B): grad_W_enc += (X - b_dec) dZ^T,
-/// grad_b_enc += rowsum(dZ), grad_b_dec -= W_enc grad_b_enc (same once-per-step rule).
+/// Dense encoder backward from dL/dZ (m x B), s = rowsum(dZ) (into @p dz_sum):
+/// grad_W_enc += (X - b_dec) dZ^T, grad_b_enc += s, grad_b_dec -= W_enc s.
 template <class Scalar, class DerivedX>
 void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
                       const Eigen::MatrixBase<DerivedX>& X, const Mat<Scalar>& grad_Z,
-                      Parameters<Scalar>& grads) {
-  grads.b_enc.noalias() += grad_Z.rowwise().sum();
+                      Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
+  dz_sum.noalias() = grad_Z.rowwise().sum();
+  grads.b_enc += dz_sum;
   grads.W_enc.noalias() += X * grad_Z.transpose();
   if (apply_b_dec_to_input) {
-    grads.W_enc.noalias() -= p.b_dec * grads.b_enc.transpose();
-    grads.b_dec.noalias() -= p.W_enc * grads.b_enc;
+    grads.W_enc.noalias() -= p.b_dec * dz_sum.transpose();
+    grads.b_dec.noalias() -= p.W_enc * dz_sum;
   }
 }
 

@@ -26,6 +26,7 @@ using Index = Eigen::Index;
 ///     W_dec  d x m   column j = decoder direction of latent j   (SAELens W_dec [d_sae, d_in], same bytes)
 ///     b_enc  m
 ///     b_dec  d
+///     threshold  m or empty   per-latent JumpReLU threshold theta (empty for other variants)
 ///
 /// The same struct holds gradients and Adam moments (same shapes), so an update is a walk over
 /// matching tensors (see zip_tensors).
@@ -35,14 +36,23 @@ struct Parameters {
   Mat<Scalar> W_dec;
   Vec<Scalar> b_enc;
   Vec<Scalar> b_dec;
+  Vec<Scalar> threshold;
 
   Parameters() = default;
-  /// All-zero parameters of the given shape.
-  Parameters(Index d_in, Index d_sae)
+  /// All-zero parameters of the given shape (with a zero threshold vector if @p with_threshold).
+  Parameters(Index d_in, Index d_sae, bool with_threshold = false)
       : W_enc(Mat<Scalar>::Zero(d_in, d_sae)),
         W_dec(Mat<Scalar>::Zero(d_in, d_sae)),
         b_enc(Vec<Scalar>::Zero(d_sae)),
-        b_dec(Vec<Scalar>::Zero(d_in)) {}
+        b_dec(Vec<Scalar>::Zero(d_in)),
+        threshold(Vec<Scalar>::Zero(with_threshold ? d_sae : 0)) {}
+
+  bool has_threshold() const { return threshold.size() > 0; }
+
+  /// True when the shapes (including whether a threshold exists) equal @p o's.
+  bool same_shape(const Parameters& o) const {
+    return W_dec.rows() == o.W_dec.rows() && W_dec.cols() == o.W_dec.cols() && threshold.size() == o.threshold.size();
+  }
 
   Index d_in() const { return W_dec.rows(); }
   Index d_sae() const { return W_dec.cols(); }
@@ -52,6 +62,7 @@ struct Parameters {
     W_dec.setZero();
     b_enc.setZero();
     b_dec.setZero();
+    threshold.setZero();
   }
 
   /// Same parameters in another scalar type (e.g. float weights checked in double).
@@ -62,13 +73,15 @@ struct Parameters {
     p.W_dec = W_dec.template cast<Other>();
     p.b_enc = b_enc.template cast<Other>();
     p.b_dec = b_dec.template cast<Other>();
+    p.threshold = threshold.template cast<Other>();
     return p;
   }
 
   /// Throws std::invalid_argument unless the four tensors agree on d and m.
   void check_shapes() const {
     const Index d = W_dec.rows(), m = W_dec.cols();
-    if (W_enc.rows() != d || W_enc.cols() != m || b_enc.size() != m || b_dec.size() != d)
+    if (W_enc.rows() != d || W_enc.cols() != m || b_enc.size() != m || b_dec.size() != d ||
+        (threshold.size() != 0 && threshold.size() != m))
       throw std::invalid_argument("SAE parameters have inconsistent shapes: W_enc " +
                                   std::to_string(W_enc.rows()) + "x" + std::to_string(W_enc.cols()) +
                                   ", W_dec " + std::to_string(d) + "x" + std::to_string(m) +
@@ -78,11 +91,12 @@ struct Parameters {
 
   /// True when every coefficient is finite.
   bool all_finite() const {
-    return W_enc.allFinite() && W_dec.allFinite() && b_enc.allFinite() && b_dec.allFinite();
+    return W_enc.allFinite() && W_dec.allFinite() && b_enc.allFinite() && b_dec.allFinite() &&
+           threshold.allFinite();
   }
 };
 
-/// Calls f(name, t0, t1, ...) for each of the four tensors, taking the matching tensor from
+/// Calls f(name, t0, t1, ...) for each of the five tensors (threshold may be empty), taking the matching tensor from
 /// every Parameters argument (all must have the same shapes). Used by the optimizer.
 template <class F, class... Ps>
 void zip_tensors(F&& f, Ps&... ps) {
@@ -90,6 +104,7 @@ void zip_tensors(F&& f, Ps&... ps) {
   f("W_dec", ps.W_dec...);
   f("b_enc", ps.b_enc...);
   f("b_dec", ps.b_dec...);
+  f("threshold", ps.threshold...);
 }
 
 }  // namespace sae

@@ -11,12 +11,17 @@
 
 #include <Eigen/Core>
 
+#include "../activations/batch_topk.hpp"
+#include "../activations/jumprelu.hpp"
 #include "../activations/relu.hpp"
 #include "../activations/topk.hpp"
 #include "../config.hpp"
 #include "../detail/random.hpp"
+#include "../losses/aux_k.hpp"
 #include "../losses/combined_loss.hpp"
+#include "../losses/l0_sparsity.hpp"
 #include "../losses/l1_sparsity.hpp"
+#include "../losses/orthogonality.hpp"
 #include "../losses/reconstruction.hpp"
 #include "kernels.hpp"
 #include "parameters.hpp"
@@ -54,14 +59,22 @@ class SparseAutoencoder {
 
   SparseAutoencoder() = default;
 
+  /// The architecture this combination of policies is (OrtSAE = BatchTopK + Orthogonality).
+  static constexpr Architecture architecture() {
+    if constexpr (Activation::architecture == Architecture::BatchTopK && Loss::template has<Orthogonality>())
+      return Architecture::OrtSAE;
+    else
+      return Activation::architecture;
+  }
+
   /// Zero parameters of the configured shape; call initialize() before training.
   /// Throws std::invalid_argument if cfg is unusable or names another architecture.
   explicit SparseAutoencoder(SaeConfig cfg, Activation act = {}, Loss loss = {})
       : cfg_(std::move(cfg)), act_(std::move(act)), loss_(std::move(loss)) {
-    cfg_.architecture = Activation::architecture;
+    cfg_.architecture = architecture();
     cfg_.validate();
     act_.configure(cfg_);
-    params_ = Parameters<Scalar>(cfg_.d_in, cfg_.d_sae);
+    params_ = Parameters<Scalar>(cfg_.d_in, cfg_.d_sae, Activation::has_threshold);
   }
 
   const SaeConfig& config() const { return cfg_; }
@@ -82,6 +95,11 @@ class SparseAutoencoder {
       throw std::invalid_argument("parameters are " + std::to_string(p.d_in()) + "x" +
                                   std::to_string(p.d_sae()) + ", config says d_in=" +
                                   std::to_string(cfg_.d_in) + ", d_sae=" + std::to_string(cfg_.d_sae));
+    if (p.has_threshold() != Activation::has_threshold)
+      throw std::invalid_argument(std::string("parameters ") + (p.has_threshold() ? "have" : "lack") +
+                                  " a threshold, which architecture '" +
+                                  std::string(architecture_name(Activation::architecture)) +
+                                  (Activation::has_threshold ? "' needs" : "' does not use"));
     params_ = std::move(p);
   }
 
@@ -101,25 +119,14 @@ class SparseAutoencoder {
     params_.W_enc = params_.W_dec;
     params_.b_enc.setZero();
     params_.b_dec = sample.template cast<Scalar>().rowwise().mean();
+    if constexpr (Activation::has_threshold)
+      params_.threshold.setConstant(static_cast<Scalar>(act_.initial_threshold));
   }
 
-  /// Codes of the tokens X (d x B), using s.Z / s.c as scratch.
+  /// Codes of the tokens X (d x B) for inference, using s.Z / s.c as scratch.
   template <class Derived>
   void encode(const Eigen::MatrixBase<Derived>& X, Codes& codes, State& s) const {
-    check_batch(X.rows());
-    kernels::encoder_bias(params_, cfg_.apply_b_dec_to_input, s.c);
-    if constexpr (Activation::sparse) {
-      const Index B = X.cols();
-      codes.reset(d_sae(), B, act_.k);
-      for (Index t0 = 0; t0 < B; t0 += block_tokens) {
-        const Index b = std::min(block_tokens, B - t0);
-        kernels::preactivations(params_, s.c, X.middleCols(t0, b), s.Z);
-        act_.select(s.Z, t0, codes);
-      }
-    } else {
-      kernels::preactivations(params_, s.c, X, codes);
-      act_.forward(codes);
-    }
+    encode_impl(X, codes, s, /*training=*/false);
   }
 
   /// Codes of X (d x B) with temporary scratch.
@@ -142,11 +149,13 @@ class SparseAutoencoder {
     static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
                   "forward_backward: the batch must have the model's Scalar type");
     s.step = step;
-    encode(X, s.codes, s);
+    s.apply_b_dec_to_input = cfg_.apply_b_dec_to_input;
+    if constexpr (requires { act_.bandwidth; }) s.bandwidth = static_cast<double>(act_.bandwidth);
+    encode_impl(X, s.codes, s, /*training=*/true);
     decode(s.codes, s.X_hat);
 
-    if (grads.d_in() != d_in() || grads.d_sae() != d_sae())
-      grads = Parameters<Scalar>(d_in(), d_sae());
+    if (!grads.same_shape(params_))
+      grads = Parameters<Scalar>(d_in(), d_sae(), params_.has_threshold());
     else
       grads.set_zero();
     s.grad_xhat.setZero(d_in(), X.cols());
@@ -162,11 +171,11 @@ class SparseAutoencoder {
       kernels::decoder_backward(params_, s.codes, s.groups, s.grad_xhat, s.grad_codes, grads);
       act_.backward(s.codes, s.grad_codes);
       kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, s.codes, s.groups, X,
-                                s.grad_codes, grads);
+                                s.grad_codes, grads, s.dz_sum);
     } else {
       kernels::decoder_backward(params_, s.codes, s.grad_xhat, s.grad_codes, grads);
-      act_.backward(s.codes, s.grad_codes);
-      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, X, s.grad_codes, grads);
+      act_.backward(s.Z, s.codes, params_, s.grad_codes, grads);
+      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, X, s.grad_codes, grads, s.dz_sum);
     }
     return r;
   }
@@ -190,6 +199,15 @@ class SparseAutoencoder {
     }
   }
 
+  /// After an optimizer step: renormalise the decoder (unit-norm variants) and let the
+  /// activation update its own state (e.g. keep thresholds positive, track a threshold) from
+  /// the step's codes in @p s.
+  void after_update(const State& s) {
+    if constexpr (Activation::unit_norm_decoder) normalize_decoder();
+    if constexpr (requires { act_.after_update(params_, s.codes); }) act_.after_update(params_, s.codes);
+    loss_.after_update(s.codes);
+  }
+
   /// Rescales every decoder column to unit norm (columns of norm 0 are left alone).
   void normalize_decoder() {
     SAE_OMP(parallel for schedule(static))
@@ -201,6 +219,42 @@ class SparseAutoencoder {
   }
 
  private:
+  /// Pre-activations and codes. Sparse activations see one block of tokens at a time (the
+  /// dense m x B pre-activations never exist); a training-time batch selection
+  /// (`select_batch`, BatchTopK) gets a callback that computes any block on demand.
+  template <class Derived>
+  void encode_impl(const Eigen::MatrixBase<Derived>& X, Codes& codes, State& s, bool training) const {
+    check_batch(X.rows());
+    kernels::encoder_bias(params_, cfg_.apply_b_dec_to_input, s.c);
+    if constexpr (Activation::sparse) {
+      const Index B = X.cols();
+      auto block = [&](Index t0, Index b, Mat<Scalar>& Z) {
+        kernels::preactivations(params_, s.c, X.middleCols(t0, b), Z);
+      };
+      if constexpr (requires { act_.select_batch(B, block_tokens, block, codes, s.Z); }) {
+        if (training) {
+          act_.select_batch(B, block_tokens, block, codes, s.Z);
+          return;
+        }
+      }
+      codes.reset(d_sae(), B, select_capacity_hint());
+      for (Index t0 = 0; t0 < B; t0 += block_tokens) {
+        const Index b = std::min(block_tokens, B - t0);
+        block(t0, b, s.Z);
+        act_.select(s.Z, t0, codes, params_);
+      }
+    } else {
+      (void)training;
+      kernels::preactivations(params_, s.c, X, s.Z);
+      act_.forward(s.Z, params_, codes);
+    }
+  }
+
+  Index select_capacity_hint() const {
+    if constexpr (requires { act_.k; }) return act_.k;
+    return 0;
+  }
+
   void check_batch(Index rows) const {
     if (rows != d_in())
       throw std::invalid_argument("batch has " + std::to_string(rows) + " rows, the SAE has d_in=" +
@@ -217,8 +271,24 @@ class SparseAutoencoder {
 template <class Scalar = float>
 using ReluSae = SparseAutoencoder<ReLU, CombinedLoss<Reconstruction, L1Sparsity>, Scalar>;
 
-/// TopK SAE (Gao et al. 2024), unit-norm decoder.
+/// TopK SAE (Gao et al. 2024), unit-norm decoder, with the AuxK dead-latent loss.
 template <class Scalar = float>
-using TopKSae = SparseAutoencoder<TopK, CombinedLoss<Reconstruction>, Scalar>;
+using TopKSae = SparseAutoencoder<TopK, CombinedLoss<Reconstruction, AuxK>, Scalar>;
+
+/// BatchTopK SAE (Bussmann et al. 2024) with AuxK; saved as JumpReLU with its threshold.
+template <class Scalar = float>
+using BatchTopKSae = SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, AuxK>, Scalar>;
+
+/// JumpReLU SAE (Rajamanoharan et al. 2024) with the plain L0 penalty lambda * L0.
+template <class Scalar = float>
+using JumpReluSae = SparseAutoencoder<JumpReLU, CombinedLoss<Reconstruction, L0Sparsity>, Scalar>;
+
+/// JumpReLU SAE with the target-L0 penalty lambda * (L0 / L0_target - 1)^2.
+template <class Scalar = float>
+using JumpReluTargetSae = SparseAutoencoder<JumpReLU, CombinedLoss<Reconstruction, TargetL0>, Scalar>;
+
+/// OrtSAE (Korznikov et al. 2025): BatchTopK + AuxK + chunked decoder orthogonality penalty.
+template <class Scalar = float>
+using OrtSae = SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, AuxK, Orthogonality>, Scalar>;
 
 }  // namespace sae

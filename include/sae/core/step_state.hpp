@@ -23,10 +23,13 @@ struct StepState {
   Mat<Scalar> X_hat;
   Mat<Scalar> grad_xhat;
   std::int64_t step = 0;  ///< 0-based training step (for coefficient warm-up)
+  double bandwidth = 0;   ///< STE kernel width of the activation (JumpReLU), read by L0 terms
+  bool apply_b_dec_to_input = true;  ///< the model's setting, for terms that backpropagate to the encoder
 
   // scratch owned by the model's kernels
-  Mat<Scalar> Z;                  ///< pre-activations of one block of tokens (sparse) or all (dense)
+  Mat<Scalar> Z;                  ///< pre-activations: one block of tokens (sparse) or all, m x B (dense)
   Vec<Scalar> c;                  ///< folded encoder bias, b_enc - W_enc^T b_dec
+  Vec<Scalar> dz_sum;             ///< per-latent sum of dL/dz (encoder backward)
   kernels::LatentGroups groups;   ///< sparse codes grouped by latent
 };
 

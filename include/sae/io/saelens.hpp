@@ -3,7 +3,8 @@
 ///
 ///     DIR/cfg.json                   SaeConfig::to_json() (d_in, d_sae, architecture, k, ...)
 ///     DIR/sae_weights.safetensors    W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
-///                                    b_dec [d_in]   (F32 when saved; F32/F16/BF16/F64 loaded)
+///                                    b_dec [d_in], threshold [d_sae] (jumprelu)
+///                                    (F32 when saved; F32/F16/BF16/F64 loaded)
 ///
 /// libsae's W_dec (d x m column-major) has exactly the bytes of SAELens's C-order [d_sae, d_in];
 /// W_enc is transposed once here. Each file is written atomically (temporary + rename), the
@@ -55,6 +56,8 @@ inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg,
   w.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)));
   w.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)));
   w.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)));
+  if (p.has_threshold())
+    w.add("threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)));
   w.metadata()["format"] = "pt";
   w.metadata()["writer"] = std::string("libsae ") + version_string;
   w.write(dir / saelens_weights_file);
@@ -119,14 +122,17 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   expect("W_dec", {m, d});
   expect("b_enc", {m});
   expect("b_dec", {d});
+  const bool with_threshold = out.config.architecture == Architecture::JumpReLU;
+  if (with_threshold) expect("threshold", {m});
   Parameters<float>& p = out.params;
-  p = Parameters<float>(d, m);
+  p = Parameters<float>(d, m, with_threshold);
   Mat<float> W_enc_t(m, d);
   r.read_into("W_enc", W_enc_t.data(), static_cast<std::size_t>(d * m));
   p.W_enc = W_enc_t.transpose();
   r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d * m));
   r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
   r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d));
+  if (with_threshold) r.read_into("threshold", p.threshold.data(), static_cast<std::size_t>(m));
   if (!p.all_finite()) throw IoError(path, "weights contain NaN or Inf");
   return out;
 }

@@ -59,7 +59,18 @@ struct CombinedLoss {
     return r;
   }
 
+  /// Lets stateful terms (AuxK's dead-latent counts) see each training step's codes.
+  template <class Codes>
+  void after_update(const Codes& codes) {
+    std::apply([&](auto&... t) { (after_update_one(t, codes), ...); }, terms);
+  }
+
  private:
+  template <class T, class Codes>
+  static void after_update_one(T& term, const Codes& codes) {
+    if constexpr (requires { term.after_update(codes); }) term.after_update(codes);
+  }
+
   template <class Scalar, class Codes, class DerivedX, std::size_t... I>
   void accumulate_each(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
                        StepState<Scalar, Codes>& s, Parameters<Scalar>& grads, Report& r,

@@ -33,8 +33,9 @@ template <class Scalar>
 class Adam {
  public:
   Adam() = default;
-  Adam(const AdamOptions& opts, Index d_in, Index d_sae)
-      : opts_(opts), m_(d_in, d_sae), v_(d_in, d_sae) {}
+  /// Zero moments shaped like @p like (including its threshold, if any).
+  Adam(const AdamOptions& opts, const Parameters<Scalar>& like)
+      : opts_(opts), m_(like.d_in(), like.d_sae(), like.has_threshold()), v_(m_) {}
 
   const AdamOptions& options() const { return opts_; }
   std::int64_t steps_taken() const { return t_; }

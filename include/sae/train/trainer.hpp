@@ -32,6 +32,7 @@ struct TrainOptions {
   std::uint64_t seed = 0;          ///< initialisation seed
   bool initialize = true;          ///< initialise from the first batch (false: keep the weights)
   std::int64_t log_every = 100;    ///< progress callback period, in steps (and the last step)
+  std::int64_t dead_tokens = 10'000'000;  ///< a latent silent for this many tokens counts as dead
 
   LrSchedule schedule() const {
     LrSchedule s;
@@ -52,6 +53,7 @@ struct TrainProgress {
   std::vector<std::pair<const char*, double>> terms;  ///< mean of each loss term
   double l0 = 0;               ///< mean active latents per token
   double fvu = 0;              ///< sum ||x - x_hat||^2 / sum ||x - batch mean||^2 over the window
+  double dead_fraction = 0;    ///< latents silent for min(dead_tokens, tokens seen) tokens
   double lr = 0;               ///< learning rate of the last step
   double seconds = 0;          ///< wall time since training started
   double tokens_per_s = 0;     ///< throughput over the window
@@ -66,6 +68,7 @@ struct TrainResult {
   double final_loss = 0;  ///< mean loss over the last report window
   double final_l0 = 0;
   double final_fvu = 0;
+  double final_dead_fraction = 0;
 };
 
 /// Raised when the loss or the weights stop being finite; names the step.
@@ -76,9 +79,9 @@ struct NumericalError : std::runtime_error {
 /// Trains @p model on batches from @p source (DataSource: `d_in()`, `next()` returning a
 /// d x B matrix of the model's Scalar; see ShuffledBatches) for opts.steps Adam steps.
 ///
-/// Each step: forward/backward on one batch; for unit-norm decoders (TopK) project the
-/// decoder gradient onto the sphere's tangent; Adam with the scheduled lr; renormalise the
-/// decoder. @p on_progress(const TrainProgress&) is called every opts.log_every steps and
+/// Each step: forward/backward on one batch; for unit-norm decoders (TopK family) project
+/// the decoder gradient onto the sphere's tangent; Adam with the scheduled lr; then
+/// model.after_update (renormalise the decoder, update activation state such as thresholds). @p on_progress(const TrainProgress&) is called every opts.log_every steps and
 /// after the last step. Throws NumericalError if the loss becomes NaN or infinite.
 template <class Model, class Source, class Callback>
 TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callback&& on_progress) {
@@ -93,7 +96,7 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
 
   typename Model::State state;
   Parameters<Scalar> grads;
-  Adam<Scalar> adam(opts.adam, model.d_in(), model.d_sae());
+  Adam<Scalar> adam(opts.adam, model.params());
 
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
@@ -103,6 +106,7 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
   double w_loss = 0, w_l0 = 0, w_err = 0, w_var = 0;
   std::vector<double> w_terms(names.size(), 0.0);
   std::int64_t w_steps = 0, w_tokens = 0, tokens = 0;
+  std::vector<std::int64_t> since_fired;
 
   for (std::int64_t step = 0; step < opts.steps; ++step) {
     const Mat<Scalar>& X = source.next();
@@ -117,7 +121,7 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
     if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
     const double lr = schedule(step);
     adam.step(model.params(), grads, lr);
-    if constexpr (Act::unit_norm_decoder) model.normalize_decoder();
+    model.after_update(state);
 
     const Index B = X.cols();
     tokens += B;
@@ -126,6 +130,7 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
     w_loss += report.total;
     for (std::size_t i = 0; i < names.size(); ++i) w_terms[i] += report.terms[i];
     w_l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
+    kernels::update_since_fired(state.codes, since_fired);
     w_err += static_cast<double>((state.X_hat - X).squaredNorm());
     w_var += static_cast<double>((X.colwise() - X.rowwise().mean()).squaredNorm());
 
@@ -141,6 +146,10 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
         p.terms.emplace_back(names[i], w_terms[i] / static_cast<double>(w_steps));
       p.l0 = w_l0 / static_cast<double>(w_steps);
       p.fvu = w_var > 0 ? w_err / w_var : 0.0;
+      const std::int64_t window = std::min(opts.dead_tokens, tokens);
+      p.dead_fraction = static_cast<double>(std::count_if(since_fired.begin(), since_fired.end(),
+                                                          [&](std::int64_t v) { return v >= window; })) /
+                        static_cast<double>(since_fired.size());
       p.lr = lr;
       p.seconds = std::chrono::duration<double>(now - t_start).count();
       const double dt = std::chrono::duration<double>(now - t_window).count();
@@ -150,6 +159,7 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
       result.final_loss = p.loss;
       result.final_l0 = p.l0;
       result.final_fvu = p.fvu;
+      result.final_dead_fraction = p.dead_fraction;
       w_loss = w_l0 = w_err = w_var = 0;
       std::fill(w_terms.begin(), w_terms.end(), 0.0);
       w_steps = w_tokens = 0;

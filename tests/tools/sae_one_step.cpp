@@ -1,0 +1,182 @@
+// sae_one_step: runs training steps of any libsae variant from given weights on one batch and
+// writes the gradients of the first step and the weights after the last, so an independent
+// implementation (tests/python/test_torch_reference.py, PyTorch) can check every number.
+//
+//   sae_one_step --arch relu|topk|batchtopk|jumprelu|jumprelu-target|ortsae
+//                --weights W.safetensors --data X.npy --out OUT.safetensors
+//                [--k K] [--l1 C] [--l0 C] [--target-l0 T] [--bandwidth EPS] [--ortho G] [--chunks K]
+//                [--aux-k N] [--aux-coeff A] [--dead-mask M.npy] [--dead-tokens N]
+//                [--lr LR] [--beta1 B1] [--beta2 B2] [--eps E] [--apply-b-dec 0|1] [--steps S]
+//
+// W.safetensors holds SAELens-layout tensors W_enc [d, m], W_dec [m, d], b_enc [m], b_dec [d]
+// and, for jumprelu, threshold [m]. Each step is exactly the trainer's: forward_backward,
+// projection of the decoder gradient (unit-norm variants), Adam at the fixed lr, after_update.
+// OUT holds W_enc ... threshold after the steps and grad_W_enc ... grad_threshold of step 1
+// (before the projection). stdout: one JSON line with the first step's loss terms and l0.
+#include <sae/sae.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+#include <optional>
+#include <string>
+
+namespace {
+
+struct Args {
+  std::string arch, weights, data, out;
+  std::optional<std::string> dead_mask;
+  sae::Index k = 4, aux_k = 0, chunks = 1;
+  double l1 = 0.1, l0 = 0.01, target_l0 = 4, bandwidth = 0.05, ortho = 0.25, aux_coeff = 1.0 / 32;
+  std::int64_t dead_tokens = 10'000'000, steps = 1;
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int apply_b_dec = 1;
+};
+
+sae::Parameters<float> read_weights(const std::string& path, bool with_threshold) {
+  const auto r = sae::io::SafetensorsReader::open(path);
+  const auto& shape = r.info("W_enc").shape;
+  const sae::Index d = shape.at(0), m = shape.at(1);
+  sae::Parameters<float> p(d, m, with_threshold);
+  sae::Mat<float> Wt(m, d);
+  r.read_into("W_enc", Wt.data(), static_cast<std::size_t>(d * m));
+  p.W_enc = Wt.transpose();
+  r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d * m));
+  r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
+  r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d));
+  if (with_threshold) r.read_into("threshold", p.threshold.data(), static_cast<std::size_t>(m));
+  return p;
+}
+
+void add_params(sae::io::SafetensorsWriter& w, const std::string& prefix, const sae::Parameters<float>& p,
+                std::vector<sae::Mat<float>>& keep) {
+  const std::int64_t d = p.d_in(), m = p.d_sae();
+  keep.push_back(p.W_enc.transpose());
+  w.add(prefix + "W_enc", {d, m}, std::span<const float>(keep.back().data(), static_cast<std::size_t>(d * m)));
+  w.add(prefix + "W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)));
+  w.add(prefix + "b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)));
+  w.add(prefix + "b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)));
+  if (p.has_threshold())
+    w.add(prefix + "threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)));
+}
+
+template <class Model>
+int run(Model& model, const Args& a) {
+  using Act = typename Model::activation_type;
+  model.set_params(read_weights(a.weights, Act::has_threshold));
+  auto reader = sae::io::NpyReader::open(a.data);
+  const sae::Mat<float> X = reader.matrix();
+  if constexpr (Model::loss_type::template has<sae::AuxK>()) {
+    auto& aux = model.loss().template get<sae::AuxK>();
+    aux.k_aux = a.aux_k;
+    aux.coefficient = a.aux_coeff;
+    aux.dead_tokens = a.dead_tokens;
+    aux.since_fired.assign(static_cast<std::size_t>(model.d_sae()), 0);
+    if (a.dead_mask) {
+      auto mask = sae::io::NpyReader::open(*a.dead_mask);
+      for (sae::Index j = 0; j < model.d_sae(); ++j)
+        if (mask.f32_data()[j] != 0.0f) aux.since_fired[j] = a.dead_tokens;
+    }
+  }
+  sae::AdamOptions o;
+  o.beta1 = a.beta1;
+  o.beta2 = a.beta2;
+  o.eps = a.eps;
+  sae::Adam<float> adam(o, model.params());
+  typename Model::State s;
+  sae::Parameters<float> grads, first_grads;
+  nlohmann::json out;
+  for (std::int64_t step = 0; step < a.steps; ++step) {
+    const auto r = model.forward_backward(X, grads, s, step);
+    if (step == 0) {
+      first_grads = grads;
+      out["loss"] = r.total;
+      const auto names = Model::loss_type::names();
+      for (std::size_t i = 0; i < names.size(); ++i) out["terms"][names[i]] = r.terms[i];
+      out["l0"] = static_cast<double>(sae::kernels::count_active(s.codes)) / static_cast<double>(X.cols());
+    }
+    if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
+    adam.step(model.params(), grads, a.lr);
+    model.after_update(s);
+  }
+  if constexpr (requires { model.activation().threshold_started; }) out["batchtopk_threshold"] = model.activation().threshold;
+  sae::io::SafetensorsWriter w;
+  std::vector<sae::Mat<float>> keep;
+  keep.reserve(2);
+  add_params(w, "", model.params(), keep);
+  add_params(w, "grad_", first_grads, keep);
+  w.write(a.out);
+  std::cout << out.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sae_one_step: training steps from given weights (for reference checks)"};
+  Args a;
+  app.add_option("--arch", a.arch)->required()->check(CLI::IsMember({"relu", "topk", "batchtopk", "jumprelu", "jumprelu-target", "ortsae"}));
+  app.add_option("--weights", a.weights)->required();
+  app.add_option("--data", a.data)->required();
+  app.add_option("--out", a.out)->required();
+  app.add_option("--k", a.k);
+  app.add_option("--l1", a.l1);
+  app.add_option("--l0", a.l0);
+  app.add_option("--target-l0", a.target_l0);
+  app.add_option("--bandwidth", a.bandwidth);
+  app.add_option("--ortho", a.ortho);
+  app.add_option("--chunks", a.chunks);
+  app.add_option("--aux-k", a.aux_k);
+  app.add_option("--aux-coeff", a.aux_coeff);
+  app.add_option("--dead-mask", a.dead_mask);
+  app.add_option("--dead-tokens", a.dead_tokens);
+  app.add_option("--lr", a.lr);
+  app.add_option("--beta1", a.beta1);
+  app.add_option("--beta2", a.beta2);
+  app.add_option("--eps", a.eps);
+  app.add_option("--apply-b-dec", a.apply_b_dec);
+  app.add_option("--steps", a.steps);
+  CLI11_PARSE(app, argc, argv);
+  sae::set_num_threads(1);
+  try {
+    const auto r = sae::io::SafetensorsReader::open(a.weights);
+    sae::SaeConfig cfg;
+    cfg.d_in = r.info("W_enc").shape.at(0);
+    cfg.d_sae = r.info("W_enc").shape.at(1);
+    cfg.k = a.k;
+    cfg.apply_b_dec_to_input = a.apply_b_dec != 0;
+    if (a.arch == "relu") {
+      sae::ReluSae<float> m(cfg);
+      m.loss().get<sae::L1Sparsity>().coefficient = a.l1;
+      return run(m, a);
+    }
+    if (a.arch == "topk") {
+      sae::TopKSae<float> m(cfg);
+      return run(m, a);
+    }
+    if (a.arch == "batchtopk") {
+      sae::BatchTopKSae<float> m(cfg);
+      return run(m, a);
+    }
+    if (a.arch == "jumprelu") {
+      sae::JumpReluSae<float> m(cfg);
+      m.activation().bandwidth = a.bandwidth;
+      m.loss().get<sae::L0Sparsity>().coefficient = a.l0;
+      return run(m, a);
+    }
+    if (a.arch == "jumprelu-target") {
+      sae::JumpReluTargetSae<float> m(cfg);
+      m.activation().bandwidth = a.bandwidth;
+      m.loss().get<sae::TargetL0>().coefficient = a.l0;
+      m.loss().get<sae::TargetL0>().target = a.target_l0;
+      return run(m, a);
+    }
+    sae::OrtSae<float> m(cfg);
+    m.loss().get<sae::Orthogonality>().coefficient = a.ortho;
+    m.loss().get<sae::Orthogonality>().chunks = a.chunks;
+    return run(m, a);
+  } catch (const std::exception& e) {
+    std::cerr << "sae_one_step: error: " << e.what() << std::endl;
+    return 1;
+  }
+}
