@@ -24,7 +24,9 @@ trap report_time EXIT
 step() { echo; echo "== $* =="; }
 
 step "dependencies"
-bash scripts/setup-deps.sh
+# python3-torch serves tests/python/test_torch_reference.py (an independent PyTorch step of
+# every SAE variant); the library itself never uses it.
+bash scripts/setup-deps.sh --with-torch
 
 step "configure + build ${BUILD_DIR} (Release)"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \

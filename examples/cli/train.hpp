@@ -76,9 +76,9 @@ int train_and_save(Model& model, const TrainArgs& a, const Activations& X, json 
   return 0;
 }
 
-/// Default lambda for JumpReLU: 1e-3 for lambda * L0 and 1.0 for the target-L0 penalty
+/// Default lambda for JumpReLU: 1e-2 for lambda * L0 and 1.0 for the target-L0 penalty
 /// (measured on data of mean squared norm about 1; see docs/variants.md).
-inline double default_l0(const TrainArgs& a) { return a.target_l0 ? 1.0 : 1e-3; }
+inline double default_l0(const TrainArgs& a) { return a.target_l0 ? 1.0 : 1e-2; }
 
 inline int run_train(TrainArgs a) {
   sae::set_num_threads(a.threads);
@@ -193,7 +193,7 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   c->add_option("--k", a->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")->capture_default_str();
   c->add_option("--l1", a->l1, "L1 coefficient (relu)")->capture_default_str()->check(CLI::NonNegativeNumber);
   c->add_option("--l1-warmup", a->l1_warmup, "Steps of linear L1 warm-up (relu; default steps/20)");
-  c->add_option("--l0", a->l0, "L0 coefficient lambda (jumprelu; default 1e-3, or 1.0 with --target-l0)")
+  c->add_option("--l0", a->l0, "L0 coefficient lambda (jumprelu; default 1e-2, or 1.0 with --target-l0)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--target-l0", a->target_l0, "jumprelu: penalise lambda*(L0/target - 1)^2 instead of lambda*L0");
   c->add_option("--l0-warmup", a->l0_warmup, "Steps of linear L0-coefficient warm-up (jumprelu; default steps/20)");

@@ -74,6 +74,8 @@ def independent_eval(sae_dir, X, features=None):
     xin = X - b_dec if cfg.get("apply_b_dec_to_input", True) else X
     z = xin @ W_enc + b_enc
     f = np.maximum(z, 0.0)
+    if cfg["architecture"] == "jumprelu":  # f = relu(z) * 1[z > threshold]
+        f = np.where(z > w["threshold"].astype(np.float64), f, 0.0)
     if cfg["architecture"] == "topk":
         k = cfg["k"]
         keep = np.argpartition(-f, k - 1, axis=1)[:, :k]
@@ -158,6 +160,26 @@ def main():
     for key in ("l0", "mse", "fvu", "dead_fraction"):
         check(f"eval relu: {key} agrees with numpy", rel_close(e[key], ref[key]), f"sae {e[key]} numpy {ref[key]}")
 
+    # ---- the rest of the family: trains, saves in SAELens form, and sae eval reads it back
+    for arch, extra in (("batchtopk", ["--k", 3]), ("ortsae", ["--k", 3, "--ortho", 0.5, "--chunks", 4]),
+                        ("jumprelu", ["--l0", 0.01]), ("jumprelu", ["--target-l0", 5])):
+        d = os.path.join(TMP, f"{arch}_{len(extra)}")
+        p = run("train", "--data", data, "--arch", arch, "--d-sae", 48, "--steps", 150, "--batch", 256, *extra, "--out", d)
+        j = last_json(p)
+        cfg = json.load(open(os.path.join(d, "cfg.json")))
+        w, _, _ = read_safetensors(os.path.join(d, "sae_weights.safetensors"))
+        check(f"train {arch} {extra}: saved as jumprelu with a threshold",
+              cfg["architecture"] == "jumprelu" and w["threshold"].shape == (48,) and "dead_fraction" in j,
+              f"{cfg} {list(w)}")
+        if arch != "jumprelu":
+            check(f"train {arch}: training architecture and k in metadata",
+                  cfg["metadata"].get("training_architecture") == arch and cfg["metadata"].get("k") == 3
+                  and np.all(w["threshold"] == w["threshold"][0]) and w["threshold"][0] > 0, str(cfg["metadata"]))
+        e = last_json(run("eval", "--sae", d, "--data", data))
+        ref, _ = independent_eval(d, X)
+        for key in ("l0", "fvu", "dead_fraction"):
+            check(f"eval {arch} {extra}: {key} agrees with numpy", rel_close(e[key], ref[key]), f"sae {e[key]} numpy {ref[key]}")
+
     # ---- errors: one line on stderr, non-zero exit, nothing written
     def check_error(name, *args, contains=()):
         p = run(*args, ok=False)
@@ -174,6 +196,8 @@ def main():
     check_error("missing SAE dir", "eval", "--sae", os.path.join(TMP, "nope"), "--data", data, contains=("nope",))
     check_error("bad architecture", "train", "--data", data, "--arch", "gated", "--d-sae", 8, "--out", os.path.join(TMP, "y"),
                 contains=("gated",))
+    check_error("negative l0", "train", "--data", data, "--arch", "jumprelu", "--d-sae", 8, "--l0", -1, "--out", os.path.join(TMP, "w"),
+                contains=("--l0",))
     check_error("k larger than d_sae", "train", "--data", data, "--arch", "topk", "--d-sae", 8, "--k", 9, "--out", os.path.join(TMP, "z"),
                 contains=("--k",))
     check("error: failed runs wrote nothing", not any(os.path.exists(os.path.join(TMP, n)) for n in ("x", "y", "z")))

@@ -43,8 +43,8 @@ struct JumpReLU {
   static constexpr bool has_threshold = true;
   static constexpr Architecture architecture = Architecture::JumpReLU;
 
-  double bandwidth = 0.05;          ///< epsilon, width of the STE rectangle kernel
-  double initial_threshold = 0.05;  ///< theta_0 for every latent at initialisation
+  double bandwidth = 0.3;           ///< epsilon, width of the STE rectangle kernel
+  double initial_threshold = 0.3;   ///< theta_0 for every latent at initialisation
 
   void configure(const SaeConfig&) {}
 

@@ -51,7 +51,7 @@ double l0_and_threshold_gradient(const Mat<Scalar>& Z, const Vec<Scalar>& theta,
 struct L0Sparsity {
   static constexpr const char* name = "l0_loss";
 
-  double coefficient = 1e-3;      ///< lambda
+  double coefficient = 1e-2;      ///< lambda
   std::int64_t warmup_steps = 0;  ///< linear ramp of lambda from 0
 
   double coefficient_at(std::int64_t step) const {

@@ -25,7 +25,7 @@ namespace sae {
 struct L1Sparsity {
   static constexpr const char* name = "l1_loss";
 
-  double coefficient = 1e-3;          ///< lambda
+  double coefficient = 0.3;           ///< lambda (for data of mean squared norm about 1)
   std::int64_t warmup_steps = 0;      ///< S_warm: lambda ramps linearly from 0 over these steps
 
   /// lambda_s at 0-based step s.
