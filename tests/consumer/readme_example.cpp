@@ -11,7 +11,7 @@ int main() {
   cfg.d_in = 32;
   cfg.d_sae = 128;
   cfg.k = 2;
-  sae::TopKSae<float> model(cfg);  // or sae::ReluSae<float> with an L1 penalty
+  sae::TopKSae<float> model(cfg);  // or ReluSae, BatchTopKSae, JumpReluSae, OrtSae
 
   sae::ShuffledBatches<float> batches(data.X, /*batch=*/512, /*seed=*/1);
   sae::TrainOptions opt;
