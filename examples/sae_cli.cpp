@@ -4,10 +4,18 @@
 //   sae train  --data X.npy --arch relu|topk --d-sae M [--k K] [--l1 C] [--steps S] [--batch B]
 //              [--lr LR] [--seed N] [--threads T] --out DIR
 //   sae eval   --sae DIR --data X.npy [--features F.npy] [--limit N]
+//   sae encode --sae DIR --data X.npy --out codes.npy|codes.npz [--batch B] [--limit N]
+//   sae steer  --sae DIR --data X.npy --latent J (--scale S | --clamp V | --add A) --out Y.npy
+//   sae convert --in PATH --out DIR [--dtype f32|f16|bf16]
+//   sae report --sae DIR --data X.npy [--images 28x28] [--labels L.txt] [--features N] --out report.html
 //
 // Progress goes to stderr; the last line of stdout is one JSON object with the results.
 // Errors are one line on stderr ("sae: error: ...") and a non-zero exit code.
+#include "cli/convert.hpp"
+#include "cli/encode.hpp"
 #include "cli/eval.hpp"
+#include "cli/report.hpp"
+#include "cli/steer.hpp"
 #include "cli/synth.hpp"
 #include "cli/train.hpp"
 
@@ -20,6 +28,10 @@ int main(int argc, char** argv) {
   sae_cli::add_synth(app, chosen);
   sae_cli::add_train(app, chosen);
   sae_cli::add_eval(app, chosen);
+  sae_cli::add_convert(app, chosen);
+  sae_cli::add_encode(app, chosen);
+  sae_cli::add_steer(app, chosen);
+  sae_cli::add_report(app, chosen);
 
   try {
     app.parse(argc, argv);

@@ -11,6 +11,7 @@ packages=(
   libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev
   libbenchmark-dev libopenblas-dev zlib1g-dev
   python3-numpy
+  dataset-fashion-mnist
 )
 
 for arg in "$@"; do
