@@ -12,6 +12,7 @@
 
 #include "config.hpp"
 #include "core/sparse_autoencoder.hpp"
+#include "io/formats.hpp"
 #include "io/saelens.hpp"
 
 namespace sae {
@@ -52,12 +53,24 @@ std::pair<SaeConfig, Parameters<float>> inference_form(const Model& model) {
   return {std::move(cfg), std::move(p)};
 }
 
-/// Loads an SAELens directory into the variant its cfg.json names.
-inline AnySae load_sae(const std::filesystem::path& dir) {
-  io::LoadedWeights w = io::load_saelens(dir);
-  AnySae sae = make_sae(w.config);
-  std::visit([&](auto& m) { m.set_params(std::move(w.params)); }, sae);
-  return sae;
+/// Loads an SAE from @p path, detecting the format (sae/io/formats.hpp): an SAELens directory
+/// (cfg.json + sae_weights.safetensors), a Gemma Scope params.npz or Gemma Scope 2
+/// params.safetensors (the file or a directory holding it; JumpReLU, apply_b_dec_to_input =
+/// false), or a sparsify directory (cfg.json + sae.safetensors; TopK). The variant is the one
+/// the configuration names. Every failure, including an unusable configuration (e.g. a
+/// training architecture such as batchtopk in cfg.json), is an io::IoError "PATH: problem".
+/// @p format, if given, receives the detected format.
+inline AnySae load_sae(const std::filesystem::path& path, io::SaeFormat* format = nullptr) {
+  io::SaeFormat fmt{};
+  io::LoadedWeights w = io::load_sae_weights(path, &fmt);
+  if (format) *format = fmt;
+  try {
+    AnySae sae = make_sae(w.config);
+    std::visit([&](auto& m) { m.set_params(std::move(w.params)); }, sae);
+    return sae;
+  } catch (const std::invalid_argument& e) {
+    throw io::IoError(path, e.what());
+  }
 }
 
 /// Saves any float SAE (its config and weights) as an SAELens directory.

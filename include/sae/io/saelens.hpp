@@ -4,23 +4,35 @@
 ///     DIR/cfg.json                   SaeConfig::to_json() (d_in, d_sae, architecture, k, ...)
 ///     DIR/sae_weights.safetensors    W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
 ///                                    b_dec [d_in], threshold [d_sae] (jumprelu)
-///                                    (F32 when saved; F32/F16/BF16/F64 loaded)
+///                                    (saved as F32, F16 or BF16; F32/F16/BF16/F64 loaded)
+///
+/// cfg.json is read defensively (size limit, nesting pre-scan, duplicate keys, invalid UTF-8
+/// are one-line IoErrors) and pre-6.0 flat configs are upgraded on load: a boolean
+/// `normalize_activations` becomes "expected_average_only_in"/"none", `activation_fn_str`
+/// "topk" (or `activation_fn`) with `activation_fn_kwargs.k` becomes architecture "topk" with
+/// `k`, and flat identity fields (`model_name`, `hook_point`/`hook_name`, `hook_layer`, ...)
+/// move into `metadata`. Old JumpReLU training checkpoints that store `log_threshold` instead
+/// of `threshold` are read as threshold = exp(log_threshold).
 ///
 /// libsae's W_dec (d x m column-major) has exactly the bytes of SAELens's C-order [d_sae, d_in];
 /// W_enc is transposed once here. Each file is written atomically (temporary + rename), the
 /// weights before cfg.json, so a crash never leaves a half-written file where a good one was.
 #pragma once
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 
 #include "../config.hpp"
 #include "../core/parameters.hpp"
+#include "../detail/json_guard.hpp"
 #include "../version.hpp"
 #include "atomic_file.hpp"
 #include "error.hpp"
@@ -37,9 +49,96 @@ struct LoadedWeights {
   Parameters<float> params;
 };
 
-/// Writes @p cfg and @p p (float) to directory @p dir (created if missing).
+namespace detail_saelens {
+
+/// cfg.json files larger than this are rejected before reading (real ones are a few KB).
+inline constexpr std::size_t max_config_bytes = 16u << 20;
+
+/// Reads a JSON file defensively: size checked before reading, nesting depth pre-scanned,
+/// duplicate keys and invalid JSON/UTF-8 rejected. IoError "PATH: problem" otherwise.
+inline nlohmann::json read_json_file(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IoError(path, "cannot open (missing?)");
+  if (!S_ISREG(st.st_mode)) throw IoError(path, "not a regular file");
+  if (static_cast<std::uint64_t>(st.st_size) > max_config_bytes)
+    throw IoError(path, "file is " + std::to_string(st.st_size) + " bytes, more than the " +
+                            std::to_string(max_config_bytes) + "-byte limit for a JSON config");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError(path, "cannot open");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > max_config_bytes) throw IoError(path, "file grew beyond the JSON config size limit while reading");
+  nlohmann::json j;
+  const std::string err = sae::detail::parse_untrusted_json(text, j);
+  if (!err.empty()) throw IoError(path, err);
+  return j;
+}
+
+/// The dtype name cfg.json uses for a storage dtype.
+inline const char* torch_dtype_name(StDtype t) {
+  switch (t) {
+    case StDtype::F32: return "float32";
+    case StDtype::F16: return "float16";
+    case StDtype::BF16: return "bfloat16";
+    case StDtype::F64: return "float64";
+    default: return "?";
+  }
+}
+
+/// Rewrites a pre-6.0 (flat) SAELens cfg.json object into the v6 fields SaeConfig reads.
+/// A v6 object passes through unchanged.
+inline void upgrade_pre6_config(nlohmann::json& j) {
+  if (!j.is_object()) return;
+  if (auto it = j.find("normalize_activations"); it != j.end() && it->is_boolean())
+    *it = it->get<bool>() ? "expected_average_only_in" : "none";
+  std::string act;
+  for (const char* key : {"activation_fn_str", "activation_fn"})
+    if (auto it = j.find(key); it != j.end() && it->is_string()) act = it->get<std::string>();
+  if (j.find("k") == j.end()) {
+    if (auto kw = j.find("activation_fn_kwargs"); kw != j.end() && kw->is_object())
+      if (auto k = kw->find("k"); k != kw->end()) j["k"] = *k;
+  }
+  if (act == "topk") {
+    auto a = j.find("architecture");
+    if (a == j.end() || (a->is_string() && a->get<std::string>() == "standard")) j["architecture"] = "topk";
+  }
+  if (j.find("architecture") == j.end() && act == "relu") j["architecture"] = "standard";
+  // Flat identity fields of old configs go into metadata (v6 keeps them there).
+  nlohmann::json md = j.contains("metadata") && j["metadata"].is_object() ? j["metadata"] : nlohmann::json::object();
+  const bool was_flat = !j.contains("metadata");
+  if (was_flat) {
+    for (const char* key : {"model_name", "hook_name", "hook_layer", "hook_head_index", "context_size",
+                            "prepend_bos", "dataset_path", "neuronpedia_id", "model_class_name"})
+      if (auto it = j.find(key); it != j.end() && !md.contains(key)) md[key] = *it;
+    if (auto it = j.find("hook_point"); it != j.end() && !md.contains("hook_name")) md["hook_name"] = *it;
+    if (!md.empty()) md["converted_from"] = "saelens_pre_6";
+    j["metadata"] = md;
+  }
+}
+
+/// SaeConfig from a cfg.json object (after upgrade_pre6_config), errors as IoError(path).
+inline SaeConfig config_from_json(nlohmann::json j, const std::filesystem::path& path) {
+  upgrade_pre6_config(j);
+  try {
+    return SaeConfig::from_json(j, path.string());
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    const std::string prefix = path.string() + ": ";
+    if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
+    throw IoError(path, what);
+  }
+}
+
+}  // namespace detail_saelens
+
+/// Writes @p cfg and @p p (float) to directory @p dir (created if missing), the tensors stored
+/// as @p dtype (F32, F16 or BF16; F16/BF16 round to nearest even). cfg.json "dtype" is set to
+/// match ("float32", "float16", "bfloat16"). Throws IoError, or std::invalid_argument for
+/// another dtype.
 inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg,
-                         const Parameters<float>& p) {
+                         const Parameters<float>& p, StDtype dtype = StDtype::F32) {
+  if (dtype != StDtype::F32 && dtype != StDtype::F16 && dtype != StDtype::BF16)
+    throw std::invalid_argument(std::string("save_saelens: cannot store weights as ") + st_dtype_name(dtype) +
+                                " (use F32, F16 or BF16)");
   p.check_shapes();
   if (p.d_in() != cfg.d_in || p.d_sae() != cfg.d_sae)
     throw IoError(dir, "parameters do not match the configuration's d_in/d_sae");
@@ -52,47 +151,31 @@ inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg,
   const std::int64_t d = p.d_in(), m = p.d_sae();
   const Mat<float> W_enc_t = p.W_enc.transpose();  // m x d column-major = C-order [d, m]
   SafetensorsWriter w;
-  w.add("W_enc", {d, m}, std::span<const float>(W_enc_t.data(), static_cast<std::size_t>(d * m)));
-  w.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)));
-  w.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)));
-  w.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)));
+  w.add("W_enc", {d, m}, std::span<const float>(W_enc_t.data(), static_cast<std::size_t>(d * m)), dtype);
+  w.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)), dtype);
+  w.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)), dtype);
+  w.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)), dtype);
   if (p.has_threshold())
-    w.add("threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)));
+    w.add("threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)), dtype);
   w.metadata()["format"] = "pt";
   w.metadata()["writer"] = std::string("libsae ") + version_string;
   w.write(dir / saelens_weights_file);
 
   SaeConfig c = cfg;
-  c.dtype = "float32";
+  c.dtype = detail_saelens::torch_dtype_name(dtype);
   const std::string text = c.to_json().dump(2) + "\n";
   write_file_atomic(dir / saelens_config_file,
                     std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
 }
 
-/// Reads cfg.json of @p dir; IoError naming the file for a missing file, invalid JSON or a bad
-/// field.
+/// Reads cfg.json of @p dir (v6 or pre-6.0 flat); IoError naming the file for a missing file,
+/// oversized or invalid JSON, or a bad field.
 inline SaeConfig load_saelens_config(const std::filesystem::path& dir) {
   const auto path = dir / saelens_config_file;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) throw IoError(dir, "not a directory (expected an SAE directory with cfg.json)");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(path, "cannot open (missing cfg.json?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw IoError(path, std::string("invalid JSON: ") + e.what());
-  }
-  try {
-    return SaeConfig::from_json(j, path.string());
-  } catch (const std::runtime_error& e) {
-    std::string what = e.what();
-    const std::string prefix = path.string() + ": ";
-    if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
-    throw IoError(path, what);
-  }
+  if (!std::filesystem::exists(path, ec)) throw IoError(path, "cannot open (missing cfg.json?)");
+  return detail_saelens::config_from_json(detail_saelens::read_json_file(path), path);
 }
 
 /// Reads cfg.json and sae_weights.safetensors of @p dir, checking every tensor's shape
@@ -123,7 +206,9 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   expect("b_enc", {m});
   expect("b_dec", {d});
   const bool with_threshold = out.config.architecture == Architecture::JumpReLU;
-  if (with_threshold) expect("threshold", {m});
+  // Old JumpReLU training checkpoints store log_threshold; threshold = exp(log_threshold).
+  const bool log_threshold = with_threshold && !r.contains("threshold") && r.contains("log_threshold");
+  if (with_threshold) expect(log_threshold ? "log_threshold" : "threshold", {m});
   Parameters<float>& p = out.params;
   p = Parameters<float>(d, m, with_threshold);
   Mat<float> W_enc_t(m, d);
@@ -132,7 +217,10 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d * m));
   r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
   r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d));
-  if (with_threshold) r.read_into("threshold", p.threshold.data(), static_cast<std::size_t>(m));
+  if (with_threshold) {
+    r.read_into(log_threshold ? "log_threshold" : "threshold", p.threshold.data(), static_cast<std::size_t>(m));
+    if (log_threshold) p.threshold = p.threshold.array().exp().matrix();
+  }
   if (!p.all_finite()) throw IoError(path, "weights contain NaN or Inf");
   return out;
 }

@@ -37,6 +37,7 @@
 
 #include "sae/detail/checked.hpp"
 #include "sae/detail/half.hpp"
+#include "sae/detail/json_guard.hpp"
 #include "sae/detail/mapped_file.hpp"
 #include "sae/io/atomic_file.hpp"
 #include "sae/io/error.hpp"
@@ -109,7 +110,7 @@ struct TensorInfo {
 namespace detail_st {
 
 inline constexpr std::uint64_t max_header_size = 100'000'000;
-inline constexpr int max_json_depth = 64;
+inline constexpr int max_json_depth = sae::detail::max_json_depth;
 
 using sae::detail::checked_mul;
 
@@ -131,26 +132,8 @@ inline std::string printable(std::string_view v, std::size_t max_len = 200) {
     return out;
 }
 
-/// Maximum nesting depth of '[' / '{' outside JSON strings (a quick pre-scan so that the
-/// recursive JSON parser never sees pathological nesting).
-inline int json_nesting_depth(std::string_view s) noexcept {
-    int depth = 0, max_depth = 0;
-    bool in_string = false;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        const char c = s[i];
-        if (in_string) {
-            if (c == '\\') ++i;
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '[' || c == '{') {
-            max_depth = std::max(max_depth, ++depth);
-        } else if (c == ']' || c == '}') {
-            --depth;
-        }
-    }
-    return max_depth;
-}
+// The nesting pre-scan is shared with the cfg.json readers (sae/detail/json_guard.hpp).
+using sae::detail::json_nesting_depth;
 
 struct DuplicateKey {
     std::string key;
