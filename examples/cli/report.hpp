@@ -121,7 +121,7 @@ inline int run_report(ReportArgs a) {
 inline CLI::App* add_report(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<ReportArgs>();
   auto* c = app.add_subcommand("report", "Write a self-contained HTML report of an SAE on activations (.npy)");
-  c->add_option("--sae", a->sae_dir, "SAE directory (cfg.json + sae_weights.safetensors [+ train_log.jsonl])")->required();
+  c->add_option("--sae", a->sae_dir, "SAE (any supported format; its directory may hold the train_log.jsonl that sae train writes)")->required();
   c->add_option("--data", a->data, "Activations .npy [tokens, d_in] (float32 or float16)")->required()->check(CLI::ExistingFile);
   c->add_option("--out", a->out, "Output .html")->required();
   c->add_option("--images", a->images, "Show examples and decoder directions as HxW images (e.g. 28x28)");
