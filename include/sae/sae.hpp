@@ -34,3 +34,5 @@
 #include "train/synthetic.hpp"
 #include "train/batches.hpp"
 #include "train/trainer.hpp"
+#include "train/streaming.hpp"
+#include "train/checkpoint.hpp"

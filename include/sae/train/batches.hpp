@@ -2,10 +2,12 @@
 /// Shuffled mini-batches of tokens from a d x N matrix in memory or memory-mapped from .npy.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -25,6 +27,12 @@ namespace sae {
 ///
 /// The DataSource interface the Trainer uses: `Index d_in() const`,
 /// `const Mat<Scalar>& next()` (the next d x B batch, valid until the following call).
+/// Optional members the trainer and checkpoints use when present: `std::string origin(Index
+/// column)` (where a column of the last batch came from, for error messages),
+/// `std::int64_t position() const` (tokens drawn) and `void seek(std::int64_t position)`.
+///
+/// The order is a function of the seed and the number of tokens drawn: seek(p) replays the
+/// p / N reshuffles (no data is touched) and continues exactly as an uninterrupted source.
 template <class Scalar = float>
 class ShuffledBatches {
  public:
@@ -32,11 +40,12 @@ class ShuffledBatches {
 
   /// @param data d x N float tokens (borrowed).  @param batch B >= 1.
   ShuffledBatches(const float* data, Index d, Index N, Index batch, std::uint64_t seed)
-      : data_(data, d, N), batch_(batch), rng_(seed) {
+      : data_(data, d, N), batch_(batch), seed_(seed), rng_(seed) {
     if (d <= 0 || N <= 0) throw std::invalid_argument("ShuffledBatches: no data (d or N is 0)");
     if (batch <= 0) throw std::invalid_argument("ShuffledBatches: batch size must be positive");
     order_.resize(static_cast<std::size_t>(N));
     buffer_.resize(d, batch);
+    batch_ids_.assign(static_cast<std::size_t>(batch), -1);
     reshuffle();
   }
 
@@ -48,6 +57,39 @@ class ShuffledBatches {
   Index tokens() const { return data_.cols(); }
   Index batch_size() const { return batch_; }
   std::int64_t epoch() const { return epoch_; }
+  /// Tokens drawn so far.
+  std::int64_t position() const { return position_; }
+
+  /// Multiplies every token by @p s (activation normalisation; 1 = unchanged).
+  void set_scale(double s) {
+    if (!(s > 0) || !std::isfinite(s)) throw std::invalid_argument("ShuffledBatches: scale must be positive");
+    scale_ = s;
+  }
+  double scale() const { return scale_; }
+  /// Names the data in origin() messages (e.g. the .npy path).
+  void set_name(std::string name) { name_ = std::move(name); }
+
+  /// Token index (column of the d x N data) of column @p col of the last batch.
+  Index token_id(Index col) const { return batch_ids_.at(static_cast<std::size_t>(col)); }
+  /// "NAME row R" (or "row R") of column @p col of the last batch.
+  std::string origin(Index col) const {
+    return (name_.empty() ? std::string() : name_ + " ") + "row " + std::to_string(token_id(col));
+  }
+
+  /// Continues as if @p position tokens had been drawn since construction.
+  void seek(std::int64_t position) {
+    if (position < 0) throw std::invalid_argument("ShuffledBatches: negative position");
+    const auto N = static_cast<std::int64_t>(order_.size());
+    rng_.reseed(seed_);
+    epoch_ = 0;
+    reshuffle();
+    for (std::int64_t e = 0; e < position / N; ++e) {
+      ++epoch_;
+      reshuffle();
+    }
+    pos_ = static_cast<std::size_t>(position % N);
+    position_ = position;
+  }
 
   /// The next d x B batch (valid until the next call).
   const Mat<Scalar>& next() {
@@ -56,8 +98,14 @@ class ShuffledBatches {
         ++epoch_;
         reshuffle();
       }
-      buffer_.col(b) = data_.col(order_[pos_++]).template cast<Scalar>();
+      const Index t = order_[pos_++];
+      if (scale_ == 1.0)
+        buffer_.col(b) = data_.col(t).template cast<Scalar>();
+      else
+        buffer_.col(b) = data_.col(t).template cast<Scalar>() * static_cast<Scalar>(scale_);
+      batch_ids_[static_cast<std::size_t>(b)] = t;
     }
+    position_ += batch_;
     return buffer_;
   }
 
@@ -71,10 +119,15 @@ class ShuffledBatches {
 
   Source data_;
   Index batch_;
+  std::uint64_t seed_;
   detail::Rng rng_;
   std::vector<Index> order_;
   std::size_t pos_ = 0;
   std::int64_t epoch_ = 0;
+  std::int64_t position_ = 0;
+  double scale_ = 1.0;
+  std::string name_;
+  std::vector<Index> batch_ids_;
   Mat<Scalar> buffer_;
 };
 

@@ -71,45 +71,92 @@ struct TrainResult {
   double final_dead_fraction = 0;
 };
 
-/// Raised when the loss or the weights stop being finite; names the step.
+/// Raised when the loss, the weights or the input stop being finite; names the step (and, for
+/// bad input, the file and row the token came from).
 struct NumericalError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Trains @p model on batches from @p source (DataSource: `d_in()`, `next()` returning a
-/// d x B matrix of the model's Scalar; see ShuffledBatches) for opts.steps Adam steps.
+/// Sums over the steps since the last progress report.
+struct ProgressWindow {
+  double loss = 0, l0 = 0, err = 0, var = 0;
+  std::vector<double> terms;
+  std::int64_t steps = 0, tokens = 0;
+};
+
+/// Everything the training loop carries from one step to the next, apart from the model
+/// (its parameters and the state of its activation and loss terms) and the data source
+/// (its position). A run interrupted after step s and restarted from the TrainState, model and
+/// source position of step s continues bit for bit as the uninterrupted run (checkpoint.hpp
+/// saves and restores all three).
+template <class Scalar>
+struct TrainState {
+  std::int64_t step = 0;                  ///< optimizer steps done
+  std::int64_t tokens = 0;                ///< tokens trained on
+  Adam<Scalar> adam;                      ///< moments and step count (shaped at the first step)
+  std::vector<std::int64_t> since_fired;  ///< tokens since each latent fired (for dead_fraction reports)
+  ProgressWindow window;                  ///< report sums since the last report
+};
+
+namespace detail {
+/// Throws NumericalError naming the step, the first non-finite entry of X and, when the source
+/// can tell (`origin(column)`), the file and row it came from.
+template <class Source, class Derived>
+void check_finite_input(const Source& source, const Eigen::MatrixBase<Derived>& X, std::int64_t step) {
+  if (X.allFinite()) return;
+  for (Index t = 0; t < X.cols(); ++t)
+    for (Index i = 0; i < X.rows(); ++i) {
+      const double v = static_cast<double>(X(i, t));
+      if (std::isfinite(v)) continue;
+      std::string where = "batch column " + std::to_string(t);
+      if constexpr (requires { source.origin(t); }) where = source.origin(t);
+      throw NumericalError("step " + std::to_string(step + 1) + ": input activation is " +
+                           (std::isnan(v) ? std::string("nan") : std::string(v > 0 ? "inf" : "-inf")) + " at " +
+                           where + ", dimension " + std::to_string(i));
+    }
+}
+}  // namespace detail
+
+/// train() starting from @p st (step st.step of opts.steps; a fresh TrainState starts at step
+/// 0 and initialises the model from the first batch when opts.initialize). The source must be
+/// positioned at the matching token (st.tokens). After every step, when @p st has been
+/// updated, calls @p on_step(const TrainState&) — the place to write checkpoints (an
+/// exception from it stops training).
 ///
-/// Each step: forward/backward on one batch; for unit-norm decoders (TopK family) project
-/// the decoder gradient onto the sphere's tangent; Adam with the scheduled lr; then
-/// model.after_update (renormalise the decoder, update activation state such as thresholds). @p on_progress(const TrainProgress&) is called every opts.log_every steps and
-/// after the last step. Throws NumericalError if the loss becomes NaN or infinite.
-template <class Model, class Source, class Callback>
-TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callback&& on_progress) {
+/// Checks every batch for NaN/Inf before using it and the loss after the forward pass: either
+/// throws NumericalError naming the 1-based step (and the file and row of a bad token, see
+/// detail::check_finite_input) before that step changes any state, so on_step never sees it.
+template <class Model, class Source, class OnProgress, class OnStep>
+TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
+                       TrainState<typename Model::scalar_type>& st, OnProgress&& on_progress, OnStep&& on_step) {
   using Scalar = typename Model::scalar_type;
   using Act = typename Model::activation_type;
   if (source.d_in() != model.d_in())
     throw std::invalid_argument("training data has d_in=" + std::to_string(source.d_in()) +
                                 ", the SAE has d_in=" + std::to_string(model.d_in()));
   if (opts.steps < 0) throw std::invalid_argument("steps must be >= 0");
+  if (st.step < 0 || st.step > opts.steps)
+    throw std::invalid_argument("cannot start at step " + std::to_string(st.step) + " of " + std::to_string(opts.steps));
   const LrSchedule schedule = opts.schedule();
   const auto names = Model::loss_type::names();
 
   typename Model::State state;
   Parameters<Scalar> grads;
-  Adam<Scalar> adam(opts.adam, model.params());
+  if (st.step == 0 && !st.adam.first_moment().same_shape(model.params()))
+    st.adam = Adam<Scalar>(opts.adam, model.params());
+  if (!st.adam.first_moment().same_shape(model.params()) || !st.adam.second_moment().same_shape(model.params()))
+    throw std::invalid_argument("optimizer state does not match the model's parameters");
+  ProgressWindow& w = st.window;
+  w.terms.resize(names.size(), 0.0);
 
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   auto t_window = t_start;
 
   TrainResult result;
-  double w_loss = 0, w_l0 = 0, w_err = 0, w_var = 0;
-  std::vector<double> w_terms(names.size(), 0.0);
-  std::int64_t w_steps = 0, w_tokens = 0, tokens = 0;
-  std::vector<std::int64_t> since_fired;
-
-  for (std::int64_t step = 0; step < opts.steps; ++step) {
+  for (std::int64_t step = st.step; step < opts.steps; ++step) {
     const Mat<Scalar>& X = source.next();
+    detail::check_finite_input(source, X, step);
     if (step == 0 && opts.initialize) {
       model.initialize(X, opts.seed);
       if constexpr (Act::unit_norm_decoder) model.normalize_decoder();
@@ -120,58 +167,74 @@ TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callba
                            ": loss is " + std::to_string(report.total));
     if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
     const double lr = schedule(step);
-    adam.step(model.params(), grads, lr);
+    st.adam.step(model.params(), grads, lr);
     model.after_update(state);
 
     const Index B = X.cols();
-    tokens += B;
-    w_tokens += B;
-    ++w_steps;
-    w_loss += report.total;
-    for (std::size_t i = 0; i < names.size(); ++i) w_terms[i] += report.terms[i];
-    w_l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
-    kernels::update_since_fired(state.codes, since_fired);
-    w_err += static_cast<double>((state.X_hat - X).squaredNorm());
-    w_var += static_cast<double>((X.colwise() - X.rowwise().mean()).squaredNorm());
+    st.tokens += B;
+    st.step = step + 1;
+    w.tokens += B;
+    ++w.steps;
+    w.loss += report.total;
+    for (std::size_t i = 0; i < names.size(); ++i) w.terms[i] += report.terms[i];
+    w.l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
+    kernels::update_since_fired(state.codes, st.since_fired);
+    w.err += static_cast<double>((state.X_hat - X).squaredNorm());
+    w.var += static_cast<double>((X.colwise() - X.rowwise().mean()).squaredNorm());
 
     const bool last = step + 1 == opts.steps;
     if (last || (opts.log_every > 0 && (step + 1) % opts.log_every == 0)) {
       const auto now = clock::now();
+      const double ws = static_cast<double>(w.steps);
       TrainProgress p;
       p.step = step + 1;
       p.steps = opts.steps;
-      p.tokens = tokens;
-      p.loss = w_loss / static_cast<double>(w_steps);
-      for (std::size_t i = 0; i < names.size(); ++i)
-        p.terms.emplace_back(names[i], w_terms[i] / static_cast<double>(w_steps));
-      p.l0 = w_l0 / static_cast<double>(w_steps);
-      p.fvu = w_var > 0 ? w_err / w_var : 0.0;
-      const std::int64_t window = std::min(opts.dead_tokens, tokens);
-      p.dead_fraction = static_cast<double>(std::count_if(since_fired.begin(), since_fired.end(),
+      p.tokens = st.tokens;
+      p.loss = w.loss / ws;
+      for (std::size_t i = 0; i < names.size(); ++i) p.terms.emplace_back(names[i], w.terms[i] / ws);
+      p.l0 = w.l0 / ws;
+      p.fvu = w.var > 0 ? w.err / w.var : 0.0;
+      const std::int64_t window = std::min(opts.dead_tokens, st.tokens);
+      p.dead_fraction = static_cast<double>(std::count_if(st.since_fired.begin(), st.since_fired.end(),
                                                           [&](std::int64_t v) { return v >= window; })) /
-                        static_cast<double>(since_fired.size());
+                        static_cast<double>(st.since_fired.size());
       p.lr = lr;
       p.seconds = std::chrono::duration<double>(now - t_start).count();
       const double dt = std::chrono::duration<double>(now - t_window).count();
-      p.tokens_per_s = dt > 0 ? static_cast<double>(w_tokens) / dt : 0.0;
+      p.tokens_per_s = dt > 0 ? static_cast<double>(w.tokens) / dt : 0.0;
       p.eta_seconds = p.tokens_per_s > 0 ? static_cast<double>((opts.steps - p.step) * B) / p.tokens_per_s : 0.0;
       on_progress(static_cast<const TrainProgress&>(p));
       result.final_loss = p.loss;
       result.final_l0 = p.l0;
       result.final_fvu = p.fvu;
       result.final_dead_fraction = p.dead_fraction;
-      w_loss = w_l0 = w_err = w_var = 0;
-      std::fill(w_terms.begin(), w_terms.end(), 0.0);
-      w_steps = w_tokens = 0;
+      w.loss = w.l0 = w.err = w.var = 0;
+      std::fill(w.terms.begin(), w.terms.end(), 0.0);
+      w.steps = w.tokens = 0;
       t_window = clock::now();
     }
+    on_step(static_cast<const TrainState<Scalar>&>(st));
   }
   if (!model.params().all_finite())
     throw NumericalError("training produced non-finite weights after step " + std::to_string(opts.steps));
   result.steps = opts.steps;
-  result.tokens = tokens;
+  result.tokens = st.tokens;
   result.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
   return result;
+}
+
+/// Trains @p model on batches from @p source (DataSource: `d_in()`, `next()` returning a
+/// d x B matrix of the model's Scalar; see ShuffledBatches) for opts.steps Adam steps.
+///
+/// Each step: forward/backward on one batch; for unit-norm decoders (TopK family) project
+/// the decoder gradient onto the sphere's tangent; Adam with the scheduled lr; then
+/// model.after_update (renormalise the decoder, update activation state such as thresholds). @p on_progress(const TrainProgress&) is called every opts.log_every steps and
+/// after the last step. Throws NumericalError if the loss becomes NaN or infinite.
+template <class Model, class Source, class Callback>
+TrainResult train(Model& model, Source& source, const TrainOptions& opts, Callback&& on_progress) {
+  TrainState<typename Model::scalar_type> state;
+  return train_from(model, source, opts, state, std::forward<Callback>(on_progress),
+                    [](const TrainState<typename Model::scalar_type>&) {});
 }
 
 /// train() without a progress callback.
