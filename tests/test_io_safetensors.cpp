@@ -305,17 +305,17 @@ TEST_CASE("safetensors: malformed files are rejected with one-line IoErrors nami
     require_st_error(p, "too short");
     // Not JSON / not starting with '{' / not UTF-8.
     write_all(p, make_st("{\"a\": ", ""));
-    require_st_error(p, "invalid JSON header");
+    require_st_error(p, "header: invalid JSON");
     write_all(p, make_st(" {}", ""));
     require_st_error(p, "does not start with '{'");
     write_all(p, make_st("", ""));
     require_st_error(p, "does not start with '{'");
     write_all(p, make_st("{} x", ""));
-    require_st_error(p, "invalid JSON header");
+    require_st_error(p, "header: invalid JSON");
     write_all(p, make_st("{" + entry("a\xFF\xFE", "F32", "[2]", "[0, 8]") + "}", data8));
-    require_st_error(p, "invalid JSON header");
+    require_st_error(p, "header: invalid JSON");
     write_all(p, make_st("{\"__metadata__\": {\"k\": \"\xC3\"}}", ""));
-    require_st_error(p, "invalid JSON header");
+    require_st_error(p, "header: invalid JSON");
     // Pathological nesting must be rejected before the recursive parser sees it.
     write_all(p, make_st("{\"a\": " + std::string(10000, '[') + std::string(10000, ']') + "}", ""));
     require_st_error(p, "nested more than 64");

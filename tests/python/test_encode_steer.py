@@ -13,9 +13,9 @@ Environment: SAE_BIN (the sae executable), SAE_TMP (scratch directory). Exit 77 
 import json
 import os
 import struct
-import subprocess
 import sys
 import tempfile
+from saetest import run
 
 try:
     import numpy as np
@@ -23,16 +23,8 @@ except ImportError:  # pragma: no cover
     print("numpy not installed: skipping")
     sys.exit(77)
 
-SAE = os.environ.get("SAE_BIN", "sae")
 TMP = tempfile.mkdtemp(prefix="sae_encode_steer_", dir=os.environ.get("SAE_TMP") or None)
 failures = []
-
-
-def run(*args, ok=True):
-    p = subprocess.run([SAE, *map(str, args)], capture_output=True, text=True, timeout=600)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"sae {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
-    return p
 
 
 def result(p):

@@ -19,9 +19,9 @@ Exit 77 (skipped) when numpy is not installed.
 import json
 import os
 import struct
-import subprocess
 import sys
 import tempfile
+from saetest import check, failures, last_json, run
 
 try:
     import numpy as np
@@ -29,30 +29,7 @@ except ImportError:  # pragma: no cover
     print("numpy not installed: skipping")
     sys.exit(77)
 
-SAE = os.environ.get("SAE_BIN", "sae")
 TMP = tempfile.mkdtemp(prefix="sae_interop_", dir=os.environ.get("SAE_TMP") or None)
-failures = []
-
-
-def run(*args, ok=True):
-    p = subprocess.run([SAE, *map(str, args)], capture_output=True, text=True, timeout=600)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"sae {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
-    return p
-
-
-def last_json(p):
-    lines = [l for l in p.stdout.strip().splitlines() if l.strip()]
-    assert lines, "no stdout"
-    return json.loads(lines[-1])
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import json
 import os
 import re
 import struct
-import subprocess
 import sys
 import tempfile
 from html.parser import HTMLParser
+from saetest import run
 
 try:
     import numpy as np
@@ -20,16 +20,8 @@ except ImportError:  # pragma: no cover
     print("numpy not installed: skipping")
     sys.exit(77)
 
-SAE = os.environ.get("SAE_BIN", "sae")
 TMP = tempfile.mkdtemp(prefix="sae_report_", dir=os.environ.get("SAE_TMP") or None)
 failures = []
-
-
-def run(*args, ok=True):
-    p = subprocess.run([SAE, *map(str, args)], capture_output=True, text=True, timeout=600)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"sae {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
-    return p
 
 
 def check(name, cond, detail=""):

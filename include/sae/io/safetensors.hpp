@@ -110,7 +110,6 @@ struct TensorInfo {
 namespace detail_st {
 
 inline constexpr std::uint64_t max_header_size = 100'000'000;
-inline constexpr int max_json_depth = sae::detail::max_json_depth;
 
 using sae::detail::checked_mul;
 
@@ -131,13 +130,6 @@ inline std::string printable(std::string_view v, std::size_t max_len = 200) {
     if (v.size() > max_len) out += "...";
     return out;
 }
-
-// The nesting pre-scan is shared with the cfg.json readers (sae/detail/json_guard.hpp).
-using sae::detail::json_nesting_depth;
-
-struct DuplicateKey {
-    std::string key;
-};
 
 template <class T>
 T load(const std::byte* p) noexcept {
@@ -305,31 +297,10 @@ private:
                  std::to_string(size) + " bytes)");
         const std::string_view text(reinterpret_cast<const char*>(base + 8), static_cast<std::size_t>(n));
         if (text.empty() || text.front() != '{') fail("header does not start with '{'");
-        if (detail_st::json_nesting_depth(text) > detail_st::max_json_depth)
-            fail("header JSON is nested more than " + std::to_string(detail_st::max_json_depth) + " levels deep");
-
         json root;
-        try {
-            // Track the keys of every open object to reject duplicates (the DOM would keep
-            // only the last one silently).
-            std::vector<std::set<std::string>> keys;
-            json::parser_callback_t cb = [&keys](int, json::parse_event_t ev, json& parsed) {
-                if (ev == json::parse_event_t::object_start) {
-                    keys.emplace_back();
-                } else if (ev == json::parse_event_t::object_end) {
-                    if (!keys.empty()) keys.pop_back();
-                } else if (ev == json::parse_event_t::key && !keys.empty()) {
-                    const auto& k = parsed.get_ref<const std::string&>();
-                    if (!keys.back().insert(k).second) throw detail_st::DuplicateKey{k};
-                }
-                return true;
-            };
-            root = json::parse(text.begin(), text.end(), cb);
-        } catch (const detail_st::DuplicateKey& e) {
-            fail("invalid header: duplicate key '" + detail_st::printable(e.key, 80) + "'");
-        } catch (const json::exception& e) {
-            fail(std::string("invalid JSON header: ") + detail_st::printable(e.what()));
-        }
+        // Depth pre-scan, then a parse that rejects duplicate keys (json_guard.hpp).
+        if (const std::string problem = sae::detail::parse_untrusted_json(text, root); !problem.empty())
+            fail("header: " + problem);
         if (!root.is_object()) fail("header is not a JSON object");
 
         data_offset_ = 8 + static_cast<std::size_t>(n);

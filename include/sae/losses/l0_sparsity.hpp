@@ -9,6 +9,7 @@
 
 #include "../core/parameters.hpp"
 #include "../core/step_state.hpp"
+#include "../optim/schedule.hpp"
 #include "../detail/omp.hpp"
 
 namespace sae {
@@ -54,10 +55,7 @@ struct L0Sparsity {
   double coefficient = 1e-2;      ///< lambda
   std::int64_t warmup_steps = 0;  ///< linear ramp of lambda from 0
 
-  double coefficient_at(std::int64_t step) const {
-    if (warmup_steps <= 0) return coefficient;
-    return coefficient * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
-  }
+  double coefficient_at(std::int64_t step) const { return linear_warmup(coefficient, step, warmup_steps); }
 
   template <class Scalar, class Codes, class DerivedX>
   double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,
@@ -81,10 +79,7 @@ struct TargetL0 {
   double target = 20.0;           ///< L0_target, active latents per token
   std::int64_t warmup_steps = 0;
 
-  double coefficient_at(std::int64_t step) const {
-    if (warmup_steps <= 0) return coefficient;
-    return coefficient * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
-  }
+  double coefficient_at(std::int64_t step) const { return linear_warmup(coefficient, step, warmup_steps); }
 
   template <class Scalar, class Codes, class DerivedX>
   double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,

@@ -10,6 +10,7 @@
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
 #include "../core/step_state.hpp"
+#include "../optim/schedule.hpp"
 
 namespace sae {
 
@@ -29,10 +30,7 @@ struct L1Sparsity {
   std::int64_t warmup_steps = 0;      ///< S_warm: lambda ramps linearly from 0 over these steps
 
   /// lambda_s at 0-based step s.
-  double coefficient_at(std::int64_t step) const {
-    if (warmup_steps <= 0) return coefficient;
-    return coefficient * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
-  }
+  double coefficient_at(std::int64_t step) const { return linear_warmup(coefficient, step, warmup_steps); }
 
   template <class Scalar, class Codes, class DerivedX>
   double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
