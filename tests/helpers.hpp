@@ -40,6 +40,15 @@ sae::Mat<Scalar> random_matrix(sae::Index rows, sae::Index cols, std::uint64_t s
   return m;
 }
 
+/// An SaeConfig of the given shape (k for the TopK family; other fields at their defaults).
+inline sae::SaeConfig config(sae::Index d, sae::Index m, sae::Index k = 0) {
+  sae::SaeConfig c;
+  c.d_in = d;
+  c.d_sae = m;
+  c.k = k;
+  return c;
+}
+
 /// Random parameters (not the training initialisation: every tensor independent and nonzero).
 template <class Scalar>
 sae::Parameters<Scalar> random_params(sae::Index d, sae::Index m, std::uint64_t seed) {

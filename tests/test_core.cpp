@@ -30,10 +30,7 @@ Mat<double> naive_preactivations(const sae::Parameters<Scalar>& p, const Mat<Sca
 TEMPLATE_TEST_CASE("TopK: keeps the k largest positive pre-activations of each token", "[core][topk]", float, double) {
   using Scalar = TestType;
   const Index d = 8, m = 40, B = 37, k = GENERATE(1, 4, 40);
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = k;
+  auto cfg = sae_test::config(d, m, k);
   sae::TopKSae<Scalar> model(cfg);
   model.set_params(sae_test::random_params<Scalar>(d, m, 5));
   const Mat<Scalar> X = sae_test::random_matrix<Scalar>(d, B, 6);
@@ -62,10 +59,7 @@ TEMPLATE_TEST_CASE("TopK: keeps the k largest positive pre-activations of each t
 TEST_CASE("TopK: selection across token blocks equals selection token by token", "[core][topk]") {
   // More tokens than one encoder block, so block boundaries are crossed.
   const Index d = 6, m = 30, k = 3, B = 3 * sae::TopKSae<float>::block_tokens + 17;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = k;
+  auto cfg = sae_test::config(d, m, k);
   sae::TopKSae<double> model(cfg);
   model.set_params(sae_test::random_params<double>(d, m, 7));
   const Mat<double> X = sae_test::random_matrix<double>(d, B, 8);
@@ -97,9 +91,7 @@ TEMPLATE_TEST_CASE("ReLU: codes are max(z, 0) of W_enc^T (x - b_dec) + b_enc", "
   using Scalar = TestType;
   const bool apply_b_dec = GENERATE(true, false);
   const Index d = 7, m = 19, B = 11;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
+  auto cfg = sae_test::config(d, m);
   cfg.apply_b_dec_to_input = apply_b_dec;
   sae::ReluSae<Scalar> model(cfg);
   model.set_params(sae_test::random_params<Scalar>(d, m, 9));
@@ -115,10 +107,7 @@ TEMPLATE_TEST_CASE("ReLU: codes are max(z, 0) of W_enc^T (x - b_dec) + b_enc", "
 TEMPLATE_TEST_CASE("SparseCodes: sparse decode equals dense decode of the same codes", "[core][decode]", float, double) {
   using Scalar = TestType;
   const Index d = 9, m = 50, B = 23, k = 5;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = k;
+  auto cfg = sae_test::config(d, m, k);
   sae::TopKSae<Scalar> model(cfg);
   model.set_params(sae_test::random_params<Scalar>(d, m, 13));
   const Mat<Scalar> X = sae_test::random_matrix<Scalar>(d, B, 14);
@@ -142,10 +131,7 @@ TEST_CASE("Sparse backward: TopK gradients equal the dense masked formulas", "[c
   //   dW_dec = G F^T,  dF = W_dec^T G (masked),  dW_enc = (X - b_dec) dF^T,  db_enc = rowsum(dF),
   //   db_dec = rowsum(G) - W_enc db_enc.
   const Index d = 7, m = 33, B = 29, k = 4;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = k;
+  auto cfg = sae_test::config(d, m, k);
   sae::TopKSae<double> model(cfg);
   model.set_params(sae_test::random_params<double>(d, m, 17));
   const Mat<double> X = sae_test::random_matrix<double>(d, B, 18);
@@ -235,10 +221,7 @@ TEST_CASE("LrSchedule: linear warm-up, constant, linear decay", "[core][optim]")
 
 TEST_CASE("Decoder constraint: projected gradient is orthogonal to each column; renormalised columns have unit norm", "[core]") {
   const Index d = 6, m = 9;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = 2;
+  auto cfg = sae_test::config(d, m, 2);
   sae::TopKSae<double> model(cfg);
   model.set_params(sae_test::random_params<double>(d, m, 50));
   auto g = sae_test::random_params<double>(d, m, 51);
@@ -259,10 +242,7 @@ TEST_CASE("Decoder constraint: projected gradient is orthogonal to each column; 
 TEST_CASE("Initialisation: unit (TopK) or 0.1-norm (ReLU) decoder columns, W_enc = W_dec, b_dec = sample mean", "[core]") {
   const Index d = 10, m = 30;
   const Mat<float> sample = sae_test::random_matrix<float>(d, 100, 60);
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = 3;
+  auto cfg = sae_test::config(d, m, 3);
   sae::TopKSae<float> topk(cfg);
   topk.initialize(sample, 1);
   sae::ReluSae<float> relu(cfg);
@@ -283,9 +263,7 @@ TEST_CASE("Initialisation: unit (TopK) or 0.1-norm (ReLU) decoder columns, W_enc
 }
 
 TEST_CASE("SparseAutoencoder: rejects bad configs and batches of the wrong width", "[core]") {
-  sae::SaeConfig cfg;
-  cfg.d_in = 4;
-  cfg.d_sae = 8;
+  auto cfg = sae_test::config(4, 8);
   cfg.k = 9;  // > d_sae
   REQUIRE_THROWS_AS(sae::TopKSae<float>(cfg), std::invalid_argument);
   cfg.k = 0;

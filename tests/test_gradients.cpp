@@ -45,9 +45,7 @@ void check_all_gradients(Model& model, const Mat<double>& X, std::int64_t step) 
 TEST_CASE("Gradients: ReLU SAE with reconstruction + L1 match finite differences", "[core][gradients]") {
   const bool apply_b_dec = GENERATE(true, false);
   const Index d = 6, m = 10, B = 9;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
+  auto cfg = sae_test::config(d, m);
   cfg.apply_b_dec_to_input = apply_b_dec;
   sae::ReluSae<double> model(cfg);
   model.set_params(sae_test::random_params<double>(d, m, 11));
@@ -69,10 +67,7 @@ TEST_CASE("Gradients: TopK SAE reconstruction matches finite differences", "[cor
   const bool apply_b_dec = GENERATE(true, false);
   const Index k = GENERATE(1, 3);
   const Index d = 5, m = 12, B = 8;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = k;
+  auto cfg = sae_test::config(d, m, k);
   cfg.apply_b_dec_to_input = apply_b_dec;
   sae::TopKSae<double> model(cfg);
   model.set_params(sae_test::random_params<double>(d, m, 21));
@@ -86,9 +81,7 @@ TEST_CASE("Gradients: TopK SAE reconstruction matches finite differences", "[cor
 
 TEST_CASE("Gradients: L1 term alone equals lambda/B * sum f_tj ||W_dec_j|| and its gradient", "[core][gradients]") {
   const Index d = 4, m = 7, B = 5;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
+  auto cfg = sae_test::config(d, m);
   using L1Only = sae::SparseAutoencoder<sae::ReLU, sae::CombinedLoss<sae::L1Sparsity>, double>;
   L1Only model(cfg);
   model.set_params(sae_test::random_params<double>(d, m, 31));

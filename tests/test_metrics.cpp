@@ -41,10 +41,7 @@ Direct direct_metrics(const Model& model, const Mat<float>& X) {
 
 TEST_CASE("Metrics: evaluate() equals the definitions for any batch size", "[metrics]") {
   const Index d = 10, m = 60, N = 500;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = 3;
+  auto cfg = sae_test::config(d, m, 3);
   sae::TopKSae<float> topk(cfg);
   topk.set_params(sae_test::random_params<float>(d, m, 70));
   // Push some latents' biases very negative so they never fire (dead latents exist).
@@ -75,10 +72,7 @@ TEST_CASE("Metrics: evaluate() equals the definitions for any batch size", "[met
 
 TEST_CASE("Metrics: limit evaluates only the first tokens", "[metrics]") {
   const Index d = 6, m = 20;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = m;
-  cfg.k = 2;
+  auto cfg = sae_test::config(d, m, 2);
   sae::TopKSae<float> model(cfg);
   model.set_params(sae_test::random_params<float>(d, m, 80));
   const Mat<float> X = sae_test::random_matrix<float>(d, 300, 81);
@@ -93,9 +87,7 @@ TEST_CASE("Metrics: limit evaluates only the first tokens", "[metrics]") {
 TEST_CASE("Metrics: perfect reconstruction has fvu 0; the mean alone has fvu 1", "[metrics]") {
   // A ReLU SAE with W_enc = W_dec = [I, -I] and b = 0 reconstructs any x exactly.
   const Index d = 5, N = 200;
-  sae::SaeConfig cfg;
-  cfg.d_in = d;
-  cfg.d_sae = 2 * d;
+  auto cfg = sae_test::config(d, 2 * d);
   cfg.apply_b_dec_to_input = false;
   sae::ReluSae<double> model(cfg);
   sae::Parameters<double> p(d, 2 * d);

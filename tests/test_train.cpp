@@ -83,10 +83,7 @@ TEST_CASE("Training: TopK recovers the true features of superposition data", "[t
   o.samples = 60000;
   o.seed = 11;
   const auto data = sae::make_superposition(o);
-  sae::SaeConfig cfg;
-  cfg.d_in = 64;
-  cfg.d_sae = 512;
-  cfg.k = 4;
+  auto cfg = sae_test::config(64, 512, 4);
   sae::TopKSae<float> model(cfg);
   sae::ShuffledBatches<float> batches(data.X, 1024, 1);
   sae::TrainOptions t;
@@ -113,9 +110,7 @@ TEST_CASE("Training: ReLU + L1 finds the features and is sparse", "[train][recov
   o.samples = 60000;
   o.seed = 12;
   const auto data = sae::make_superposition(o);
-  sae::SaeConfig cfg;
-  cfg.d_in = 64;
-  cfg.d_sae = 512;
+  auto cfg = sae_test::config(64, 512);
   sae::ReluSae<float> model(cfg);
   model.loss().get<sae::L1Sparsity>().coefficient = 0.3;
   model.loss().get<sae::L1Sparsity>().warmup_steps = 50;
@@ -138,10 +133,7 @@ TEST_CASE("Training: same seed and data give bit-identical weights", "[train]") 
   o.features = 32;
   o.samples = 3000;
   const auto data = sae::make_superposition(o);
-  sae::SaeConfig cfg;
-  cfg.d_in = 16;
-  cfg.d_sae = 48;
-  cfg.k = 3;
+  auto cfg = sae_test::config(16, 48, 3);
   auto run = [&] {
     sae::TopKSae<float> model(cfg);
     sae::ShuffledBatches<float> batches(data.X, 128, 7);
@@ -158,10 +150,7 @@ TEST_CASE("Training: same seed and data give bit-identical weights", "[train]") 
 }
 
 TEST_CASE("Training: d_in mismatch and divergence are reported", "[train]") {
-  sae::SaeConfig cfg;
-  cfg.d_in = 8;
-  cfg.d_sae = 16;
-  cfg.k = 2;
+  auto cfg = sae_test::config(8, 16, 2);
   sae::TopKSae<float> model(cfg);
   const Mat<float> wrong = Mat<float>::Random(9, 100);
   sae::ShuffledBatches<float> batches(wrong, 10, 1);

@@ -40,15 +40,9 @@ void check_fd(Model& model, const sae::Parameters<double>& grad, Loss&& loss, co
   REQUIRE(checked > 0);
 }
 
-sae::SaeConfig config(Index d, Index m, Index k = 0) {
-  sae::SaeConfig c;
-  c.d_in = d;
-  c.d_sae = m;
-  c.k = k;
-  return c;
-}
-
 }  // namespace
+
+using sae_test::config;
 
 TEST_CASE("BatchTopK: training selection keeps exactly the k*B largest positive values of the batch", "[core][batchtopk]") {
   const Index d = 6, m = 50, k = 3;
