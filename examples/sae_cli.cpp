@@ -8,9 +8,12 @@
 //   sae steer  --sae DIR --data X.npy --latent J (--scale S | --clamp V | --add A) --out Y.npy
 //   sae convert --in PATH --out DIR [--dtype f32|f16|bf16]
 //   sae report --sae DIR --data X.npy [--images 28x28] [--labels L.txt] [--features N] --out report.html
+//   sae bench  --arch topk --d-in 768 --d-sae 16384 --k 32 --batch 4096 --steps 5 [--warmup 1] [--threads T]
+//              [--gemm auto|eigen|blas] [--no-bound]
 //
 // Progress goes to stderr; the last line of stdout is one JSON object with the results.
 // Errors are one line on stderr ("sae: error: ...") and a non-zero exit code.
+#include "cli/bench.hpp"
 #include "cli/convert.hpp"
 #include "cli/encode.hpp"
 #include "cli/eval.hpp"
@@ -32,6 +35,7 @@ int main(int argc, char** argv) {
   sae_cli::add_encode(app, chosen);
   sae_cli::add_steer(app, chosen);
   sae_cli::add_report(app, chosen);
+  sae_cli::add_bench(app, chosen);
 
   try {
     app.parse(argc, argv);

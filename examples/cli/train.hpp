@@ -8,6 +8,7 @@
 #include <cstring>
 #include <set>
 
+#include <sae/core/gemm.hpp>
 #include <sae/train/checkpoint.hpp>
 #include <sae/train/streaming.hpp>
 
@@ -34,6 +35,7 @@ struct TrainArgs {
   std::optional<double> lr;
   sae::TrainOptions opt;
   int threads = 0;
+  std::string gemm = "auto";             // encoder GEMM backend: auto (SAE_GEMM or the build default), eigen or blas
   // data pipeline
   std::optional<std::int64_t> shuffle_buffer;  // tokens; unset with one file: full in-memory-order shuffle
   std::string normalize = "none";
@@ -175,6 +177,11 @@ inline double double_from_bits(std::uint64_t b) {
 /// 2024, Fig. 3, as dictionary_learning uses it), which gives 1.1e-3 at m = 512.
 inline double default_lr(sae::Index d_sae) { return 2e-4 / std::sqrt(static_cast<double>(d_sae) / 16384.0); }
 
+/// The encoder GEMM backend of this process ("eigen" or "blas": the build's measured default
+/// unless --gemm, SAE_GEMM or a checkpoint fixed it). Results of the two differ in the last
+/// bits, so checkpoints record it and --resume pins it.
+inline std::string gemm_backend_name() { return sae::gemm::backend_name(sae::gemm::encoder_backend()); }
+
 /// Trains @p model (from scratch, or from the checkpoint in @p resume), writing a checkpoint
 /// every --checkpoint-every steps; then folds the normalisation factor into the weights and
 /// writes the SAE directory, its train_log.jsonl and the JSON result.
@@ -211,7 +218,7 @@ int train_and_save(Model& model, const TrainArgs& a, const sae::NpyDataset& ds, 
     for (const auto& l : log_lines) log.push_back(l);
     const json extra = {{"args", args_json}, {"threads", sae::num_threads()}, {"scale", scale},
                         {"scale_bits", double_bits(scale)}, {"source", source.describe()},
-                        {"data", ds.fingerprint()}, {"log", log}};
+                        {"data", ds.fingerprint()}, {"log", log}, {"gemm_backend", gemm_backend_name()}};
     sae::save_checkpoint(ckpt_dir / sae::checkpoint_file_name, model, s, extra);
   };
   const sae::TrainResult r = sae::train_from(model, source, a.opt, st, [&](const sae::TrainProgress& p) {
@@ -230,6 +237,7 @@ int train_and_save(Model& model, const TrainArgs& a, const sae::NpyDataset& ds, 
   }, on_step);
   meta["training"]["tokens"] = r.tokens;
   meta["training"]["seconds"] = r.seconds;
+  meta["training"]["gemm_backend"] = gemm_backend_name();
   if (resume) meta["training"]["resumed_from_step"] = resume->state.at("step");
   if (scale != 1.0) sae::fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
   model.config().metadata = meta;
@@ -252,7 +260,8 @@ int train_and_save(Model& model, const TrainArgs& a, const sae::NpyDataset& ds, 
                  {"l0", r.final_l0},
                  {"fvu", r.final_fvu},
                  {"dead_fraction", r.final_dead_fraction},
-                 {"threads", sae::num_threads()}};
+                 {"threads", sae::num_threads()},
+                 {"gemm_backend", gemm_backend_name()}};
   if (scale != 1.0) result["normalize"] = {{"method", a.normalize}, {"scale", scale}};
   if (resume) result["resumed_from_step"] = resume->state.at("step");
   print_result(result);
@@ -266,8 +275,105 @@ inline double default_l0(const TrainArgs& a) { return a.target_l0 ? 1.0 : 1e-2; 
 /// Flags that may accompany --resume; every other setting comes from the checkpoint.
 inline const std::set<std::string>& resume_flags() {
   static const std::set<std::string> f = {"--resume", "--threads", "--checkpoint-every", "--checkpoint-dir",
-                                          "--out", "--data", "--log-every"};
+                                          "--out", "--data", "--log-every", "--gemm"};
   return f;
+}
+
+/// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the model
+/// settings; also sets a.opt.lr (--lr or default_lr) and a.opt.dead_tokens.
+inline sae::SaeConfig training_config(TrainArgs& a, sae::Index d_in) {
+  sae::SaeConfig cfg;
+  cfg.d_in = d_in;
+  cfg.d_sae = a.d_sae;
+  cfg.architecture = sae::parse_architecture(a.arch);
+  const bool uses_k = sae::architecture_uses_k(cfg.architecture);
+  cfg.k = uses_k ? a.k : 0;
+  if (uses_k && (a.k <= 0 || a.k > a.d_sae))
+    throw std::invalid_argument("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
+  if (!(a.bandwidth > 0)) throw std::invalid_argument("--bandwidth must be positive");
+  if (a.target_l0 && !(*a.target_l0 > 0)) throw std::invalid_argument("--target-l0 must be positive");
+  if (a.chunks < 1) throw std::invalid_argument("--chunks must be at least 1");
+  a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
+  a.opt.dead_tokens = a.dead_tokens;
+  if (!(a.opt.lr > 0)) throw std::invalid_argument("--lr must be positive");
+  return cfg;
+}
+
+/// Builds the model `sae train` trains for @p a and @p cfg (architecture, loss coefficients and
+/// their warm-ups, AuxK, JumpReLU and OrtSAE settings), records those settings in @p tr
+/// (metadata["training"]) and returns @p f(model). Shared by `sae train` and `sae bench`.
+template <class F>
+auto with_training_model(const TrainArgs& a, const sae::SaeConfig& cfg, json& tr, F&& f) {
+  auto set_aux = [&](auto& model) {
+    auto& aux = model.loss().template get<sae::AuxK>();
+    aux.k_aux = a.aux_k;
+    aux.coefficient = a.aux_coeff;
+    aux.dead_tokens = a.dead_tokens;
+    tr["aux_k"] = a.aux_k > 0 ? a.aux_k : std::max<sae::Index>(1, cfg.d_in / 2);
+    tr["aux_coeff"] = a.aux_coeff;
+    tr["dead_tokens"] = a.dead_tokens;
+  };
+  auto set_jumprelu = [&](auto& model) {
+    model.activation().bandwidth = a.bandwidth;
+    model.activation().initial_threshold = a.threshold_init;
+    tr["bandwidth"] = a.bandwidth;
+    tr["threshold_init"] = a.threshold_init;
+  };
+  const std::int64_t coeff_warmup = a.opt.steps / 20;
+  switch (cfg.architecture) {
+    case sae::Architecture::Standard: {
+      sae::ReluSae<float> model(cfg);
+      auto& l1 = model.loss().get<sae::L1Sparsity>();
+      l1.coefficient = a.l1;
+      l1.warmup_steps = a.l1_warmup >= 0 ? a.l1_warmup : coeff_warmup;
+      tr["l1_coefficient"] = l1.coefficient;
+      tr["l1_warmup_steps"] = l1.warmup_steps;
+      return f(model);
+    }
+    case sae::Architecture::TopK: {
+      sae::TopKSae<float> model(cfg);
+      set_aux(model);
+      return f(model);
+    }
+    case sae::Architecture::BatchTopK: {
+      sae::BatchTopKSae<float> model(cfg);
+      set_aux(model);
+      return f(model);
+    }
+    case sae::Architecture::OrtSAE: {
+      sae::OrtSae<float> model(cfg);
+      set_aux(model);
+      auto& o = model.loss().get<sae::Orthogonality>();
+      o.coefficient = a.ortho;
+      o.chunks = a.chunks;
+      tr["ortho"] = a.ortho;
+      tr["chunks"] = a.chunks;
+      return f(model);
+    }
+    case sae::Architecture::JumpReLU: {
+      const double lam = a.l0.value_or(default_l0(a));
+      const std::int64_t warm = a.l0_warmup >= 0 ? a.l0_warmup : coeff_warmup;
+      tr["l0_coefficient"] = lam;
+      tr["l0_warmup_steps"] = warm;
+      if (a.target_l0) {
+        sae::JumpReluTargetSae<float> model(cfg);
+        set_jumprelu(model);
+        auto& t = model.loss().get<sae::TargetL0>();
+        t.coefficient = lam;
+        t.target = *a.target_l0;
+        t.warmup_steps = warm;
+        tr["target_l0"] = *a.target_l0;
+        return f(model);
+      }
+      sae::JumpReluSae<float> model(cfg);
+      set_jumprelu(model);
+      auto& l0 = model.loss().get<sae::L0Sparsity>();
+      l0.coefficient = lam;
+      l0.warmup_steps = warm;
+      return f(model);
+    }
+  }
+  throw std::invalid_argument("unsupported architecture");
 }
 
 inline int run_train(TrainArgs a) {
@@ -298,11 +404,24 @@ inline int run_train(TrainArgs a) {
     if (ran_with > 0 && saved.threads > 0 && saved.threads != ran_with)
       std::cerr << "sae train: warning: the run used " << ran_with << " threads, resuming with " << saved.threads
                 << ": the weights will not be bit-identical to an uninterrupted run\n";
+    // The encoder backend the run used (Eigen and BLAS differ in the last bits): pinned unless
+    // --gemm eigen|blas overrides it.
+    const std::string ran_gemm = extra.value("gemm_backend", std::string());
+    saved.gemm = a.gemm != "auto" ? a.gemm : (ran_gemm.empty() ? "auto" : ran_gemm);
+    if (!ran_gemm.empty() && saved.gemm != ran_gemm)
+      std::cerr << "sae train: warning: the run used the " << ran_gemm << " GEMM backend, resuming with "
+                << saved.gemm << ": the weights will not be bit-identical to an uninterrupted run\n";
+    if (saved.gemm == "blas" && a.gemm == "auto" && !sae::gemm::blas_linked()) {
+      std::cerr << "sae train: warning: the run used the blas GEMM backend and this build has no BLAS, resuming "
+                   "with eigen: the weights will not be bit-identical to an uninterrupted run\n";
+      saved.gemm = "eigen";
+    }
     saved.given = a.given;
     a = std::move(saved);
     resume = std::move(rf);
   }
   sae::set_num_threads(a.threads);
+  if (a.gemm != "auto") sae::gemm::set_encoder_backend(sae::gemm::parse_backend(a.gemm));
   const sae::Architecture arch = sae::parse_architecture(a.arch);
   const sae::Normalization norm = sae::parse_normalization(a.normalize);
   const sae::NpyDataset ds = sae::NpyDataset::open(a.data);
@@ -328,20 +447,8 @@ inline int run_train(TrainArgs a) {
   } else {
     scale = sae::estimate_scale(ds, norm);
   }
-  sae::SaeConfig cfg;
-  cfg.d_in = ds.d_in();
-  cfg.d_sae = a.d_sae;
-  cfg.architecture = arch;
+  const sae::SaeConfig cfg = training_config(a, ds.d_in());
   const bool uses_k = sae::architecture_uses_k(arch);
-  cfg.k = uses_k ? a.k : 0;
-  if (uses_k && (a.k <= 0 || a.k > a.d_sae))
-    throw std::invalid_argument("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
-  if (!(a.bandwidth > 0)) throw std::invalid_argument("--bandwidth must be positive");
-  if (a.target_l0 && !(*a.target_l0 > 0)) throw std::invalid_argument("--target-l0 must be positive");
-  if (a.chunks < 1) throw std::invalid_argument("--chunks must be at least 1");
-  a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
-  a.opt.dead_tokens = a.dead_tokens;
-  if (!(a.opt.lr > 0)) throw std::invalid_argument("--lr must be positive");
   const std::string data_name = ds.files() == 1 ? a.data.front().string()
                                                 : std::to_string(ds.files()) + " files";
   std::cerr << "sae train: " << sae::architecture_name(arch) << " d_in " << cfg.d_in << " d_sae " << cfg.d_sae;
@@ -365,76 +472,7 @@ inline int run_train(TrainArgs a) {
         {"batch", a.opt.batch}, {"lr", a.opt.lr}, {"seed", a.opt.seed},
         {"warmup_steps", a.opt.schedule().warmup_steps}, {"decay_steps", a.opt.schedule().decay_steps}};
   if (ds.files() > 1 || a.shuffle_buffer) tr["shuffle_buffer"] = a.shuffle_buffer ? json(*a.shuffle_buffer) : json("default");
-  auto set_aux = [&](auto& model) {
-    auto& aux = model.loss().template get<sae::AuxK>();
-    aux.k_aux = a.aux_k;
-    aux.coefficient = a.aux_coeff;
-    aux.dead_tokens = a.dead_tokens;
-    tr["aux_k"] = a.aux_k > 0 ? a.aux_k : std::max<sae::Index>(1, cfg.d_in / 2);
-    tr["aux_coeff"] = a.aux_coeff;
-    tr["dead_tokens"] = a.dead_tokens;
-  };
-  auto set_jumprelu = [&](auto& model) {
-    model.activation().bandwidth = a.bandwidth;
-    model.activation().initial_threshold = a.threshold_init;
-    tr["bandwidth"] = a.bandwidth;
-    tr["threshold_init"] = a.threshold_init;
-  };
-  const std::int64_t coeff_warmup = a.opt.steps / 20;
-  switch (arch) {
-    case sae::Architecture::Standard: {
-      sae::ReluSae<float> model(cfg);
-      auto& l1 = model.loss().get<sae::L1Sparsity>();
-      l1.coefficient = a.l1;
-      l1.warmup_steps = a.l1_warmup >= 0 ? a.l1_warmup : coeff_warmup;
-      tr["l1_coefficient"] = l1.coefficient;
-      tr["l1_warmup_steps"] = l1.warmup_steps;
-      return train_and_save(model, a, ds, scale, resume, meta);
-    }
-    case sae::Architecture::TopK: {
-      sae::TopKSae<float> model(cfg);
-      set_aux(model);
-      return train_and_save(model, a, ds, scale, resume, meta);
-    }
-    case sae::Architecture::BatchTopK: {
-      sae::BatchTopKSae<float> model(cfg);
-      set_aux(model);
-      return train_and_save(model, a, ds, scale, resume, meta);
-    }
-    case sae::Architecture::OrtSAE: {
-      sae::OrtSae<float> model(cfg);
-      set_aux(model);
-      auto& o = model.loss().get<sae::Orthogonality>();
-      o.coefficient = a.ortho;
-      o.chunks = a.chunks;
-      tr["ortho"] = a.ortho;
-      tr["chunks"] = a.chunks;
-      return train_and_save(model, a, ds, scale, resume, meta);
-    }
-    case sae::Architecture::JumpReLU: {
-      const double lam = a.l0.value_or(default_l0(a));
-      const std::int64_t warm = a.l0_warmup >= 0 ? a.l0_warmup : coeff_warmup;
-      tr["l0_coefficient"] = lam;
-      tr["l0_warmup_steps"] = warm;
-      if (a.target_l0) {
-        sae::JumpReluTargetSae<float> model(cfg);
-        set_jumprelu(model);
-        auto& t = model.loss().get<sae::TargetL0>();
-        t.coefficient = lam;
-        t.target = *a.target_l0;
-        t.warmup_steps = warm;
-        tr["target_l0"] = *a.target_l0;
-        return train_and_save(model, a, ds, scale, resume, meta);
-      }
-      sae::JumpReluSae<float> model(cfg);
-      set_jumprelu(model);
-      auto& l0 = model.loss().get<sae::L0Sparsity>();
-      l0.coefficient = lam;
-      l0.warmup_steps = warm;
-      return train_and_save(model, a, ds, scale, resume, meta);
-    }
-  }
-  throw std::invalid_argument("unsupported architecture");
+  return with_training_model(a, cfg, tr, [&](auto& model) { return train_and_save(model, a, ds, scale, resume, meta); });
 }
 
 inline CLI::App* add_train(CLI::App& app, Command& chosen) {
@@ -472,6 +510,10 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   c->add_option("--seed", a->opt.seed, "Seed for initialisation and batch order")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores / OMP_NUM_THREADS)");
   c->add_option("--log-every", a->opt.log_every, "Progress line every N steps")->capture_default_str();
+  c->add_option("--gemm", a->gemm,
+                "Encoder GEMM backend: auto ($SAE_GEMM, else the one measured faster when libsae was "
+                "configured), eigen or blas; --resume uses the checkpoint's")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "eigen", "blas"}));
   c->add_option("--out", a->out, "Output SAE directory (SAELens layout)");
   c->add_option("--shuffle-buffer", a->shuffle_buffer,
                 "Tokens held in the shuffle buffer (streams the files; default with several files: 256 MiB of tokens)")

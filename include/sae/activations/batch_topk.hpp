@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "../core/fused_encoder.hpp"
 #include "../core/parameters.hpp"
 #include "../core/sparse_codes.hpp"
 #include "../detail/omp.hpp"
@@ -26,8 +27,8 @@ namespace sae {
 /// training batch (theta <- theta + rate (min_kept - theta), the first batch's value copied),
 /// so a token needs no batch; saved as a "jumprelu" SAE with theta for every latent.
 ///
-/// Selection never sorts all B*m values. Each 256-token block of pre-activations keeps its
-/// c = min(m, 2k + 8) largest positive values per token as candidates; one nth_element over the
+/// Selection never sorts all B*m values. The fused encoder keeps each token's
+/// c = min(m, 2k + 8) largest positive values as candidates; one nth_element over the
 /// B*c candidates gives the global cut tau (the (kB)-th largest). A token whose c candidates
 /// are all >= tau might have lost values above tau, so its pre-activations are recomputed in
 /// full and the cut is taken again, which makes the selection exact (tests compare it with a
@@ -67,53 +68,78 @@ struct BatchTopK {
     }
   }
 
-  /// Training selection over the whole batch of B tokens. @p block(t0, b, Z) computes the
-  /// m x b pre-activations of tokens [t0, t0 + b); @p Z is scratch.
-  template <class Scalar, class Block>
-  void select_batch(Index B, Index block_tokens, Block&& block, SparseCodes<Scalar>& codes, Mat<Scalar>& Z) const {
+  /// Training selection over the whole batch of B tokens. @p top_c(cap, values, indices, count)
+  /// writes every token's cap largest positive pre-activations (sorted by latent) into fixed
+  /// slots (the fused encoder); @p preactivations(t, z) computes all m pre-activations of token t
+  /// (for the rare tokens whose candidates may hide more); @p buf holds the candidate buffers
+  /// between steps.
+  template <class Scalar, class TopC, class Preact>
+  void select_batch(Index B, Index m, TopC&& top_c, Preact&& preactivations, SparseCodes<Scalar>& codes,
+                    kernels::EncoderState<Scalar>& buf) const {
     if (k <= 0) throw std::invalid_argument("BatchTopK: k must be positive");
-    using Cand = std::pair<Scalar, std::int32_t>;
-    const Index m_guess = std::max<Index>(1, 2 * k + 8);
-    Index c = m_guess;
-    std::vector<std::vector<Cand>> cand(static_cast<std::size_t>(B));
-    for (Index t0 = 0; t0 < B; t0 += block_tokens) {
-      const Index b = std::min(block_tokens, B - t0);
-      block(t0, b, Z);
-      c = std::min<Index>(m_guess, Z.rows());
-      SAE_OMP(parallel for schedule(static))
-      for (Index t = 0; t < b; ++t) top_positive(Z.col(t), c, cand[t0 + t]);
-    }
+    const Index c = std::min<Index>(std::max<Index>(1, 2 * k + 8), m);
+    buf.cand_values.resize(static_cast<std::size_t>(B * c));
+    buf.cand_indices.resize(static_cast<std::size_t>(B * c));
+    buf.cand_count.resize(static_cast<std::size_t>(B));
+    const Scalar* cv = buf.cand_values.data();
+    const std::int32_t* ci = buf.cand_indices.data();
+    const Index* cn = buf.cand_count.data();
+    top_c(c, buf.cand_values.data(), buf.cand_indices.data(), buf.cand_count.data());
+
+    // Tokens whose candidate list is full and entirely >= tau may hide more values >= tau: those
+    // get all their positive values (redo), and the cut is taken again.
     const Index want = k * B;
-    Scalar tau = cut(cand, want);
-    // Tokens whose candidate list is full and entirely >= tau may hide more values >= tau.
-    std::vector<Index> redo;
-    for (Index t = 0; t < B; ++t)
-      if (static_cast<Index>(cand[t].size()) == c && c < Z.rows() && !cand[t].empty() &&
-          std::min_element(cand[t].begin(), cand[t].end())->first >= tau)
-        redo.push_back(t);
-    if (!redo.empty()) {
-      Mat<Scalar> z;
-      for (Index t : redo) {
-        block(t, 1, z);
-        top_positive(z.col(0), z.rows(), cand[t]);  // all positive values of the token
+    std::vector<std::vector<std::pair<Scalar, std::int32_t>>> redo;  // (token's values), rare
+    std::vector<Index> redo_token;
+    auto cut_now = [&]() {
+      buf.cut.clear();
+      std::size_t r = 0;
+      for (Index t = 0; t < B; ++t) {
+        if (r < redo_token.size() && redo_token[r] == t) {
+          for (const auto& e : redo[r]) buf.cut.push_back(e.first);
+          ++r;
+        } else {
+          buf.cut.insert(buf.cut.end(), cv + t * c, cv + t * c + cn[t]);
+        }
       }
-      tau = cut(cand, want);
+      return cut(buf.cut, want);
+    };
+    Scalar tau = cut_now();
+    if (c < m) {
+      Vec<Scalar> z;
+      for (Index t = 0; t < B; ++t) {
+        if (cn[t] != c) continue;
+        const Scalar lowest = *std::min_element(cv + t * c, cv + t * c + c);
+        if (!(lowest >= tau)) continue;
+        preactivations(t, z);
+        auto& all = redo.emplace_back();
+        for (Index j = 0; j < m; ++j)
+          if (z[j] > Scalar(0)) all.emplace_back(z[j], static_cast<std::int32_t>(j));
+        redo_token.push_back(t);
+      }
+      if (!redo_token.empty()) tau = cut_now();
     }
-    // Keep values > tau, plus as many values == tau as needed to reach exactly kB.
+
+    // Keep values > tau, plus as many values == tau as needed to reach exactly kB, in token and
+    // latent order.
     Index above = 0;
-    for (const auto& v : cand)
-      for (const auto& [val, j] : v) above += val > tau;
+    for (const Scalar v : buf.cut) above += v > tau;
     Index ties_left = std::max<Index>(0, want - above);
-    codes.reset(Z.rows(), B, k);
+    codes.reset(m, B, k);
+    std::size_t r = 0;
+    auto keep = [&](Scalar val, std::int32_t j) {
+      const bool kept = val > tau || (val == tau && ties_left > 0);
+      if (!kept) return;
+      if (!(val > tau)) --ties_left;
+      codes.indices.push_back(j);
+      codes.values.push_back(val);
+    };
     for (Index t = 0; t < B; ++t) {
-      auto& v = cand[t];
-      std::sort(v.begin(), v.end(), [](const Cand& a, const Cand& b2) { return a.second < b2.second; });
-      for (const auto& [val, j] : v) {
-        const bool keep = val > tau || (val == tau && ties_left > 0);
-        if (!keep) continue;
-        if (!(val > tau)) --ties_left;
-        codes.indices.push_back(j);
-        codes.values.push_back(val);
+      if (r < redo_token.size() && redo_token[r] == t) {
+        for (const auto& [val, j] : redo[r]) keep(val, j);
+        ++r;
+      } else {
+        for (Index i = 0; i < cn[t]; ++i) keep(cv[t * c + i], ci[t * c + i]);
       }
       codes.offsets[t + 1] = codes.nnz();
     }
@@ -136,31 +162,9 @@ struct BatchTopK {
   }
 
  private:
-  /// out <- the (up to) c largest positive entries of z as (value, index).
-  template <class Scalar, class Col>
-  static void top_positive(const Col& z, Index c, std::vector<std::pair<Scalar, std::int32_t>>& out) {
-    out.clear();
-    auto greater = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
-    for (Index j = 0; j < z.size(); ++j) {
-      const Scalar v = z[j];
-      if (!(v > Scalar(0))) continue;
-      if (static_cast<Index>(out.size()) < c) {
-        out.emplace_back(v, static_cast<std::int32_t>(j));
-        std::push_heap(out.begin(), out.end(), greater);
-      } else if (v > out.front().first) {
-        std::pop_heap(out.begin(), out.end(), greater);
-        out.back() = {v, static_cast<std::int32_t>(j)};
-        std::push_heap(out.begin(), out.end(), greater);
-      }
-    }
-  }
-
-  /// The want-th largest candidate value (0 if there are fewer candidates than want).
+  /// The want-th largest of @p all (reordered), or 0 if there are no more than want values.
   template <class Scalar>
-  static Scalar cut(const std::vector<std::vector<std::pair<Scalar, std::int32_t>>>& cand, Index want) {
-    std::vector<Scalar> all;
-    for (const auto& v : cand)
-      for (const auto& [val, j] : v) all.push_back(val);
+  static Scalar cut(std::vector<Scalar>& all, Index want) {
     if (static_cast<Index>(all.size()) <= want) return Scalar(0);
     std::nth_element(all.begin(), all.begin() + (want - 1), all.end(), std::greater<Scalar>());
     return all[static_cast<std::size_t>(want - 1)];

@@ -65,19 +65,26 @@ struct JumpReLU {
                 Parameters<Scalar>& grads) const {
     const Index m = Z.rows(), B = Z.cols();
     const Scalar inv_eps = static_cast<Scalar>(1.0 / bandwidth);
-    // dtheta_j = sum_t dL/df_tj * (-(theta_j/eps) K((z_tj - theta_j)/eps)); grouped by latent
-    // (rows of the column-major Z) so threads never share a j.
+    // dtheta_j = sum_t dL/df_tj * (-(theta_j/eps) K((z_tj - theta_j)/eps)), then dL/dz = dL/df *
+    // H(z - theta). Blocks of kRows latents (rows of the column-major Z) so threads never share
+    // a j and every token contributes one contiguous run; each sum runs over t in order.
+    constexpr Index kRows = 64;
     SAE_OMP(parallel for schedule(static) if (B * m > 65536))
-    for (Index j = 0; j < m; ++j) {
-      const Scalar th = p.threshold[j];
-      Scalar acc = 0;
+    for (Index j0 = 0; j0 < m; j0 += kRows) {
+      const Index r = std::min(kRows, m - j0);
+      Scalar acc[kRows] = {};
+      const Scalar* th = p.threshold.data() + j0;
       for (Index t = 0; t < B; ++t) {
-        const Scalar u = (Z(j, t) - th) * inv_eps;
-        if (u > Scalar(-0.5) && u < Scalar(0.5)) acc += grad(j, t);
+        const Scalar* z = Z.data() + t * m + j0;
+        Scalar* g = grad.data() + t * m + j0;
+        for (Index i = 0; i < r; ++i) {
+          const Scalar u = (z[i] - th[i]) * inv_eps;
+          if (u > Scalar(-0.5) && u < Scalar(0.5)) acc[i] += g[i];
+          if (!(z[i] > th[i])) g[i] = Scalar(0);
+        }
       }
-      grads.threshold[j] += -th * inv_eps * acc;
+      for (Index i = 0; i < r; ++i) grads.threshold[j0 + i] += -th[i] * inv_eps * acc[i];
     }
-    grad = (Z.array() > p.threshold.replicate(1, B).array()).select(grad, Scalar(0));
   }
 
   /// Keeps every threshold >= 0 after an optimizer step.

@@ -26,6 +26,8 @@ namespace sae {
 ///   // F = act(Z), both m x B
 ///   template <class Scalar>
 ///   void forward(const Mat<Scalar>& Z, const Parameters<Scalar>& p, Mat<Scalar>& F) const;
+///   // optional: F = act(Z) in Z's buffer, when backward needs F only (then Z is F there)
+///   template <class Scalar> void forward_in_place(Mat<Scalar>& ZF, const Parameters<Scalar>& p) const;
 ///   // grad: dL/dF in, dL/dZ out; may add to grads (e.g. the threshold's gradient)
 ///   template <class Scalar>
 ///   void backward(const Mat<Scalar>& Z, const Mat<Scalar>& F, const Parameters<Scalar>& p,
@@ -53,10 +55,17 @@ struct ReLU {
     F = Z.cwiseMax(Scalar(0));
   }
 
+  /// F = max(Z, 0) in Z's own buffer: the model then keeps one m x B matrix instead of two
+  /// (backward only needs F, since z > 0 exactly where f > 0).
   template <class Scalar>
-  void backward(const Mat<Scalar>& Z, const Mat<Scalar>& /*F*/, const Parameters<Scalar>& /*p*/,
+  void forward_in_place(Mat<Scalar>& ZF, const Parameters<Scalar>& /*p*/) const {
+    ZF = ZF.cwiseMax(Scalar(0));
+  }
+
+  template <class Scalar>
+  void backward(const Mat<Scalar>& /*Z*/, const Mat<Scalar>& F, const Parameters<Scalar>& /*p*/,
                 Mat<Scalar>& grad, Parameters<Scalar>& /*grads*/) const {
-    grad = (Z.array() > Scalar(0)).select(grad, Scalar(0));
+    grad = (F.array() > Scalar(0)).select(grad, Scalar(0));
   }
 };
 

@@ -45,7 +45,8 @@ struct TopK {
 
   /// Appends the codes of tokens [first_token, first_token + Z.cols()) to `codes`, whose
   /// offsets must already hold room for them (codes.reset(m, B, k)). Tokens must be
-  /// selected in order, block after block.
+  /// selected in order, block after block. (A block of ready pre-activations; the model itself
+  /// uses select_top with the fused encoder.)
   template <class Scalar>
   void select(const Mat<Scalar>& Z, Index first_token, SparseCodes<Scalar>& codes,
               const Parameters<Scalar>& /*p*/ = {}) const {
@@ -84,6 +85,33 @@ struct TopK {
         }
       w += count[t];
       codes.offsets[first_token + t + 1] = w;
+    }
+    codes.indices.resize(static_cast<std::size_t>(w));
+    codes.values.resize(static_cast<std::size_t>(w));
+  }
+
+  /// All B tokens at once: @p top_c(cap, values, indices, count) writes each token's up to cap
+  /// largest positive pre-activations, sorted by latent, into fixed slots (the fused encoder,
+  /// fused_encoder.hpp); they are compacted into `codes` here without further allocation once
+  /// the codes have held a batch of this size.
+  template <class Scalar, class TopC>
+  void select_top(Index B, Index m, TopC&& top_c, SparseCodes<Scalar>& codes) const {
+    if (k <= 0 || k > m)
+      throw std::invalid_argument("TopK: k=" + std::to_string(k) + " outside [1, d_sae=" + std::to_string(m) + "]");
+    codes.reset(m, B, k);
+    codes.indices.resize(static_cast<std::size_t>(B * k));
+    codes.values.resize(static_cast<std::size_t>(B * k));
+    top_c(k, codes.values.data(), codes.indices.data(), codes.offsets.data() + 1);  // counts into offsets[t+1]
+    Index w = 0;
+    for (Index t = 0; t < B; ++t) {
+      const Index r = t * k, n = codes.offsets[t + 1];
+      if (w != r)
+        for (Index i = 0; i < n; ++i) {
+          codes.indices[w + i] = codes.indices[r + i];
+          codes.values[w + i] = codes.values[r + i];
+        }
+      w += n;
+      codes.offsets[t + 1] = w;
     }
     codes.indices.resize(static_cast<std::size_t>(w));
     codes.values.resize(static_cast<std::size_t>(w));

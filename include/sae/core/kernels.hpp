@@ -96,9 +96,16 @@ void update_since_fired(const SparseCodes<Scalar>& codes, std::vector<std::int64
 }
 template <class Scalar>
 void update_since_fired(const Mat<Scalar>& F, std::vector<std::int64_t>& since_fired) {
-  since_fired.resize(static_cast<std::size_t>(F.rows()), 0);
-  for (Index j = 0; j < F.rows(); ++j)
-    since_fired[j] = (F.row(j).array() != Scalar(0)).any() ? 0 : since_fired[j] + F.cols();
+  const Index m = F.rows(), B = F.cols();
+  since_fired.resize(static_cast<std::size_t>(m), 0);
+  // Column by column (F is column-major: a row walk would stride by m): a latent fired if any
+  // token's code is nonzero.
+  for (auto& v : since_fired) v += B;
+  for (Index t = 0; t < B; ++t) {
+    const Scalar* f = F.data() + t * m;
+    for (Index j = 0; j < m; ++j)
+      if (f[j] != Scalar(0)) since_fired[static_cast<std::size_t>(j)] = 0;
+  }
 }
 
 /// Gradient with respect to the codes, in the codes' own structure: a dense m x B matrix for

@@ -53,8 +53,8 @@ class SparseAutoencoder {
   using State = StepState<Scalar, Codes>;
   using Report = typename Loss::Report;
 
-  /// Tokens per encoder block for sparse activations: the m x block pre-activations are the
-  /// only dense m-sized buffer a TopK step holds.
+  /// Tokens per block of pre-activations for sparse activations without a fused selection
+  /// (BatchTopK at inference).
   static constexpr Index block_tokens = 256;
 
   SparseAutoencoder() = default;
@@ -174,7 +174,7 @@ class SparseAutoencoder {
                                 s.grad_codes, grads, s.dz_sum);
     } else {
       kernels::decoder_backward(params_, s.codes, s.grad_xhat, s.grad_codes, grads);
-      act_.backward(s.Z, s.codes, params_, s.grad_codes, grads);
+      act_.backward(in_place_activation ? s.codes : s.Z, s.codes, params_, s.grad_codes, grads);
       kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, X, s.grad_codes, grads, s.dz_sum);
     }
     return r;
@@ -219,36 +219,56 @@ class SparseAutoencoder {
   }
 
  private:
-  /// Pre-activations and codes. Sparse activations see one block of tokens at a time (the
-  /// dense m x B pre-activations never exist); a training-time batch selection
-  /// (`select_batch`, BatchTopK) gets a callback that computes any block on demand.
+  /// Pre-activations and codes. TopK-family activations get their candidates from the fused
+  /// encoder (fused_encoder.hpp: product and per-token selection tile by tile, the dense m x B
+  /// pre-activations never exist); a training-time batch selection (`select_batch`, BatchTopK)
+  /// also gets a callback that recomputes one token's pre-activations. Activations without
+  /// `select_top` (BatchTopK's threshold at inference) see 256-token blocks of pre-activations.
   template <class Derived>
   void encode_impl(const Eigen::MatrixBase<Derived>& X, Codes& codes, State& s, bool training) const {
     check_batch(X.rows());
     kernels::encoder_bias(params_, cfg_.apply_b_dec_to_input, s.c);
     if constexpr (Activation::sparse) {
-      const Index B = X.cols();
-      auto block = [&](Index t0, Index b, Mat<Scalar>& Z) {
-        kernels::preactivations(params_, s.c, X.middleCols(t0, b), Z);
+      const Index B = X.cols(), m = d_sae();
+      auto top_c = [&](Index cap, Scalar* values, std::int32_t* indices, Index* count) {
+        s.encoder.top_c(params_, s.c, X, cap, s.Z, values, indices, count);
       };
-      if constexpr (requires { act_.select_batch(B, block_tokens, block, codes, s.Z); }) {
+      auto token = [&](Index t, Vec<Scalar>& z) {  // all m pre-activations of token t
+        z.noalias() = params_.W_enc.transpose() * X.col(t);
+        z += s.c;
+      };
+      if constexpr (requires { act_.select_batch(B, m, top_c, token, codes, s.encoder); }) {
         if (training) {
-          act_.select_batch(B, block_tokens, block, codes, s.Z);
+          act_.select_batch(B, m, top_c, token, codes, s.encoder);
           return;
         }
       }
-      codes.reset(d_sae(), B, select_capacity_hint());
-      for (Index t0 = 0; t0 < B; t0 += block_tokens) {
-        const Index b = std::min(block_tokens, B - t0);
-        block(t0, b, s.Z);
-        act_.select(s.Z, t0, codes, params_);
+      if constexpr (requires { act_.select_top(B, m, top_c, codes); }) {
+        act_.select_top(B, m, top_c, codes);
+      } else {
+        codes.reset(m, B, select_capacity_hint());
+        for (Index t0 = 0; t0 < B; t0 += block_tokens) {
+          const Index b = std::min(block_tokens, B - t0);
+          kernels::preactivations(params_, s.c, X.middleCols(t0, b), s.Z);
+          act_.select(s.Z, t0, codes, params_);
+        }
       }
     } else {
       (void)training;
-      kernels::preactivations(params_, s.c, X, s.Z);
-      act_.forward(s.Z, params_, codes);
+      if constexpr (in_place_activation) {
+        kernels::preactivations(params_, s.c, X, codes);
+        act_.forward_in_place(codes, params_);
+      } else {
+        kernels::preactivations(params_, s.c, X, s.Z);
+        act_.forward(s.Z, params_, codes);
+      }
     }
   }
+
+  /// Dense activations that compute their codes in the pre-activations' buffer (ReLU).
+  static constexpr bool in_place_activation = requires(const Activation& a, Mat<Scalar>& z, const Parameters<Scalar>& p) {
+    a.forward_in_place(z, p);
+  };
 
   Index select_capacity_hint() const {
     if constexpr (requires { act_.k; }) return act_.k;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "fused_encoder.hpp"
 #include "kernels.hpp"
 #include "parameters.hpp"
 
@@ -31,6 +32,7 @@ struct StepState {
   Vec<Scalar> c;                  ///< folded encoder bias, b_enc - W_enc^T b_dec
   Vec<Scalar> dz_sum;             ///< per-latent sum of dL/dz (encoder backward)
   kernels::LatentGroups groups;   ///< sparse codes grouped by latent
+  kernels::EncoderState<Scalar> encoder;  ///< TopK family: fused encoder tiles, candidates, fused on/off
 };
 
 }  // namespace sae

@@ -25,17 +25,26 @@ double l0_and_threshold_gradient(const Mat<Scalar>& Z, const Vec<Scalar>& theta,
   dl0.resize(m);
   const Scalar half = static_cast<Scalar>(eps / 2);
   double active = 0;
+  // Blocks of kRows latents (rows of the column-major Z): each token contributes one contiguous
+  // run of kRows values, so the walk over tokens reads whole cache lines.
+  constexpr Index kRows = 64;
   SAE_OMP(parallel for schedule(static) reduction(+ : active) if (B * m > 65536))
-  for (Index j = 0; j < m; ++j) {
-    const Scalar th = theta[j];
-    Index on = 0, near = 0;
+  for (Index j0 = 0; j0 < m; j0 += kRows) {
+    const Index r = std::min(kRows, m - j0);
+    Index on[kRows] = {}, near[kRows] = {};
+    const Scalar* th = theta.data() + j0;
     for (Index t = 0; t < B; ++t) {
-      const Scalar z = Z(j, t);
-      on += z > th;
-      near += (z - th > -half) && (z - th < half);
+      const Scalar* z = Z.data() + t * m + j0;
+      for (Index i = 0; i < r; ++i) {
+        const Scalar u = z[i] - th[i];
+        on[i] += z[i] > th[i];
+        near[i] += (u > -half) && (u < half);
+      }
     }
-    active += static_cast<double>(on);
-    dl0[j] = static_cast<Scalar>(-static_cast<double>(near) / (static_cast<double>(B) * eps));
+    for (Index i = 0; i < r; ++i) {
+      active += static_cast<double>(on[i]);
+      dl0[j0 + i] = static_cast<Scalar>(-static_cast<double>(near[i]) / (static_cast<double>(B) * eps));
+    }
   }
   return active / static_cast<double>(B);
 }

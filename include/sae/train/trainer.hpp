@@ -142,6 +142,7 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
 
   typename Model::State state;
   Parameters<Scalar> grads;
+  Vec<Scalar> batch_mean;
   if (st.step == 0 && !st.adam.first_moment().same_shape(model.params()))
     st.adam = Adam<Scalar>(opts.adam, model.params());
   if (!st.adam.first_moment().same_shape(model.params()) || !st.adam.second_moment().same_shape(model.params()))
@@ -180,7 +181,8 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
     w.l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
     kernels::update_since_fired(state.codes, st.since_fired);
     w.err += static_cast<double>((state.X_hat - X).squaredNorm());
-    w.var += static_cast<double>((X.colwise() - X.rowwise().mean()).squaredNorm());
+    batch_mean.noalias() = X.rowwise().mean();
+    w.var += static_cast<double>((X.colwise() - batch_mean).squaredNorm());
 
     const bool last = step + 1 == opts.steps;
     if (last || (opts.log_every > 0 && (step + 1) % opts.log_every == 0)) {
