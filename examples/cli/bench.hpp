@@ -197,7 +197,7 @@ inline int run_bench(const BenchArgs& b) {
     double best = 0;
     for (const sae::gemm::Backend be : sae::gemm::available_backends()) {
       const double whole = sae::gemm::measure_whole<float>(be, cfg.d_in, cfg.d_sae, b.batch);
-      const double tiles = sae::gemm::measure_tiles<float>(be, cfg.d_in, tiling);
+      const double tiles = sae::gemm::measure_tiled<float>(be, cfg.d_in, cfg.d_sae, b.batch, tiling);
       best = std::max({best, whole, tiles});
       gemms.push_back({{"backend", sae::gemm::backend_name(be)}, {"whole_gflop_per_s", whole},
                        {"tiles_gflop_per_s", tiles}});

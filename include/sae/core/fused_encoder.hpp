@@ -25,6 +25,10 @@
 
 #include <Eigen/Core>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "../detail/omp.hpp"
 #include "gemm.hpp"
 #include "parameters.hpp"
@@ -40,6 +44,12 @@ struct TopCHeap {
   std::int32_t* idx;
   Index cap;
   Index size = 0;
+
+#ifndef SAE_TOPC_GROUP
+  static constexpr Index kGroup = 32;  ///< values skipped per vector compare
+#else
+  static constexpr Index kGroup = SAE_TOPC_GROUP;
+#endif
 
   /// The smallest value a new entry must exceed (0 until full: only positive values count).
   Scalar floor() const { return size < cap ? Scalar(0) : val[0]; }
@@ -76,25 +86,42 @@ struct TopCHeap {
     }
   }
 
-  /// Offers z[0 .. n) as latents first, first + 1, ...: values <= floor() are skipped 16 at a
-  /// time (NaN is never kept).
-  void offer_run(const Scalar* z, Index n, std::int32_t first) {
-    constexpr Index kGroup = 16;
+  /// Offers z[j] + bias[j] for j in [0, n) as latents first, first + 1, ...: one vector
+  /// compare against floor() per 16 (AVX-512) or 8 (AVX2) values, and only the lanes above it go
+  /// to the heap; without those instruction sets, groups of kGroup values whose maximum is
+  /// <= floor() are skipped. NaN is never kept.
+  void offer_run(const Scalar* z, const Scalar* bias, Index n, std::int32_t first) {
     Index j = 0;
     Scalar fl = floor();
-    for (; j + kGroup <= n; j += kGroup) {
-      if (!(Eigen::Map<const Eigen::Array<Scalar, kGroup, 1>>(z + j).maxCoeff() > fl)) continue;
-      for (Index u = j; u < j + kGroup; ++u)
-        if (z[u] > fl) {
-          offer(z[u], first + static_cast<std::int32_t>(u));
-          fl = floor();
-        }
-    }
-    for (; j < n; ++j)
-      if (z[j] > fl) {
-        offer(z[j], first + static_cast<std::int32_t>(j));
+    auto take = [&](Index u) {
+      const Scalar v = z[u] + bias[u];
+      if (v > fl) {
+        offer(v, first + static_cast<std::int32_t>(u));
         fl = floor();
       }
+    };
+    if constexpr (std::is_same_v<Scalar, float>) {
+#if defined(__AVX512F__)
+      for (; j + 16 <= n; j += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(z + j), _mm512_loadu_ps(bias + j));
+        for (unsigned mask = _mm512_cmp_ps_mask(v, _mm512_set1_ps(fl), _CMP_GT_OQ); mask; mask &= mask - 1)
+          take(j + __builtin_ctz(mask));
+      }
+#elif defined(__AVX2__)
+      for (; j + 8 <= n; j += 8) {
+        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(z + j), _mm256_loadu_ps(bias + j));
+        for (unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(fl), _CMP_GT_OQ)));
+             mask; mask &= mask - 1)
+          take(j + __builtin_ctz(mask));
+      }
+#endif
+    }
+    using Group = Eigen::Array<Scalar, kGroup, 1>;
+    for (; j + kGroup <= n; j += kGroup) {
+      if (!((Eigen::Map<const Group>(z + j) + Eigen::Map<const Group>(bias + j)).maxCoeff() > fl)) continue;
+      for (Index u = j; u < j + kGroup; ++u) take(u);
+    }
+    for (; j < n; ++j) take(j);
   }
 
   /// Sorts the kept entries by latent index (destroys the heap order).
@@ -174,10 +201,8 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
         const Index w = std::min(mc, m - j0);
         gemm::product_tn(backend, d, w, b, p.W_enc.data() + j0 * d, d, Xd + t0 * ldx, ldx, tile.data(), mc);
         for (Index t = 0; t < b; ++t) {
-          Scalar* z = tile.data() + t * mc;
-          Eigen::Map<Vec<Scalar>>(z, w) += c.segment(j0, w);
           TopCHeap<Scalar> h{values + (t0 + t) * cap, indices + (t0 + t) * cap, cap, sizes[t]};
-          h.offer_run(z, w, static_cast<std::int32_t>(j0));
+          h.offer_run(tile.data() + t * mc, c.data() + j0, w, static_cast<std::int32_t>(j0));
           sizes[t] = h.size;
         }
       }

@@ -148,6 +148,36 @@ double measure_tiles(Backend backend, Index d, const Tiling& tiling, int reps = 
          std::max(seconds, 1e-9) * 1e-9;
 }
 
+/// Throughput of @p backend computing the whole m x n product the way the fused encoder does,
+/// without its selection: token blocks spread over the threads, each thread multiplying every
+/// latent chunk of W (d x m) with its block of X (d x n) into its own tile. The bound the
+/// fused encoder can reach on this shape. Random operands, allocates W, X and the tiles.
+template <class Scalar>
+double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& tiling, int reps = 2) {
+  const Mat<Scalar> W = Mat<Scalar>::Random(d, m), X = Mat<Scalar>::Random(d, n);
+  const Index bt = std::min(tiling.block_tokens, n), mc = std::min(tiling.chunk_latents, m);
+  const Index blocks = (n + bt - 1) / bt;
+  const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
+  if (backend == Backend::Blas) set_blas_threads(1);
+  double seconds = 0;
+  for (int r = 0; r <= reps; ++r) {  // round 0 warms up
+    const double t0 = detail::now_seconds();
+    SAE_OMP(parallel num_threads(threads))
+    {
+      Mat<Scalar> Z(mc, bt);
+      SAE_OMP(for schedule(dynamic, 1))
+      for (Index blk = 0; blk < blocks; ++blk) {
+        const Index t0b = blk * bt, b = std::min(bt, n - t0b);
+        for (Index j0 = 0; j0 < m; j0 += mc)
+          product_tn(backend, d, std::min(mc, m - j0), b, W.data() + j0 * d, d, X.data() + t0b * d, d, Z.data(), mc);
+      }
+    }
+    if (r > 0) seconds += detail::now_seconds() - t0;
+  }
+  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
+         std::max(seconds, 1e-9) * 1e-9;
+}
+
 /// Throughput of @p backend computing the whole m x n product at once with all threads.
 template <class Scalar>
 double measure_whole(Backend backend, Index d, Index m, Index n, int reps = 2) {
