@@ -320,11 +320,12 @@ TEMPLATE_TEST_CASE("sparse kernels, the optimizer and the loss allocate nothing 
   }
 
   SECTION("TopCHeap::offer_run and sort_by_latent on a prepared tile") {
-    // The selection half of the fused encoder: the tile of pre-activations is computed with
-    // mallocs allowed, then each token's column is offered in chunks of 100 latents (not a
-    // multiple of the 16-value skip groups), as fused_top_c does tile by tile.
+    // The selection half of the fused encoder: the tile of products W_enc^T X is computed with
+    // mallocs allowed, then each token's column is offered with the bias in chunks of 100
+    // latents (not a multiple of the skip groups), as fused_top_c does tile by tile.
     const Index cap = f.candidates(), chunk = 100;
-    Mat<Scalar> Z;
+    Mat<Scalar> Z, Zb;
+    Zb.noalias() = p.W_enc.transpose() * f.X;
     sae::kernels::preactivations(p, s.c, f.X, Z);
     std::vector<Scalar> values(static_cast<std::size_t>(kB * cap), Scalar(-1));
     std::vector<std::int32_t> indices(static_cast<std::size_t>(kB * cap), -1);
@@ -334,7 +335,8 @@ TEMPLATE_TEST_CASE("sparse kernels, the optimizer and the loss allocate nothing 
       for (Index t = 0; t < kB; ++t) {
         sae::kernels::TopCHeap<Scalar> h{values.data() + t * cap, indices.data() + t * cap, cap};
         for (Index j0 = 0; j0 < kM; j0 += chunk)
-          h.offer_run(Z.data() + t * kM + j0, std::min(chunk, kM - j0), static_cast<std::int32_t>(j0));
+          h.offer_run(Zb.data() + t * kM + j0, s.c.data() + j0, std::min(chunk, kM - j0),
+                      static_cast<std::int32_t>(j0));
         h.sort_by_latent();
         count[t] = h.size;
       }

@@ -57,8 +57,10 @@ struct ReLU {
 
   /// F = max(Z, 0) in Z's own buffer: the model then keeps one m x B matrix instead of two
   /// (backward only needs F, since z > 0 exactly where f > 0).
-  template <class Scalar>
-  void forward_in_place(Mat<Scalar>& ZF, const Parameters<Scalar>& /*p*/) const {
+  /// @p ZF is the m x B matrix or a block of it (the model calls it tile by tile, while the
+  /// encoder's tile is in cache).
+  template <class Block, class Scalar>
+  void forward_in_place(Block&& ZF, const Parameters<Scalar>& /*p*/) const {
     ZF = ZF.cwiseMax(Scalar(0));
   }
 

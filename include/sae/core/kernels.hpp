@@ -30,21 +30,55 @@ void encoder_bias(const Parameters<Scalar>& p, bool apply_b_dec_to_input, Vec<Sc
   if (apply_b_dec_to_input) c.noalias() -= p.W_enc.transpose() * p.b_dec;
 }
 
-/// Z = W_enc^T X + c (one dense product).  X: d x b, Z: m x b (resized).
-template <class Scalar, class DerivedX>
-void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c,
-                    const Eigen::MatrixBase<DerivedX>& X, Mat<Scalar>& Z) {
-  Z.resize(p.d_sae(), X.cols());
-  Z.noalias() = p.W_enc.transpose() * X;
-  Z.colwise() += c;
+/// Dense products split into independent tiles, one single-threaded product per tile, the tiles
+/// spread over the threads (Eigen does not nest its threads inside a parallel region). Measured
+/// at d = 768, m = 16384, B = 4096, 2 threads, AVX-512 EPYC: 318-321 GFLOP/s for the m x B
+/// products in 1024 x 512 tiles and 294 for the d x m gradient products in 1024-latent chunks,
+/// against 272-295 for the same products as one multi-threaded Eigen product. Each tile has a
+/// fixed shape, so results do not depend on the number of threads.
+namespace tiles {
+inline constexpr Index latents = 1024;  ///< latent rows of an m x B tile / columns of a d x m chunk
+inline constexpr Index tokens = 512;    ///< token columns of an m x B tile
+}  // namespace tiles
+
+/// Z = W_enc^T X + c, then @p epilogue(Z_tile) on each tile while it is in cache (e.g. the
+/// ReLU in place).  X: d x B, Z: m x B (resized).
+template <class Scalar, class DerivedX, class Epilogue>
+void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X,
+                    Mat<Scalar>& Z, Epilogue&& epilogue) {
+  const Index m = p.d_sae(), B = X.cols();
+  Z.resize(m, B);
+  const Index nj = (m + tiles::latents - 1) / tiles::latents, nt = (B + tiles::tokens - 1) / tiles::tokens;
+  SAE_OMP(parallel for schedule(dynamic, 1) if (nj * nt > 1))
+  for (Index q = 0; q < nj * nt; ++q) {
+    const Index j0 = (q % nj) * tiles::latents, t0 = (q / nj) * tiles::tokens;
+    const Index mj = std::min(tiles::latents, m - j0), bt = std::min(tiles::tokens, B - t0);
+    auto Zt = Z.block(j0, t0, mj, bt);
+    Zt.noalias() = p.W_enc.middleCols(j0, mj).transpose() * X.middleCols(t0, bt);
+    Zt.colwise() += c.segment(j0, mj);
+    epilogue(Zt);
+  }
 }
 
-/// Dense decode: X_hat = W_dec F + b_dec.  F: m x B, X_hat: d x B.
+/// Z = W_enc^T X + c.  X: d x B, Z: m x B (resized).
+template <class Scalar, class DerivedX>
+void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X,
+                    Mat<Scalar>& Z) {
+  preactivations(p, c, X, Z, [](auto&) {});
+}
+
+/// Dense decode: X_hat = W_dec F + b_dec, in blocks of tokens.  F: m x B, X_hat: d x B.
 template <class Scalar>
 void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_hat) {
-  X_hat.resize(p.d_in(), F.cols());
-  X_hat.noalias() = p.W_dec * F;
-  X_hat.colwise() += p.b_dec;
+  const Index B = F.cols(), nt = (B + tiles::tokens - 1) / tiles::tokens;
+  X_hat.resize(p.d_in(), B);
+  SAE_OMP(parallel for schedule(dynamic, 1) if (nt > 1))
+  for (Index q = 0; q < nt; ++q) {
+    const Index t0 = q * tiles::tokens, bt = std::min(tiles::tokens, B - t0);
+    auto Xt = X_hat.middleCols(t0, bt);
+    Xt.noalias() = p.W_dec * F.middleCols(t0, bt);
+    Xt.colwise() += p.b_dec;
+  }
 }
 
 /// Sparse decode: x_hat_t = b_dec + sum_{j active in t} f_tj W_dec[:, j]  (k gathers of
@@ -191,12 +225,24 @@ void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& co
   grads.b_dec.noalias() += G.rowwise().sum();
 }
 
-/// Dense decoder backward: grad_F += W_dec^T G, grad_W_dec += G F^T, grad_b_dec += sum_t G_t.
+/// Dense decoder backward: grad_F += W_dec^T G (in m x B tiles), grad_W_dec += G F^T (in
+/// chunks of latents, so threads never write the same columns), grad_b_dec += sum_t G_t.
 template <class Scalar>
 void decoder_backward(const Parameters<Scalar>& p, const Mat<Scalar>& F, const Mat<Scalar>& G,
                       Mat<Scalar>& grad_F, Parameters<Scalar>& grads) {
-  grad_F.noalias() += p.W_dec.transpose() * G;
-  grads.W_dec.noalias() += G * F.transpose();
+  const Index m = F.rows(), B = F.cols();
+  const Index nj = (m + tiles::latents - 1) / tiles::latents, nt = (B + tiles::tokens - 1) / tiles::tokens;
+  SAE_OMP(parallel for schedule(dynamic, 1) if (nj * nt > 1))
+  for (Index q = 0; q < nj * nt; ++q) {
+    const Index j0 = (q % nj) * tiles::latents, t0 = (q / nj) * tiles::tokens;
+    const Index mj = std::min(tiles::latents, m - j0), bt = std::min(tiles::tokens, B - t0);
+    grad_F.block(j0, t0, mj, bt).noalias() += p.W_dec.middleCols(j0, mj).transpose() * G.middleCols(t0, bt);
+  }
+  SAE_OMP(parallel for schedule(dynamic, 1) if (nj > 1))
+  for (Index q = 0; q < nj; ++q) {
+    const Index j0 = q * tiles::latents, mj = std::min(tiles::latents, m - j0);
+    grads.W_dec.middleCols(j0, mj).noalias() += G * F.middleRows(j0, mj).transpose();
+  }
   grads.b_dec.noalias() += G.rowwise().sum();
 }
 
@@ -233,18 +279,25 @@ void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
 }
 
 /// Dense encoder backward from dL/dZ (m x B), s = rowsum(dZ) (into @p dz_sum):
-/// grad_W_enc += (X - b_dec) dZ^T, grad_b_enc += s, grad_b_dec -= W_enc s.
+/// grad_W_enc += (X - b_dec) dZ^T (in chunks of latents), grad_b_enc += s, grad_b_dec -= W_enc s.
 template <class Scalar, class DerivedX>
 void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
                       const Eigen::MatrixBase<DerivedX>& X, const Mat<Scalar>& grad_Z,
                       Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
-  dz_sum.noalias() = grad_Z.rowwise().sum();
-  grads.b_enc += dz_sum;
-  grads.W_enc.noalias() += X * grad_Z.transpose();
-  if (apply_b_dec_to_input) {
-    grads.W_enc.noalias() -= p.b_dec * dz_sum.transpose();
-    grads.b_dec.noalias() -= p.W_enc * dz_sum;
+  const Index m = grad_Z.rows(), nj = (m + tiles::latents - 1) / tiles::latents;
+  dz_sum.resize(m);
+  SAE_OMP(parallel for schedule(dynamic, 1) if (nj > 1))
+  for (Index q = 0; q < nj; ++q) {
+    const Index j0 = q * tiles::latents, mj = std::min(tiles::latents, m - j0);
+    const auto dZ = grad_Z.middleRows(j0, mj);
+    auto s = dz_sum.segment(j0, mj);
+    s.noalias() = dZ.rowwise().sum();
+    auto g = grads.W_enc.middleCols(j0, mj);
+    g.noalias() += X * dZ.transpose();
+    if (apply_b_dec_to_input) g.noalias() -= p.b_dec * s.transpose();
   }
+  grads.b_enc += dz_sum;
+  if (apply_b_dec_to_input) grads.b_dec.noalias() -= p.W_enc * dz_sum;
 }
 
 }  // namespace sae::kernels

@@ -256,8 +256,7 @@ class SparseAutoencoder {
     } else {
       (void)training;
       if constexpr (in_place_activation) {
-        kernels::preactivations(params_, s.c, X, codes);
-        act_.forward_in_place(codes, params_);
+        kernels::preactivations(params_, s.c, X, codes, [&](auto& tile) { act_.forward_in_place(tile, params_); });
       } else {
         kernels::preactivations(params_, s.c, X, s.Z);
         act_.forward(s.Z, params_, codes);
