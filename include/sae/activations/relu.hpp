@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
 
 namespace sae {
@@ -14,7 +15,7 @@ namespace sae {
 ///
 /// ## The Activation policy (what SparseAutoencoder needs from its first template parameter)
 ///
-/// A dense activation (codes are an m x B matrix):
+/// A dense activation (codes are an m x B matrix, computed in the pre-activations' buffer):
 /// @code
 /// struct MyDenseActivation {
 ///   static constexpr bool sparse = false;               // codes are Mat<Scalar>, m x B
@@ -23,22 +24,28 @@ namespace sae {
 ///   static constexpr bool has_threshold = false;        // owns Parameters::threshold (JumpReLU)?
 ///   static constexpr Architecture architecture = ...;   // name used in cfg.json
 ///   void configure(const SaeConfig&);                    // read k etc. from the config
-///   // F = act(Z), both m x B
+///   // F = act(Z) in place, tile by tile (or, with a third argument, over the whole matrix,
+///   // recording what backward needs in a kernels::LatentList, as JumpReLU does)
+///   template <class Block, class Scalar> void forward_in_place(Block&& ZF, const Parameters<Scalar>& p) const;
+///   // dL/df -> dL/dz on a tile (rows j0.., columns t0..), given the codes' tile; acc holds
+///   // the tile's latents' accumulators for finish_backward (zeroed before the first tile);
+///   // `below` is what the three-argument forward_in_place recorded (else empty)
+///   template <class FTile, class DTile, class Scalar>
+///   void backward_tile(Index j0, Index t0, const FTile& F, DTile& D, Scalar* acc,
+///                      const Parameters<Scalar>& p, const kernels::LatentList& below) const;
+///   // after the last tile of latents [j0, j0 + n): add the activation's parameter gradients
 ///   template <class Scalar>
-///   void forward(const Mat<Scalar>& Z, const Parameters<Scalar>& p, Mat<Scalar>& F) const;
-///   // optional: F = act(Z) in Z's buffer, when backward needs F only (then Z is F there)
-///   template <class Scalar> void forward_in_place(Mat<Scalar>& ZF, const Parameters<Scalar>& p) const;
-///   // grad: dL/dF in, dL/dZ out; may add to grads (e.g. the threshold's gradient)
-///   template <class Scalar>
-///   void backward(const Mat<Scalar>& Z, const Mat<Scalar>& F, const Parameters<Scalar>& p,
-///                 Mat<Scalar>& grad, Parameters<Scalar>& grads) const;
+///   void finish_backward(Index j0, Index n, const Scalar* acc, const Parameters<Scalar>& p,
+///                        Parameters<Scalar>& grads) const;
 /// };
 /// @endcode
+/// kernels::dense_backward() calls backward_tile for every latents x tokens tile.
 /// A sparse activation (TopK family) instead has `sparse = true`,
-/// `select(Zblock, first_token, codes, p)` and `backward(codes, grad_values)` (see topk.hpp),
-/// and optionally `select_batch(...)` for a training-time selection across the batch
-/// (batch_topk.hpp). Either kind may define `after_update(Parameters&, const Codes&)`, called
-/// by the trainer after every optimizer step (to keep a threshold positive, or to track one).
+/// `select_top(B, m, top_c, codes)` (topk.hpp) or `select(Zblock, first_token, codes, p)`, and
+/// `backward(codes, grad_values)`, and optionally `select_batch(...)` for a training-time
+/// selection across the batch (batch_topk.hpp). Either kind may define
+/// `after_update(Parameters&, const Codes&)`, called by the trainer after every optimizer step
+/// (to keep a threshold positive, or to track one).
 ///
 /// Backward: dL/dz = dL/df * 1[z > 0].
 struct ReLU {
@@ -50,25 +57,24 @@ struct ReLU {
 
   void configure(const SaeConfig&) {}
 
-  template <class Scalar>
-  void forward(const Mat<Scalar>& Z, const Parameters<Scalar>& /*p*/, Mat<Scalar>& F) const {
-    F = Z.cwiseMax(Scalar(0));
-  }
-
-  /// F = max(Z, 0) in Z's own buffer: the model then keeps one m x B matrix instead of two
-  /// (backward only needs F, since z > 0 exactly where f > 0).
-  /// @p ZF is the m x B matrix or a block of it (the model calls it tile by tile, while the
-  /// encoder's tile is in cache).
+  /// F = max(Z, 0) in Z's own buffer. @p ZF is a tile of the m x B matrix (the model calls it
+  /// tile by tile, inside the encoder's tile loop, while the tile is in cache).
   template <class Block, class Scalar>
   void forward_in_place(Block&& ZF, const Parameters<Scalar>& /*p*/) const {
     ZF = ZF.cwiseMax(Scalar(0));
   }
 
-  template <class Scalar>
-  void backward(const Mat<Scalar>& /*Z*/, const Mat<Scalar>& F, const Parameters<Scalar>& /*p*/,
-                Mat<Scalar>& grad, Parameters<Scalar>& /*grads*/) const {
-    grad = (F.array() > Scalar(0)).select(grad, Scalar(0));
+  /// dL/dz = dL/df * 1[f > 0] on a tile of latents [j0, j0 + rows) x tokens [t0, t0 + cols)
+  /// (z > 0 exactly where f > 0).
+  template <class FTile, class DTile, class Scalar>
+  void backward_tile(Index /*j0*/, Index /*t0*/, const FTile& F, DTile& D, Scalar* /*acc*/,
+                     const Parameters<Scalar>& /*p*/, const kernels::LatentList& /*below*/) const {
+    D = (F.array() > Scalar(0)).select(D, Scalar(0));
   }
+
+  /// Nothing to add after a chunk of latents (ReLU has no parameters of its own).
+  template <class Scalar>
+  void finish_backward(Index, Index, const Scalar*, const Parameters<Scalar>&, Parameters<Scalar>&) const {}
 };
 
 }  // namespace sae

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -142,13 +143,20 @@ void update_since_fired(const Mat<Scalar>& F, std::vector<std::int64_t>& since_f
   }
 }
 
-/// Gradient with respect to the codes, in the codes' own structure: a dense m x B matrix for
-/// dense codes, one value per stored entry for sparse codes.
+/// Gradient with respect to the codes, in the codes' own structure: one value per stored entry
+/// for sparse codes; for dense codes only what the loss terms add on top of the decoder's
+/// W_dec^T G, which for every dense term is one value per latent, the same for every token
+/// (L1's lambda ||W_dec[:, j]||). dense_backward() adds W_dec^T G tile by tile, so the m x B
+/// gradient never exists.
+template <class Scalar>
+struct DenseCodeGradient {
+  Vec<Scalar> per_latent;  ///< m values added to dL/df_tj for every token t
+};
 template <class Codes>
 struct CodeGradient;
 template <class Scalar>
 struct CodeGradient<Mat<Scalar>> {
-  using type = Mat<Scalar>;
+  using type = DenseCodeGradient<Scalar>;
 };
 template <class Scalar>
 struct CodeGradient<SparseCodes<Scalar>> {
@@ -159,14 +167,33 @@ using code_gradient_t = typename CodeGradient<Codes>::type;
 
 /// grad_f_tj += w_j for every code entry (dense: all entries; sparse: stored entries).
 template <class Scalar>
-void add_latent_weights(const Mat<Scalar>& /*F*/, const Vec<Scalar>& w, Mat<Scalar>& grad) {
-  grad.colwise() += w;
+void add_latent_weights(const Mat<Scalar>& /*F*/, const Vec<Scalar>& w, DenseCodeGradient<Scalar>& grad) {
+  grad.per_latent += w;
 }
 template <class Scalar>
 void add_latent_weights(const SparseCodes<Scalar>& codes, const Vec<Scalar>& w,
                         std::vector<Scalar>& grad) {
   for (Index i = 0; i < codes.nnz(); ++i) grad[i] += w[codes.indices[i]];
 }
+
+/// Per token, a sorted list of latents (CSC without values): JumpReLU's record of the
+/// pre-activations just below their threshold, theta - eps/2 < z <= theta, which the
+/// straight-through gradients need after the codes have overwritten the pre-activations.
+struct LatentList {
+  std::vector<Index> offsets{0};       ///< B + 1
+  std::vector<std::int32_t> latents;   ///< latents of token t: latents[offsets[t] .. offsets[t+1])
+
+  Index tokens() const { return static_cast<Index>(offsets.size()) - 1; }
+  Index size() const { return static_cast<Index>(latents.size()); }
+  /// The entries of token t with latent in [j0, j1), as [first, last) positions.
+  std::pair<Index, Index> range(Index t, Index j0, Index j1) const {
+    const auto* b = latents.data() + offsets[t];
+    const auto* e = latents.data() + offsets[t + 1];
+    const auto* lo = std::lower_bound(b, e, static_cast<std::int32_t>(j0));
+    const auto* hi = std::lower_bound(lo, e, static_cast<std::int32_t>(j1));
+    return {lo - latents.data(), hi - latents.data()};
+  }
+};
 
 /// Entries of sparse codes grouped by latent (a CSR transpose built by counting sort), so
 /// per-latent gradient columns can be accumulated in parallel without two threads writing
@@ -225,27 +252,6 @@ void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& co
   grads.b_dec.noalias() += G.rowwise().sum();
 }
 
-/// Dense decoder backward: grad_F += W_dec^T G (in m x B tiles), grad_W_dec += G F^T (in
-/// chunks of latents, so threads never write the same columns), grad_b_dec += sum_t G_t.
-template <class Scalar>
-void decoder_backward(const Parameters<Scalar>& p, const Mat<Scalar>& F, const Mat<Scalar>& G,
-                      Mat<Scalar>& grad_F, Parameters<Scalar>& grads) {
-  const Index m = F.rows(), B = F.cols();
-  const Index nj = (m + tiles::latents - 1) / tiles::latents, nt = (B + tiles::tokens - 1) / tiles::tokens;
-  SAE_OMP(parallel for schedule(dynamic, 1) if (nj * nt > 1))
-  for (Index q = 0; q < nj * nt; ++q) {
-    const Index j0 = (q % nj) * tiles::latents, t0 = (q / nj) * tiles::tokens;
-    const Index mj = std::min(tiles::latents, m - j0), bt = std::min(tiles::tokens, B - t0);
-    grad_F.block(j0, t0, mj, bt).noalias() += p.W_dec.middleCols(j0, mj).transpose() * G.middleCols(t0, bt);
-  }
-  SAE_OMP(parallel for schedule(dynamic, 1) if (nj > 1))
-  for (Index q = 0; q < nj; ++q) {
-    const Index j0 = q * tiles::latents, mj = std::min(tiles::latents, m - j0);
-    grads.W_dec.middleCols(j0, mj).noalias() += G * F.middleRows(j0, mj).transpose();
-  }
-  grads.b_dec.noalias() += G.rowwise().sum();
-}
-
 /// Backward through a sparse encoder, given dL/dz at the stored entries (grad_z, aligned with
 /// codes.values; entries outside the codes have zero gradient):
 ///
@@ -278,25 +284,72 @@ void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
   if (apply_b_dec_to_input) grads.b_dec.noalias() -= p.W_enc * dz_sum;
 }
 
-/// Dense encoder backward from dL/dZ (m x B), s = rowsum(dZ) (into @p dz_sum):
-/// grad_W_enc += (X - b_dec) dZ^T (in chunks of latents), grad_b_enc += s, grad_b_dec -= W_enc s.
-template <class Scalar, class DerivedX>
-void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
-                      const Eigen::MatrixBase<DerivedX>& X, const Mat<Scalar>& grad_Z,
-                      Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
-  const Index m = grad_Z.rows(), nj = (m + tiles::latents - 1) / tiles::latents;
-  dz_sum.resize(m);
-  SAE_OMP(parallel for schedule(dynamic, 1) if (nj > 1))
-  for (Index q = 0; q < nj; ++q) {
-    const Index j0 = q * tiles::latents, mj = std::min(tiles::latents, m - j0);
-    const auto dZ = grad_Z.middleRows(j0, mj);
-    auto s = dz_sum.segment(j0, mj);
-    s.noalias() = dZ.rowwise().sum();
-    auto g = grads.W_enc.middleCols(j0, mj);
-    g.noalias() += X * dZ.transpose();
-    if (apply_b_dec_to_input) g.noalias() -= p.b_dec * s.transpose();
+/// Per-thread tiles of dense_backward, kept between steps.
+template <class Scalar>
+struct DenseScratch {
+  std::vector<Mat<Scalar>> tiles;  ///< one latents x tokens tile of dL/dz per thread
+  std::vector<Scalar> acc;         ///< per-latent accumulators of the activation (m)
+};
+
+/// The whole dense backward pass below the reconstruction, one chunk of latents at a time, so
+/// neither dL/df nor dL/dz is ever an m x B matrix. With G = dL/dX_hat (d x B), dense codes F
+/// (m x B) and the loss terms' per-latent part w of dL/df:
+///
+///     D      = W_dec[:, c]^T G + w[c]          dL/df for the chunk c, one token block at a time
+///     D     <- act.backward_tile(D)            dL/dz (mask; the activation's own parameter
+///                                              gradients, e.g. JumpReLU's thresholds)
+///     grad_W_dec[:, c] += G F[c, :]^T
+///     grad_W_enc[:, c] += (X - b_dec) D^T,  grad_b_enc[c] += s_c,  s_c = rowsum(D)
+///     grad_b_dec      += sum_t G_t - W_enc s     (the second term when b_dec is subtracted)
+///
+/// Threads own whole chunks of latents (no two write the same column); within a chunk the
+/// token blocks run in order, so sums do not depend on the thread count. @p act provides
+/// backward_tile(j0, t0, F_tile, D_tile, acc, p, below) (acc: the chunk's per-latent
+/// accumulators, zeroed before the first block) and finish_backward(j0, n, acc, p, grads)
+/// (relu.hpp describes the interface); @p below is what its forward recorded.
+template <class Scalar, class DerivedX, class Activation>
+void dense_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, const Eigen::MatrixBase<DerivedX>& X,
+                    const Mat<Scalar>& F, const Mat<Scalar>& G, const Vec<Scalar>& w, const Activation& act,
+                    const LatentList& below, Parameters<Scalar>& grads, Vec<Scalar>& dz_sum,
+                    DenseScratch<Scalar>& scratch) {
+  const Index m = F.rows(), B = F.cols();
+  const Index nj = (m + tiles::latents - 1) / tiles::latents;
+  const Index bt = std::min(tiles::tokens, B);
+  const int threads = static_cast<int>(std::min<Index>(num_threads(), nj));
+  if (static_cast<int>(scratch.tiles.size()) < threads) scratch.tiles.resize(static_cast<std::size_t>(threads));
+  for (auto& t : scratch.tiles)
+    if (t.rows() != std::min(tiles::latents, m) || t.cols() != bt) t.resize(std::min(tiles::latents, m), bt);
+  scratch.acc.assign(static_cast<std::size_t>(m), Scalar(0));
+  dz_sum.setZero(m);
+  SAE_OMP(parallel num_threads(threads))
+  {
+#ifdef _OPENMP
+    Mat<Scalar>& tile = scratch.tiles[static_cast<std::size_t>(omp_get_thread_num())];
+#else
+    Mat<Scalar>& tile = scratch.tiles[0];
+#endif
+    SAE_OMP(for schedule(dynamic, 1))
+    for (Index q = 0; q < nj; ++q) {
+      const Index j0 = q * tiles::latents, mj = std::min(tiles::latents, m - j0);
+      Scalar* acc = scratch.acc.data() + j0;
+      auto s = dz_sum.segment(j0, mj);
+      auto gWe = grads.W_enc.middleCols(j0, mj);
+      for (Index t0 = 0; t0 < B; t0 += bt) {
+        const Index b = std::min(bt, B - t0);
+        auto D = tile.topLeftCorner(mj, b);
+        D.noalias() = p.W_dec.middleCols(j0, mj).transpose() * G.middleCols(t0, b);
+        D.colwise() += w.segment(j0, mj);
+        act.backward_tile(j0, t0, F.block(j0, t0, mj, b), D, acc, p, below);
+        s.noalias() += D.rowwise().sum();
+        gWe.noalias() += X.middleCols(t0, b) * D.transpose();
+      }
+      grads.W_dec.middleCols(j0, mj).noalias() += G * F.middleRows(j0, mj).transpose();
+      if (apply_b_dec_to_input) gWe.noalias() -= p.b_dec * s.transpose();
+      act.finish_backward(j0, mj, acc, p, grads);
+    }
   }
   grads.b_enc += dz_sum;
+  grads.b_dec.noalias() += G.rowwise().sum();
   if (apply_b_dec_to_input) grads.b_dec.noalias() -= p.W_enc * dz_sum;
 }
 

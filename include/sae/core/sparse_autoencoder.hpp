@@ -162,7 +162,7 @@ class SparseAutoencoder {
     if constexpr (Activation::sparse)
       s.grad_codes.assign(s.codes.values.size(), Scalar(0));
     else
-      s.grad_codes.setZero(d_sae(), X.cols());
+      s.grad_codes.per_latent.setZero(d_sae());
 
     Report r = loss_.accumulate(X, params_, s, grads);
 
@@ -173,9 +173,8 @@ class SparseAutoencoder {
       kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, s.codes, s.groups, X,
                                 s.grad_codes, grads, s.dz_sum);
     } else {
-      kernels::decoder_backward(params_, s.codes, s.grad_xhat, s.grad_codes, grads);
-      act_.backward(in_place_activation ? s.codes : s.Z, s.codes, params_, s.grad_codes, grads);
-      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, X, s.grad_codes, grads, s.dz_sum);
+      kernels::dense_backward(params_, cfg_.apply_b_dec_to_input, X, s.codes, s.grad_xhat, s.grad_codes.per_latent,
+                              act_, s.below, grads, s.dz_sum, s.dense);
     }
     return r;
   }
@@ -255,19 +254,14 @@ class SparseAutoencoder {
       }
     } else {
       (void)training;
-      if constexpr (in_place_activation) {
-        kernels::preactivations(params_, s.c, X, codes, [&](auto& tile) { act_.forward_in_place(tile, params_); });
+      if constexpr (requires { act_.forward_in_place(codes, params_, s.below); }) {
+        kernels::preactivations(params_, s.c, X, codes);
+        act_.forward_in_place(codes, params_, s.below);
       } else {
-        kernels::preactivations(params_, s.c, X, s.Z);
-        act_.forward(s.Z, params_, codes);
+        kernels::preactivations(params_, s.c, X, codes, [&](auto& tile) { act_.forward_in_place(tile, params_); });
       }
     }
   }
-
-  /// Dense activations that compute their codes in the pre-activations' buffer (ReLU).
-  static constexpr bool in_place_activation = requires(const Activation& a, Mat<Scalar>& z, const Parameters<Scalar>& p) {
-    a.forward_in_place(z, p);
-  };
 
   Index select_capacity_hint() const {
     if constexpr (requires { act_.k; }) return act_.k;

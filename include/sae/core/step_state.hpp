@@ -14,7 +14,8 @@ namespace sae {
 /// Kept between steps so the buffers are allocated once.
 ///
 ///     codes      m x B dense matrix (ReLU) or SparseCodes (TopK family)
-///     grad_codes dL/df, in the codes' structure (m x B, or one value per stored code)
+///     grad_codes dL/df, in the codes' structure (one value per stored code), or for dense codes
+///                the loss terms' per-latent part (dense_backward adds W_dec^T G tile by tile)
 ///     X_hat      d x B reconstruction
 ///     grad_xhat  d x B, dL/dX_hat
 template <class Scalar, class Codes>
@@ -28,11 +29,13 @@ struct StepState {
   bool apply_b_dec_to_input = true;  ///< the model's setting, for terms that backpropagate to the encoder
 
   // scratch owned by the model's kernels
-  Mat<Scalar> Z;                  ///< pre-activations: one block of tokens (sparse) or all, m x B (dense)
+  Mat<Scalar> Z;                  ///< pre-activations of a block (BatchTopK inference, the plain encoder path)
   Vec<Scalar> c;                  ///< folded encoder bias, b_enc - W_enc^T b_dec
   Vec<Scalar> dz_sum;             ///< per-latent sum of dL/dz (encoder backward)
   kernels::LatentGroups groups;   ///< sparse codes grouped by latent
   kernels::EncoderState<Scalar> encoder;  ///< TopK family: fused encoder tiles, candidates, fused on/off
+  kernels::LatentList below;      ///< JumpReLU: per token, latents in the window just below the threshold
+  kernels::DenseScratch<Scalar> dense;    ///< dense variants: dense_backward's tiles
 };
 
 }  // namespace sae

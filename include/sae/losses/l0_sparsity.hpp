@@ -19,14 +19,18 @@ namespace detail {
 /// L0 = (1/B) sum_t sum_j H(z_tj - theta_j), and into @p dl0 (m values, overwritten) its
 /// straight-through gradient with respect to theta:
 ///     dL0/dtheta_j = -(1/(B eps)) #{t : |z_tj - theta_j| < eps/2}
+/// from the JumpReLU codes F (z = f where f != 0, i.e. above the threshold) and the list of
+/// entries just below the threshold that JumpReLU::forward_in_place recorded (@p below).
 template <class Scalar>
-double l0_and_threshold_gradient(const Mat<Scalar>& Z, const Vec<Scalar>& theta, double eps, Vec<Scalar>& dl0) {
-  const Index m = Z.rows(), B = Z.cols();
+double l0_and_threshold_gradient(const Mat<Scalar>& F, const kernels::LatentList& below, const Vec<Scalar>& theta,
+                                 double eps, Vec<Scalar>& dl0) {
+  const Index m = F.rows(), B = F.cols();
   dl0.resize(m);
   const Scalar half = static_cast<Scalar>(eps / 2);
   double active = 0;
-  // Blocks of kRows latents (rows of the column-major Z): each token contributes one contiguous
-  // run of kRows values, so the walk over tokens reads whole cache lines.
+  // Blocks of kRows latents (rows of the column-major F): each token contributes one contiguous
+  // run of kRows values, so the walk over tokens reads whole cache lines. Counts are integers,
+  // so the result does not depend on the order.
   constexpr Index kRows = 64;
   SAE_OMP(parallel for schedule(static) reduction(+ : active) if (B * m > 65536))
   for (Index j0 = 0; j0 < m; j0 += kRows) {
@@ -34,18 +38,21 @@ double l0_and_threshold_gradient(const Mat<Scalar>& Z, const Vec<Scalar>& theta,
     Index on[kRows] = {}, near[kRows] = {};
     const Scalar* th = theta.data() + j0;
     for (Index t = 0; t < B; ++t) {
-      const Scalar* z = Z.data() + t * m + j0;
+      const Scalar* f = F.data() + t * m + j0;
       for (Index i = 0; i < r; ++i) {
-        const Scalar u = z[i] - th[i];
-        on[i] += z[i] > th[i];
-        near[i] += (u > -half) && (u < half);
+        const bool fired = f[i] != Scalar(0);
+        on[i] += fired;
+        near[i] += fired && (f[i] - th[i] < half);
       }
     }
     for (Index i = 0; i < r; ++i) {
       active += static_cast<double>(on[i]);
-      dl0[j0 + i] = static_cast<Scalar>(-static_cast<double>(near[i]) / (static_cast<double>(B) * eps));
+      dl0[j0 + i] = static_cast<Scalar>(near[i]);  // completed below
     }
   }
+  for (const std::int32_t j : below.latents) dl0[j] += Scalar(1);
+  for (Index j = 0; j < m; ++j)
+    dl0[j] = static_cast<Scalar>(-static_cast<double>(dl0[j]) / (static_cast<double>(B) * eps));
   return active / static_cast<double>(B);
 }
 
@@ -54,7 +61,7 @@ double l0_and_threshold_gradient(const Mat<Scalar>& Z, const Vec<Scalar>& theta,
 /// \f[ L = \lambda_s \, \frac{1}{B} \sum_t \sum_j H(z_{tj} - \theta_j) \f]
 /// (the number of active latents per token, Rajamanoharan et al. 2024), with lambda ramped up
 /// linearly over `warmup_steps`. Gradient only to the thresholds, through the STE (the step has
-/// no gradient with respect to the input). Needs a JumpReLU model (reads s.Z, theta, s.bandwidth).
+/// no gradient with respect to the input). Needs a JumpReLU model (reads its codes, s.below, theta and s.bandwidth).
 ///
 /// Under Adam the update size does not grow with lambda, so large lambdas saturate
 /// (SAELens#719); TargetL0 below gives a knob that moves L0 directly.
@@ -70,7 +77,7 @@ struct L0Sparsity {
   double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,
                     StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
     Vec<Scalar> dl0;
-    const double l0 = detail::l0_and_threshold_gradient(s.Z, p.threshold, s.bandwidth, dl0);
+    const double l0 = detail::l0_and_threshold_gradient(s.codes, s.below, p.threshold, s.bandwidth, dl0);
     const double lam = coefficient_at(s.step);
     grads.threshold.noalias() += static_cast<Scalar>(lam) * dl0;
     return lam * l0;
@@ -94,7 +101,7 @@ struct TargetL0 {
   double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,
                     StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
     Vec<Scalar> dl0;
-    const double l0 = detail::l0_and_threshold_gradient(s.Z, p.threshold, s.bandwidth, dl0);
+    const double l0 = detail::l0_and_threshold_gradient(s.codes, s.below, p.threshold, s.bandwidth, dl0);
     const double lam = coefficient_at(s.step);
     const double r = l0 / target - 1.0;
     grads.threshold.noalias() += static_cast<Scalar>(lam * 2.0 * r / target) * dl0;
