@@ -74,30 +74,36 @@ struct AuxK {
     Mat<Scalar> Zd;
     Zd.noalias() = We.transpose() * X;
     Zd.colwise() += cd;
-    // Keep the ka largest positive entries of each column (zero the rest).
-    SAE_OMP(parallel for schedule(static))
-    for (Index t = 0; t < B; ++t) {
-      auto z = Zd.col(t);
-      if (ka < nd) {
-        std::vector<Scalar> v(z.data(), z.data() + nd);
-        std::nth_element(v.begin(), v.begin() + (ka - 1), v.end(), std::greater<Scalar>());
-        const Scalar cut = v[static_cast<std::size_t>(ka - 1)];
-        Index kept = 0;
-        for (Index a = 0; a < nd; ++a) {
-          const bool keep = z[a] > Scalar(0) && (z[a] > cut || (z[a] == cut && kept < ka));
-          if (keep) ++kept;
-          else z[a] = Scalar(0);
+    // Keep the ka largest positive entries of each column (zero the rest); one scratch
+    // vector per thread, not per token.
+    SAE_OMP(parallel)
+    {
+      std::vector<Scalar> v;
+      if (ka < nd) v.reserve(static_cast<std::size_t>(nd));
+      SAE_OMP(for schedule(static))
+      for (Index t = 0; t < B; ++t) {
+        auto z = Zd.col(t);
+        if (ka < nd) {
+          v.assign(z.data(), z.data() + nd);
+          std::nth_element(v.begin(), v.begin() + (ka - 1), v.end(), std::greater<Scalar>());
+          const Scalar cut = v[static_cast<std::size_t>(ka - 1)];
+          Index kept = 0;
+          for (Index a = 0; a < nd; ++a) {
+            const bool keep = z[a] > Scalar(0) && (z[a] > cut || (z[a] == cut && kept < ka));
+            if (keep) ++kept;
+            else z[a] = Scalar(0);
+          }
+        } else {
+          z = z.cwiseMax(Scalar(0));
         }
-      } else {
-        z = z.cwiseMax(Scalar(0));
       }
     }
-    const Mat<Scalar> E = X - s.X_hat;  // residual, held constant
-    const double denom = static_cast<double>(E.squaredNorm());
+    // e = x - x_hat, the residual, held constant (no d x B copy: read from X and s.X_hat)
+    const double denom = static_cast<double>((X - s.X_hat).squaredNorm());
     if (!(denom > 0)) return 0.0;
     Mat<Scalar> R;
     R.noalias() = Wd * Zd;  // e_hat
-    R -= E;                 // e_hat - e
+    R += s.X_hat - X;       // e_hat - e
     const double value = coefficient * static_cast<double>(R.squaredNorm()) / denom;
     R *= static_cast<Scalar>(2.0 * coefficient / denom);  // g_t
     Mat<Scalar> dZ;
