@@ -1,7 +1,8 @@
 // Configure-time probe (CMakeLists.txt, SAE_GEMM_DEFAULT=auto): which library computes the
 // fused encoder's tile product faster on this machine, Eigen or the linked BLAS? Prints
-// "eigen=<GFLOP/s>;blas=<GFLOP/s>" (medians of 5 interleaved rounds, every thread busy, at
-// d = 768 and the default tile shape). The answer becomes the compiled-in default backend, so
+// "eigen=<GFLOP/s>;blas=<GFLOP/s>" (medians of 5 interleaved rounds of
+// gemm::measure_tiled, the encoder's tiles over every thread, at d = 768, m = 4096,
+// B = 2048 and the default tile shape). The answer becomes the compiled-in default backend, so
 // every run of a build uses the same backend (and gives the same bits).
 #include <sae/core/gemm.hpp>
 
@@ -11,11 +12,11 @@
 
 int main() {
   using sae::gemm::Backend;
-  constexpr sae::Index d = 768;
+  constexpr sae::Index d = 768, m = 4096, n = 2048;
   std::vector<double> eigen, blas;
   for (int round = 0; round < 5; ++round) {
-    eigen.push_back(sae::gemm::measure_tiles<float>(Backend::Eigen, d, {}, 2));
-    blas.push_back(sae::gemm::measure_tiles<float>(Backend::Blas, d, {}, 2));
+    eigen.push_back(sae::gemm::measure_tiled<float>(Backend::Eigen, d, m, n, {}, 2));
+    blas.push_back(sae::gemm::measure_tiled<float>(Backend::Blas, d, m, n, {}, 2));
   }
   std::sort(eigen.begin(), eigen.end());
   std::sort(blas.begin(), blas.end());

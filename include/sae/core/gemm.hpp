@@ -124,30 +124,6 @@ inline double now_seconds() {
 }
 }  // namespace detail
 
-/// Throughput of @p backend computing tiles of the fused encoder, every thread busy: each
-/// thread multiplies @p reps (chunk x d)^T (d x block) tiles. Random operands, allocates.
-template <class Scalar>
-double measure_tiles(Backend backend, Index d, const Tiling& tiling, int reps = 3) {
-  const int threads = num_threads();
-  const Index mc = tiling.chunk_latents, bt = tiling.block_tokens;
-  const Mat<Scalar> W = Mat<Scalar>::Random(d, mc), X = Mat<Scalar>::Random(d, bt);
-  if (backend == Backend::Blas) set_blas_threads(1);
-  double seconds = 0;
-  SAE_OMP(parallel num_threads(threads))
-  {
-    Mat<Scalar> Z(mc, bt);
-    product_tn(backend, d, mc, bt, W.data(), d, X.data(), d, Z.data(), mc);  // warm-up
-    SAE_OMP(barrier)
-    const double t0 = detail::now_seconds();
-    for (int r = 0; r < reps; ++r) product_tn(backend, d, mc, bt, W.data(), d, X.data(), d, Z.data(), mc);
-    SAE_OMP(barrier)
-    SAE_OMP(master)
-    seconds = detail::now_seconds() - t0;
-  }
-  return 2.0 * static_cast<double>(d) * static_cast<double>(mc) * static_cast<double>(bt) * reps * threads /
-         std::max(seconds, 1e-9) * 1e-9;
-}
-
 /// Throughput of @p backend computing the whole m x n product the way the fused encoder does,
 /// without its selection: token blocks spread over the threads, each thread multiplying every
 /// latent chunk of W (d x m) with its block of X (d x n) into its own tile. The bound the

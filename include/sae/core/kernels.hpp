@@ -19,6 +19,7 @@
 #include <Eigen/Core>
 
 #include "../detail/omp.hpp"
+#include "gemm.hpp"
 #include "parameters.hpp"
 #include "sparse_codes.hpp"
 
@@ -38,8 +39,9 @@ void encoder_bias(const Parameters<Scalar>& p, bool apply_b_dec_to_input, Vec<Sc
 /// against 272-295 for the same products as one multi-threaded Eigen product. Each tile has a
 /// fixed shape, so results do not depend on the number of threads.
 namespace tiles {
-inline constexpr Index latents = 1024;  ///< latent rows of an m x B tile / columns of a d x m chunk
-inline constexpr Index tokens = 512;    ///< token columns of an m x B tile
+/// latent rows of an m x B tile / columns of a d x m chunk: the fused encoder's tile shape
+inline constexpr Index latents = gemm::Tiling{}.chunk_latents;
+inline constexpr Index tokens = gemm::Tiling{}.block_tokens;  ///< token columns of an m x B tile
 }  // namespace tiles
 
 /// Z = W_enc^T X + c, then @p epilogue(Z_tile) on each tile while it is in cache (e.g. the
