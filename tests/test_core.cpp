@@ -79,9 +79,18 @@ TEST_CASE("TopK: ties keep the lower latent index; tokens with fewer than k posi
   Z.col(0) << 1.0, 3.0, 3.0, 3.0, 0.5;   // tie among 1, 2, 3 -> keep 1, 2
   Z.col(1) << -1.0, 0.0, 2.0, -3.0, 0.0; // one positive value
   Z.col(2) << -1.0, -2.0, -3.0, 0.0, -0.5;  // none
+  // select_top's candidates from the fused encoder's heap over these pre-activations (bias 0)
+  const sae::Vec<double> zero = sae::Vec<double>::Zero(5);
+  auto top_c = [&](Index cap, double* values, std::int32_t* indices, Index* count) {
+    for (Index t = 0; t < Z.cols(); ++t) {
+      sae::kernels::TopCHeap<double> h{values + t * cap, indices + t * cap, cap};
+      h.offer_run(Z.col(t).data(), zero.data(), Z.rows(), 0);
+      h.sort_by_latent();
+      count[t] = h.size;
+    }
+  };
   sae::SparseCodes<double> codes;
-  codes.reset(5, 3, 2);
-  act.select(Z, 0, codes);
+  act.select_top(Z.cols(), Z.rows(), top_c, codes);
   REQUIRE(codes.offsets == std::vector<Index>{0, 2, 3, 3});
   REQUIRE(codes.indices == std::vector<std::int32_t>{1, 2, 2});
   REQUIRE(codes.values == std::vector<double>{3.0, 3.0, 2.0});
