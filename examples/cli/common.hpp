@@ -80,6 +80,18 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 
+/// The options every subcommand that reads an SAE and activations shares: --sae and --data
+/// (both required).
+inline void add_sae_and_data(CLI::App* c, fs::path& sae_dir, fs::path& data,
+                             const std::string& sae_help =
+                                 "SAE: an SAELens directory, Gemma Scope params.npz / params.safetensors or a "
+                                 "sparsify directory") {
+  c->add_option("--sae", sae_dir, sae_help)->required();
+  c->add_option("--data", data, "Activations .npy [tokens, d_in] (float32 or float16)")
+      ->required()
+      ->check(CLI::ExistingFile);
+}
+
 /// Prints @p j as the last line of stdout (the machine-readable result of every subcommand).
 inline void print_result(const json& j) { std::cout << j.dump() << std::endl; }
 

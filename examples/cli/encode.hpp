@@ -68,8 +68,7 @@ inline int run_encode(const EncodeArgs& a) {
 inline CLI::App* add_encode(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<EncodeArgs>();
   auto* c = app.add_subcommand("encode", "Encode activations (.npy) with an SAE; write the codes (.npy dense, .npz sparse)");
-  c->add_option("--sae", a->sae_dir, "SAE: an SAELens directory, Gemma Scope params.npz / params.safetensors or a sparsify directory")->required();
-  c->add_option("--data", a->data, "Activations .npy [tokens, d_in] (float32 or float16)")->required()->check(CLI::ExistingFile);
+  add_sae_and_data(c, a->sae_dir, a->data);
   c->add_option("--out", a->out, "Output codes: .npy float32 [tokens, d_sae], or .npz with offsets, indices, values, shape")
       ->required();
   c->add_flag("--no-compress", a->no_compress, ".npz members stored instead of deflated");

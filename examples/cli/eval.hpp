@@ -47,8 +47,7 @@ inline int run_eval(const EvalArgs& a) {
 inline CLI::App* add_eval(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<EvalArgs>();
   auto* c = app.add_subcommand("eval", "Evaluate an SAE directory on activations (.npy)");
-  c->add_option("--sae", a->sae_dir, "SAE: an SAELens directory, Gemma Scope params.npz / params.safetensors or a sparsify directory")->required();
-  c->add_option("--data", a->data, "Activations .npy [tokens, d_in]")->required()->check(CLI::ExistingFile);
+  add_sae_and_data(c, a->sae_dir, a->data);
   c->add_option("--features", a->features, "True features .npy [features, d_in], adds mmcs")->check(CLI::ExistingFile);
   c->add_option("--limit", a->limit, "Evaluate only the first N tokens");
   c->add_option("--batch", a->batch, "Tokens per evaluation batch")->capture_default_str();

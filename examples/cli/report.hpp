@@ -121,8 +121,8 @@ inline int run_report(ReportArgs a) {
 inline CLI::App* add_report(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<ReportArgs>();
   auto* c = app.add_subcommand("report", "Write a self-contained HTML report of an SAE on activations (.npy)");
-  c->add_option("--sae", a->sae_dir, "SAE (any supported format; its directory may hold the train_log.jsonl that sae train writes)")->required();
-  c->add_option("--data", a->data, "Activations .npy [tokens, d_in] (float32 or float16)")->required()->check(CLI::ExistingFile);
+  add_sae_and_data(c, a->sae_dir, a->data,
+                   "SAE (any supported format; its directory may hold the train_log.jsonl that sae train writes)");
   c->add_option("--out", a->out, "Output .html")->required();
   c->add_option("--images", a->images, "Show examples and decoder directions as HxW images (e.g. 28x28)");
   c->add_option("--labels", a->labels, "Text file with one label per example (shown with the examples)")->check(CLI::ExistingFile);

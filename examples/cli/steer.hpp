@@ -82,8 +82,7 @@ inline int run_steer(const SteerArgs& a) {
 inline CLI::App* add_steer(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<SteerArgs>();
   auto* c = app.add_subcommand("steer", "Scale, clamp or add one SAE latent in activations, keeping the reconstruction error");
-  c->add_option("--sae", a->sae_dir, "SAE: an SAELens directory, Gemma Scope params.npz / params.safetensors or a sparsify directory")->required();
-  c->add_option("--data", a->data, "Activations .npy [tokens, d_in] (float32 or float16)")->required()->check(CLI::ExistingFile);
+  add_sae_and_data(c, a->sae_dir, a->data);
   c->add_option("--latent", a->latent, "Latent index j")->required();
   c->add_option("--scale", a->scale, "f_j -> S * f_j");
   c->add_option("--clamp", a->clamp, "f_j -> V on every token");

@@ -5,7 +5,7 @@
 
 #include "common.hpp"
 
-#include <cstring>
+#include <bit>
 #include <set>
 
 #include <sae/core/gemm.hpp>
@@ -162,17 +162,6 @@ struct ResumeFrom {
   json state;      // its JSON state (read_checkpoint_state)
 };
 
-inline std::uint64_t double_bits(double v) {
-  std::uint64_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-inline double double_from_bits(std::uint64_t b) {
-  double v;
-  std::memcpy(&v, &b, sizeof v);
-  return v;
-}
-
 /// Default peak learning rate: 2e-4 / sqrt(m / 2^14) (the 1/sqrt(m) scaling of Gao et al.
 /// 2024, Fig. 3, as dictionary_learning uses it), which gives 1.1e-3 at m = 512.
 inline double default_lr(sae::Index d_sae) { return 2e-4 / std::sqrt(static_cast<double>(d_sae) / 16384.0); }
@@ -217,7 +206,7 @@ int train_and_save(Model& model, const TrainArgs& a, const sae::NpyDataset& ds, 
     json log = json::array();
     for (const auto& l : log_lines) log.push_back(l);
     const json extra = {{"args", args_json}, {"threads", sae::num_threads()}, {"scale", scale},
-                        {"scale_bits", double_bits(scale)}, {"source", source.describe()},
+                        {"scale_bits", std::bit_cast<std::uint64_t>(scale)}, {"source", source.describe()},
                         {"data", ds.fingerprint()}, {"log", log}, {"gemm_backend", gemm_backend_name()}};
     sae::save_checkpoint(ckpt_dir / sae::checkpoint_file_name, model, s, extra);
   };
@@ -433,7 +422,7 @@ inline int run_train(TrainArgs a) {
   double scale = 1.0;
   if (resume) {
     const json& extra = resume->state.at("extra");
-    scale = double_from_bits(extra.at("scale_bits").get<std::uint64_t>());
+    scale = std::bit_cast<double>(extra.at("scale_bits").get<std::uint64_t>());
     const json& was = extra.at("data");
     const json now = ds.fingerprint();
     bool same = was.at("d_in") == now.at("d_in") && was.at("tokens") == now.at("tokens") &&
