@@ -207,7 +207,7 @@ int main(int argc, char** argv) {
     sae::SaeConfig cfg;
     cfg.d_in = X_train.rows();
     cfg.d_sae = a.d_sae;
-    const double lr = 2e-4 / std::sqrt(static_cast<double>(a.d_sae) / 16384.0);
+    const double lr = sae::default_lr(a.d_sae);
     json results = json::array();
 
     {

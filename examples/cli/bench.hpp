@@ -113,7 +113,7 @@ inline int run_bench(const BenchArgs& b) {
   a.opt.seed = b.seed;
   a.opt.log_every = 0;  // one progress report, after the last step
   a.threads = b.threads;
-  const sae::SaeConfig cfg = training_config(a, b.d_in);
+  const sae::SaeConfig cfg = sae::training_config(a, b.d_in);
 
   sae::set_num_threads(a.threads);
   if (b.gemm != "auto") sae::gemm::set_encoder_backend(sae::gemm::parse_backend(b.gemm));
@@ -132,7 +132,7 @@ inline int run_bench(const BenchArgs& b) {
   std::vector<double> step_seconds;
   double peak_mb = -1, final_loss = 0, final_l0 = 0;
   json tr = json::object();  // the settings the model was built with (metadata of `sae train`)
-  with_training_model(a, cfg, tr, [&](auto& model) {
+  sae::with_training_model(a, cfg, tr, [&](auto& model) {
     sae::TrainState<float> st;
     auto last = clock::now();
     const sae::TrainResult r = sae::train_from(

@@ -10,27 +10,23 @@ struct ConvertArgs {
   std::string dtype = "f32";
 };
 
-inline sae::io::StDtype parse_convert_dtype(const std::string& s) {
-  if (s == "f32" || s == "float32") return sae::io::StDtype::F32;
-  if (s == "f16" || s == "float16") return sae::io::StDtype::F16;
-  if (s == "bf16" || s == "bfloat16") return sae::io::StDtype::BF16;
-  throw std::invalid_argument("--dtype must be f32, f16 or bf16, got '" + s + "'");
-}
-
 inline int run_convert(const ConvertArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
-  const sae::io::StDtype dtype = parse_convert_dtype(a.dtype);
+  sae::io::StDtype dtype{};
+  try {
+    dtype = sae::parse_weights_dtype(a.dtype);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("--") + e.what());
+  }
   sae::io::SaeFormat format{};
   const sae::AnySae model = sae::load_sae(a.in, &format);
   std::cerr << "sae convert: " << a.in.string() << " (" << sae::io::sae_format_name(format) << ") -> "
             << a.out.string() << " (saelens, " << sae::io::st_dtype_name(dtype) << ")\n";
+  sae::save_sae_as(a.out, model, dtype, format);
   json j;
   std::visit(
       [&](const auto& m) {
-        sae::SaeConfig cfg = m.config();
-        if (!cfg.metadata.is_object()) cfg.metadata = json::object();
-        if (format != sae::io::SaeFormat::SAELens) cfg.metadata["converted_from"] = sae::io::sae_format_name(format);
-        sae::io::save_saelens(a.out, cfg, m.params(), dtype);
+        const sae::SaeConfig& cfg = m.config();
         j["architecture"] = std::string(sae::architecture_name(cfg.architecture));
         j["d_in"] = cfg.d_in;
         j["d_sae"] = cfg.d_sae;

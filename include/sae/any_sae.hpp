@@ -83,4 +83,28 @@ inline void save_sae(const std::filesystem::path& dir, const AnySae& sae) {
   std::visit([&](const auto& m) { save_sae(dir, m); }, sae);
 }
 
+/// "f32"/"float32", "f16"/"float16" or "bf16"/"bfloat16" -> the storage dtype of save_sae_as;
+/// std::invalid_argument otherwise.
+inline io::StDtype parse_weights_dtype(const std::string& s) {
+  if (s == "f32" || s == "float32") return io::StDtype::F32;
+  if (s == "f16" || s == "float16") return io::StDtype::F16;
+  if (s == "bf16" || s == "bfloat16") return io::StDtype::BF16;
+  throw std::invalid_argument("dtype must be f32, f16 or bf16, got '" + s + "'");
+}
+
+/// Saves @p sae, loaded from a file of format @p from, as an SAELens directory with weights
+/// stored as @p dtype (what `sae convert` writes): the configuration as read, plus
+/// metadata.converted_from when the source was not an SAELens directory.
+inline void save_sae_as(const std::filesystem::path& dir, const AnySae& sae, io::StDtype dtype,
+                        io::SaeFormat from = io::SaeFormat::SAELens) {
+  std::visit(
+      [&](const auto& m) {
+        SaeConfig cfg = m.config();
+        if (!cfg.metadata.is_object()) cfg.metadata = nlohmann::json::object();
+        if (from != io::SaeFormat::SAELens) cfg.metadata["converted_from"] = io::sae_format_name(from);
+        io::save_saelens(dir, cfg, m.params(), dtype);
+      },
+      sae);
+}
+
 }  // namespace sae

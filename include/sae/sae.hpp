@@ -36,3 +36,4 @@
 #include "train/trainer.hpp"
 #include "train/streaming.hpp"
 #include "train/checkpoint.hpp"
+#include "train/run.hpp"

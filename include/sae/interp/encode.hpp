@@ -277,25 +277,25 @@ class DenseCodesWriter {
   Mat<float> buf_;
 };
 
-/// Collects the codes of consecutive batches as one sparse matrix over [N, m] and writes it
-/// as an .npz archive (sae::io::NpzWriter, atomic) with the members
+/// The codes of consecutive batches collected as one CSR matrix [N, m] (one row per token),
+/// nonzeros only:
 ///
 ///     offsets  int64   [N + 1]   token t's entries are [offsets[t], offsets[t+1])
 ///     indices  int32   [nnz]     latent of each entry, increasing within a token
 ///     values   float32 [nnz]     its activation (nonzero)
-///     shape    int64   [2]       (N, m)
 ///
-/// i.e. CSR with one row per token: scipy.sparse.csr_matrix((values, indices, offsets), shape)
-/// is the dense [N, m] code matrix. The input streams; the output is held in memory until
-/// commit(): (N + 1) * 8 + nnz * 8 bytes, plus a copy while the archive is written, and the
-/// archive must stay below 4 GiB (no ZIP64). Dense codes are stored by their nonzeros.
-class SparseCodesWriter {
- public:
-  explicit SparseCodesWriter(std::filesystem::path path, Index d_sae, bool compress = true)
-      : path_(std::move(path)), m_(d_sae), compress_(compress) {
-    if (d_sae <= 0) throw io::IoError(path_, "invalid d_sae " + std::to_string(d_sae));
-  }
+/// scipy.sparse.csr_matrix((values, indices, offsets), shape=(N, m)) is the dense code matrix.
+/// SparseCodesWriter stores it as .npz; the Python package hands the vectors to numpy.
+struct CsrCodes {
+  Index d_sae = 0;                     ///< m
+  std::vector<std::int64_t> offsets{0};
+  std::vector<std::int32_t> indices;
+  std::vector<float> values;
 
+  Index tokens() const { return static_cast<Index>(offsets.size()) - 1; }
+  Index nnz() const { return static_cast<Index>(values.size()); }
+
+  /// Appends the B tokens of @p codes (sparse, as TopK-family models give them).
   template <class Scalar>
   void add(const SparseCodes<Scalar>& codes) {
     check(codes.d_sae);
@@ -303,51 +303,77 @@ class SparseCodesWriter {
       for (Index i = codes.offsets[t]; i < codes.offsets[t + 1]; ++i) {
         const auto v = static_cast<float>(codes.values[static_cast<std::size_t>(i)]);
         if (v == 0.0f) continue;
-        indices_.push_back(codes.indices[static_cast<std::size_t>(i)]);
-        values_.push_back(v);
+        indices.push_back(codes.indices[static_cast<std::size_t>(i)]);
+        values.push_back(v);
       }
-      offsets_.push_back(static_cast<std::int64_t>(values_.size()));
+      offsets.push_back(static_cast<std::int64_t>(values.size()));
     }
   }
+  /// Appends the B tokens of dense codes @p F (m x B), by their nonzeros.
   template <class Scalar>
   void add(const Mat<Scalar>& F) {
     check(F.rows());
     for (Index t = 0; t < F.cols(); ++t) {
       for (Index j = 0; j < F.rows(); ++j)
         if (F(j, t) != Scalar(0)) {
-          indices_.push_back(static_cast<std::int32_t>(j));
-          values_.push_back(static_cast<float>(F(j, t)));
+          indices.push_back(static_cast<std::int32_t>(j));
+          values.push_back(static_cast<float>(F(j, t)));
         }
-      offsets_.push_back(static_cast<std::int64_t>(values_.size()));
+      offsets.push_back(static_cast<std::int64_t>(values.size()));
     }
   }
 
-  Index tokens() const { return static_cast<Index>(offsets_.size()) - 1; }
-  Index nnz() const { return static_cast<Index>(values_.size()); }
+ private:
+  void check(Index m) const {
+    if (m != d_sae)
+      throw std::invalid_argument("codes have d_sae=" + std::to_string(m) + ", expected " + std::to_string(d_sae));
+  }
+};
+
+/// Collects the codes of consecutive batches (CsrCodes) and writes them as an .npz archive
+/// (sae::io::NpzWriter, atomic) with the members offsets, indices, values (see CsrCodes) and
+///
+///     shape    int64   [2]       (N, m)
+///
+/// The input streams; the output is held in memory until commit(): (N + 1) * 8 + nnz * 8
+/// bytes, plus a copy while the archive is written, and the archive must stay below 4 GiB (no
+/// ZIP64). Dense codes are stored by their nonzeros.
+class SparseCodesWriter {
+ public:
+  explicit SparseCodesWriter(std::filesystem::path path, Index d_sae, bool compress = true)
+      : path_(std::move(path)), compress_(compress) {
+    if (d_sae <= 0) throw io::IoError(path_, "invalid d_sae " + std::to_string(d_sae));
+    csr_.d_sae = d_sae;
+  }
+
+  template <class Codes>
+  void add(const Codes& codes) {
+    try {
+      csr_.add(codes);
+    } catch (const std::invalid_argument& e) {
+      throw io::IoError(path_, e.what());
+    }
+  }
+
+  Index tokens() const { return csr_.tokens(); }
+  Index nnz() const { return csr_.nnz(); }
 
   /// Writes the archive (see the class comment); throws IoError on failure.
   void commit() const {
     io::NpzWriter w;
-    const auto n = static_cast<std::size_t>(tokens()), nnz_ = values_.size();
-    const std::int64_t shape[2] = {static_cast<std::int64_t>(n), static_cast<std::int64_t>(m_)};
-    w.add("offsets", {n + 1}, std::span<const std::int64_t>(offsets_));
-    w.add("indices", {nnz_}, std::span<const std::int32_t>(indices_));
-    w.add("values", {nnz_}, std::span<const float>(values_));
+    const auto n = static_cast<std::size_t>(tokens()), nnz_ = csr_.values.size();
+    const std::int64_t shape[2] = {static_cast<std::int64_t>(n), static_cast<std::int64_t>(csr_.d_sae)};
+    w.add("offsets", {n + 1}, std::span<const std::int64_t>(csr_.offsets));
+    w.add("indices", {nnz_}, std::span<const std::int32_t>(csr_.indices));
+    w.add("values", {nnz_}, std::span<const float>(csr_.values));
     w.add("shape", {2}, std::span<const std::int64_t>(shape, 2));
     w.write(path_, compress_);
   }
 
  private:
-  void check(Index m) const {
-    if (m != m_) throw io::IoError(path_, "codes have d_sae=" + std::to_string(m) + ", expected " + std::to_string(m_));
-  }
-
   std::filesystem::path path_;
-  Index m_;
   bool compress_;
-  std::vector<std::int64_t> offsets_{0};
-  std::vector<std::int32_t> indices_;
-  std::vector<float> values_;
+  CsrCodes csr_;
 };
 
 }  // namespace sae::interp

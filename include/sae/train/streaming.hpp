@@ -174,27 +174,53 @@ inline double scale_from_sums(Normalization how, double sum_norm, double sum_sq,
 }
 }  // namespace detail
 
-/// The factor s for @p how, estimated from min(N, @p sample) tokens evenly spaced over the
-/// whole dataset (token floor(i N / n) for i < n; deterministic, no seed). Throws
-/// std::invalid_argument naming the file and row of a non-finite sampled token.
-inline double estimate_scale(const NpyDataset& data, Normalization how, std::int64_t sample = 100'000) {
+namespace detail {
+/// s for @p how from min(N, @p sample) tokens evenly spaced over N (token floor(i N / n) for
+/// i < n; deterministic, no seed). @p copy_token(t, x) writes token t's d floats into x;
+/// @p origin(t) names it when it is not finite.
+template <class CopyToken, class Origin>
+double sampled_scale(std::int64_t N, Index d, Normalization how, std::int64_t sample, CopyToken&& copy_token,
+                     Origin&& origin) {
   if (how == Normalization::None) return 1.0;
-  const std::int64_t N = data.tokens();
+  if (N <= 0) throw std::invalid_argument("cannot normalise activations: no tokens");
   const std::int64_t n = std::clamp<std::int64_t>(sample, 1, N);
-  Eigen::VectorXf x(data.d_in());
+  Eigen::VectorXf x(d);
   double sum_norm = 0, sum_sq = 0;
   for (std::int64_t i = 0; i < n; ++i) {
     __extension__ using i128 = __int128;  // GCC/Clang extension; silences -Wpedantic
     const auto t = static_cast<std::int64_t>((static_cast<i128>(i) * N) / n);
-    const auto [f, row] = data.locate(t);
-    data.copy_rows(f, row, 1, x.data());
-    if (!x.allFinite())
-      throw std::invalid_argument("cannot normalise activations: " + data.origin(t) + " is not finite");
+    copy_token(t, x.data());
+    if (!x.allFinite()) throw std::invalid_argument("cannot normalise activations: " + origin(t) + " is not finite");
     const double sq = x.cast<double>().squaredNorm();
     sum_sq += sq;
     sum_norm += std::sqrt(sq);
   }
-  return detail::scale_from_sums(how, sum_norm, sum_sq, static_cast<double>(n), data.d_in());
+  return scale_from_sums(how, sum_norm, sum_sq, static_cast<double>(n), d);
+}
+}  // namespace detail
+
+/// The factor s for @p how, estimated from min(N, @p sample) tokens evenly spaced over the
+/// whole dataset (token floor(i N / n) for i < n; deterministic, no seed). Throws
+/// std::invalid_argument naming the file and row of a non-finite sampled token.
+inline double estimate_scale(const NpyDataset& data, Normalization how, std::int64_t sample = 100'000) {
+  return detail::sampled_scale(
+      data.tokens(), data.d_in(), how, sample,
+      [&](std::int64_t t, float* x) {
+        const auto [f, row] = data.locate(t);
+        data.copy_rows(f, row, 1, x);
+      },
+      [&](std::int64_t t) { return data.origin(t); });
+}
+
+/// The same sampled estimate over an in-memory d x N column-major float matrix (one token per
+/// column, e.g. a C-order [N, d] array): equal to estimate_scale(NpyDataset) on a file holding
+/// the same rows. Non-finite tokens are named "row R".
+inline double estimate_scale(const float* data, Index d, std::int64_t N, Normalization how,
+                             std::int64_t sample = 100'000) {
+  return detail::sampled_scale(
+      N, d, how, sample,
+      [&](std::int64_t t, float* x) { std::copy_n(data + t * d, d, x); },
+      [](std::int64_t t) { return "row " + std::to_string(t); });
 }
 
 /// The same estimate over the columns (tokens) of an in-memory d x N matrix, using all of them.

@@ -1,0 +1,695 @@
+/// @file sae/train/run.hpp
+/// A whole training run as `sae train` and `libsae.train` do it: settings with their defaults,
+/// the data (activation files streamed, or a borrowed in-memory array), normalisation folded
+/// into the weights, checkpoints, resume, interruption between steps, and the saved SAE.
+///
+///     sae::TrainSettings s;            // every `sae train` flag, with its default
+///     s.data = {"acts/"};  s.arch = "topk";  s.d_sae = 4096;  s.k = 32;  s.out = "my_sae";
+///     sae::TrainRun run = sae::run_training(s);   // run.sae: the trained SAE, run.result: JSON
+///
+/// The command-line tool only parses flags into TrainSettings and prints what the hooks report;
+/// the Python package passes its keywords and, for an array, a TrainData::borrow view. The same
+/// settings, data and seed give the same weights through either.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../any_sae.hpp"
+#include "../config.hpp"
+#include "../core/gemm.hpp"
+#include "../core/sparse_autoencoder.hpp"
+#include "../io/atomic_file.hpp"
+#include "../io/error.hpp"
+#include "../version.hpp"
+#include "batches.hpp"
+#include "checkpoint.hpp"
+#include "streaming.hpp"
+#include "trainer.hpp"
+
+namespace sae {
+
+/// Every setting of a training run (`sae train --flag` is the field of the same name with '-'
+/// as '_'). Defaults are the measured ones of docs/variants.md.
+struct TrainSettings {
+  std::vector<std::filesystem::path> data;  ///< .npy files and/or directories of them
+  std::filesystem::path out;                ///< SAE directory to write (empty: keep in memory only)
+  std::string arch = "topk";                ///< relu|standard|topk|batchtopk|jumprelu|ortsae
+  Index d_sae = 0;                          ///< m
+  Index k = 32;                             ///< active latents per token (TopK family)
+  double l1 = 0.3;                          ///< relu: L1 coefficient
+  std::int64_t l1_warmup = -1;              ///< relu: coefficient warm-up steps (-1: steps/20)
+  std::optional<double> l0;                 ///< jumprelu: lambda (default 1e-2, or 1.0 with target_l0)
+  std::optional<double> target_l0;          ///< jumprelu: penalise lambda (L0/target - 1)^2
+  std::int64_t l0_warmup = -1;              ///< jumprelu: coefficient warm-up steps (-1: steps/20)
+  double bandwidth = JumpReLU{}.bandwidth;  ///< jumprelu: straight-through kernel width
+  double threshold_init = JumpReLU{}.initial_threshold;
+  double ortho = Orthogonality{}.coefficient;  ///< ortsae: gamma
+  Index chunks = Orthogonality{}.chunks;       ///< ortsae: random latent chunks per step
+  Index aux_k = 0;                             ///< AuxK dead latents (0: d_in / 2)
+  double aux_coeff = AuxK{}.coefficient;
+  std::int64_t dead_tokens = AuxK{}.dead_tokens;
+  std::optional<double> lr;                 ///< peak lr (default default_lr(d_sae))
+  TrainOptions opt;                         ///< steps, batch, warmup, decay, seed, log_every
+  int threads = 0;                          ///< 0: all cores / OMP_NUM_THREADS
+  std::string gemm = "auto";                ///< encoder GEMM: auto, eigen or blas
+  std::optional<std::int64_t> shuffle_buffer;  ///< tokens; unset with one file: full shuffle
+  std::string normalize = "none";           ///< none, expected-norm, unit-mean-square
+  std::int64_t checkpoint_every = 0;        ///< steps between checkpoints (0: none)
+  std::filesystem::path checkpoint_dir;     ///< default OUT/checkpoint
+  std::filesystem::path resume;             ///< run directory or checkpoint file to continue
+  /// Settings given explicitly ("lr", "--lr", "checkpoint-every" ...): resuming refuses to
+  /// change any but the ones resume_settings_allowed() names.
+  std::set<std::string> given;
+};
+
+/// "--checkpoint-every" / "checkpoint-every" / "checkpoint_every" -> "checkpoint_every".
+inline std::string setting_key(std::string name) {
+  name.erase(0, name.find_first_not_of('-'));
+  for (char& c : name)
+    if (c == '-') c = '_';
+  return name;
+}
+
+/// Settings that may change when resuming; every other one comes from the checkpoint.
+inline const std::set<std::string>& resume_settings_allowed() {
+  static const std::set<std::string> s = {"resume",         "threads", "checkpoint_every", "checkpoint_dir",
+                                          "out",            "data",    "log_every",        "gemm"};
+  return s;
+}
+
+/// Default peak learning rate: 2e-4 / sqrt(m / 2^14) (the 1/sqrt(m) scaling of Gao et al.
+/// 2024, Fig. 3, as dictionary_learning uses it), which gives 1.1e-3 at m = 512.
+inline double default_lr(Index d_sae) { return 2e-4 / std::sqrt(static_cast<double>(d_sae) / 16384.0); }
+
+/// Default lambda for JumpReLU: 1e-2 for lambda * L0 and 1.0 for the target-L0 penalty
+/// (measured on data of mean squared norm about 1; see docs/variants.md).
+inline double default_l0(const TrainSettings& a) { return a.target_l0 ? 1.0 : 1e-2; }
+
+/// The settings a checkpoint records (everything that shapes the run; not `given`/`resume`).
+inline nlohmann::json train_settings_to_json(const TrainSettings& a) {
+  using nlohmann::json;
+  json d = json::array();
+  for (const auto& p : a.data) d.push_back(p.string());
+  auto opt_num = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
+  return {{"data", d}, {"out", a.out.string()}, {"arch", a.arch}, {"d_sae", a.d_sae}, {"k", a.k},
+          {"l1", a.l1}, {"l1_warmup", a.l1_warmup}, {"l0", opt_num(a.l0)}, {"target_l0", opt_num(a.target_l0)},
+          {"l0_warmup", a.l0_warmup}, {"bandwidth", a.bandwidth}, {"threshold_init", a.threshold_init},
+          {"ortho", a.ortho}, {"chunks", a.chunks}, {"aux_k", a.aux_k}, {"aux_coeff", a.aux_coeff},
+          {"dead_tokens", a.dead_tokens}, {"lr", opt_num(a.lr)}, {"steps", a.opt.steps}, {"batch", a.opt.batch},
+          {"warmup", a.opt.warmup_steps}, {"decay", a.opt.decay_steps}, {"seed", a.opt.seed},
+          {"log_every", a.opt.log_every}, {"threads", a.threads},
+          {"shuffle_buffer", a.shuffle_buffer ? json(*a.shuffle_buffer) : json(nullptr)},
+          {"normalize", a.normalize}, {"checkpoint_every", a.checkpoint_every},
+          {"checkpoint_dir", a.checkpoint_dir.string()}};
+}
+
+/// Inverse of train_settings_to_json (throws nlohmann::json::exception on a missing field).
+inline TrainSettings train_settings_from_json(const nlohmann::json& j) {
+  TrainSettings a;
+  for (const auto& p : j.at("data")) a.data.emplace_back(p.get<std::string>());
+  auto opt_num = [&](const char* k) { return j.at(k).is_null() ? std::optional<double>() : j.at(k).get<double>(); };
+  a.out = j.at("out").get<std::string>();
+  a.arch = j.at("arch").get<std::string>();
+  a.d_sae = j.at("d_sae").get<Index>();
+  a.k = j.at("k").get<Index>();
+  a.l1 = j.at("l1").get<double>();
+  a.l1_warmup = j.at("l1_warmup").get<std::int64_t>();
+  a.l0 = opt_num("l0");
+  a.target_l0 = opt_num("target_l0");
+  a.l0_warmup = j.at("l0_warmup").get<std::int64_t>();
+  a.bandwidth = j.at("bandwidth").get<double>();
+  a.threshold_init = j.at("threshold_init").get<double>();
+  a.ortho = j.at("ortho").get<double>();
+  a.chunks = j.at("chunks").get<Index>();
+  a.aux_k = j.at("aux_k").get<Index>();
+  a.aux_coeff = j.at("aux_coeff").get<double>();
+  a.dead_tokens = j.at("dead_tokens").get<std::int64_t>();
+  a.lr = opt_num("lr");
+  a.opt.steps = j.at("steps").get<std::int64_t>();
+  a.opt.batch = j.at("batch").get<Index>();
+  a.opt.warmup_steps = j.at("warmup").get<std::int64_t>();
+  a.opt.decay_steps = j.at("decay").get<std::int64_t>();
+  a.opt.seed = j.at("seed").get<std::uint64_t>();
+  a.opt.log_every = j.at("log_every").get<std::int64_t>();
+  a.threads = j.at("threads").get<int>();
+  if (!j.at("shuffle_buffer").is_null()) a.shuffle_buffer = j.at("shuffle_buffer").get<std::int64_t>();
+  a.normalize = j.at("normalize").get<std::string>();
+  a.checkpoint_every = j.at("checkpoint_every").get<std::int64_t>();
+  a.checkpoint_dir = j.at("checkpoint_dir").get<std::string>();
+  return a;
+}
+
+/// The activations a run trains on: .npy files (memory-mapped, NpyDataset), or an in-memory
+/// d x N column-major float matrix borrowed from the caller (a C-order [N, d] float32 array
+/// is exactly that; it must outlive the run).
+class TrainData {
+ public:
+  /// Opens @p paths (files and/or directories; see expand_npy_paths).
+  static TrainData open(const std::vector<std::filesystem::path>& paths) {
+    TrainData t;
+    t.files_ = NpyDataset::open(paths);
+    return t;
+  }
+  /// Borrows @p data (d x N column-major floats); @p name appears in messages ("NAME row R").
+  static TrainData borrow(const float* data, Index d, std::int64_t N, std::string name = "array") {
+    if (data == nullptr || d <= 0 || N <= 0) throw std::invalid_argument("training data is empty");
+    TrainData t;
+    t.memory_ = data;
+    t.d_ = d;
+    t.n_ = N;
+    t.name_ = std::move(name);
+    return t;
+  }
+
+  bool in_memory() const { return memory_ != nullptr; }
+  Index d_in() const { return in_memory() ? d_ : files_.d_in(); }
+  std::int64_t tokens() const { return in_memory() ? n_ : files_.tokens(); }
+  std::size_t files() const { return in_memory() ? 0 : files_.files(); }
+  const NpyDataset& dataset() const { return files_; }
+  const float* memory() const { return memory_; }
+  /// What messages call the data: the file, "N files", or the array's name.
+  std::string name() const {
+    if (in_memory()) return name_;
+    return files_.files() == 1 ? files_.file_path(0).string() : std::to_string(files_.files()) + " files";
+  }
+  /// The normalisation factor (estimate_scale over the files or the array, same sampling).
+  double scale(Normalization how) const {
+    return in_memory() ? estimate_scale(memory_, d_, n_, how) : estimate_scale(files_, how);
+  }
+  /// What a checkpoint records to recognise the data (NpyDataset::fingerprint; an array is one
+  /// "file" named after it).
+  nlohmann::json fingerprint() const {
+    if (!in_memory()) return files_.fingerprint();
+    return {{"d_in", d_},
+            {"tokens", n_},
+            {"files", nlohmann::json::array({{{"path", name_}, {"rows", n_}, {"dtype", "float32"}}})}};
+  }
+
+ private:
+  NpyDataset files_;
+  const float* memory_ = nullptr;
+  Index d_ = 0;
+  std::int64_t n_ = 0;
+  std::string name_;
+};
+
+/// The batches a run trains on. One .npy file (or an array) without a shuffle buffer: the whole
+/// data in a fresh random order every epoch (ShuffledBatches over the memory map; a float16
+/// file converted once into memory). Several files, a directory, or a shuffle buffer:
+/// StreamingBatches (memory-mapped chunks through a shuffle buffer; data larger than memory).
+/// Both report the file and row of a bad token and can seek to a checkpoint's position.
+class TrainSource {
+ public:
+  TrainSource(const TrainData& data, const TrainSettings& a, double scale) {
+    const std::uint64_t seed = a.opt.seed ^ 0x5ae5ae5aULL;
+    const bool whole = data.in_memory() || (data.files() == 1 && !a.shuffle_buffer);
+    if (data.in_memory() && a.shuffle_buffer)
+      throw std::invalid_argument("shuffle_buffer applies to streamed .npy files; an in-memory array is shuffled whole");
+    if (whole) {
+      const float* x = data.memory();
+      std::string name = data.name();
+      if (!x) {
+        const io::NpyReader& r = data.dataset().file(0);
+        if (r.dtype() == io::NpyDtype::F32) {
+          x = r.f32_data();
+        } else {
+          converted_.resize(data.d_in(), static_cast<Index>(data.tokens()));
+          r.copy_rows_f32(0, r.rows(), converted_.data());
+          x = converted_.data();
+        }
+      }
+      shuffled_.emplace(x, data.d_in(), static_cast<Index>(data.tokens()), a.opt.batch, seed);
+      shuffled_->set_name(name);
+      if (scale != 1.0) shuffled_->set_scale(scale);
+      describe_ = {{"kind", "shuffled"}, {"seed", seed}};
+    } else {
+      StreamingOptions o;
+      o.batch = a.opt.batch;
+      o.shuffle_buffer = a.shuffle_buffer.value_or(0);
+      o.seed = seed;
+      o.scale = scale;
+      streaming_.emplace(data.dataset(), o);
+      describe_ = {{"kind", "streaming"}, {"seed", seed}, {"shuffle_buffer", streaming_->shuffle_buffer()},
+                   {"chunk", streaming_->chunk()}};
+    }
+  }
+  Index d_in() const { return shuffled_ ? shuffled_->d_in() : streaming_->d_in(); }
+  const Mat<float>& next() { return shuffled_ ? shuffled_->next() : streaming_->next(); }
+  std::string origin(Index col) const { return shuffled_ ? shuffled_->origin(col) : streaming_->origin(col); }
+  std::int64_t position() const { return shuffled_ ? shuffled_->position() : streaming_->position(); }
+  void seek(std::int64_t p) { shuffled_ ? shuffled_->seek(p) : streaming_->seek(p); }
+  /// Kind, seed and buffer sizes (plus the position) for checkpoints and logs.
+  nlohmann::json describe() const {
+    nlohmann::json j = describe_;
+    j["position"] = position();
+    return j;
+  }
+
+ private:
+  Mat<float> converted_;
+  std::optional<ShuffledBatches<float>> shuffled_;
+  std::optional<StreamingBatches<float>> streaming_;
+  nlohmann::json describe_;
+};
+
+/// What a run reports while it works. Every member may be empty (then: progress lines and
+/// messages go to std::cerr, and the run is never asked to stop).
+struct TrainHooks {
+  /// After every progress window: the numbers and the formatted progress line.
+  std::function<void(const TrainProgress&, const std::string& line)> progress;
+  /// One-line messages ("resuming from ...", warnings, "saved ...").
+  std::function<void(const std::string&)> message;
+  /// Asked after every step; true stops the run there (see TrainingInterrupted).
+  std::function<bool()> stop;
+};
+
+/// Thrown by run_training when TrainHooks::stop asked it to stop: nothing was saved to `out`,
+/// but with checkpointing on, a checkpoint of the last finished step was written first.
+struct TrainingInterrupted : std::runtime_error {
+  std::int64_t step = 0;                 ///< steps finished
+  std::filesystem::path checkpoint;      ///< the checkpoint written, or empty
+  TrainingInterrupted(std::int64_t s, std::filesystem::path ckpt)
+      : std::runtime_error(ckpt.empty() ? "training interrupted after step " + std::to_string(s) +
+                                              " (no checkpoint: checkpointing is off)"
+                                        : "training interrupted after step " + std::to_string(s) +
+                                              "; checkpoint written to " + ckpt.string() +
+                                              " (continue with --resume / resume=)"),
+        step(s),
+        checkpoint(std::move(ckpt)) {}
+};
+
+/// The outcome of a run: the trained SAE in its inference form (BatchTopK-family models as
+/// JumpReLU with their threshold, the normalisation folded in) and the JSON result `sae train`
+/// prints.
+struct TrainRun {
+  AnySae sae;
+  nlohmann::json result;
+};
+
+/// The progress line of `sae train`.
+inline std::string progress_line(const TrainProgress& p) {
+  auto rate = [](double r) {
+    char buf[32];
+    if (r >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
+    else if (r >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
+    else std::snprintf(buf, sizeof buf, "%.0f", r);
+    return std::string(buf);
+  };
+  auto secs = [](double s) {
+    char buf[32];
+    if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+    else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+    else std::snprintf(buf, sizeof buf, "%.0fs", s);
+    return std::string(buf);
+  };
+  char line[256];
+  std::snprintf(line, sizeof line, "step %lld/%lld  loss %.5g  l0 %.2f  fvu %.4f  dead %.1f%%  lr %.2e  %s tok/s  ETA %s",
+                static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu,
+                100.0 * p.dead_fraction, p.lr, rate(p.tokens_per_s).c_str(), secs(p.eta_seconds).c_str());
+  return line;
+}
+
+namespace detail {
+
+inline void say(const TrainHooks& h, const std::string& line) {
+  if (h.message) h.message(line);
+  else std::cerr << line << std::endl;
+}
+
+/// Where training continues from (TrainSettings::resume).
+struct ResumeFrom {
+  std::filesystem::path file;  ///< the checkpoint
+  nlohmann::json state;        ///< its JSON state (read_checkpoint_state)
+};
+
+/// The settings of the checkpointed run @p a.resume points to, with the few @p a may change
+/// (resume_settings_allowed) taken from @p a. Warns through @p h when the thread count or GEMM
+/// backend differ from the run's (the weights are then not bit-identical).
+inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, const TrainHooks& h) {
+  using nlohmann::json;
+  rf.file = find_checkpoint(a.resume);
+  rf.state = read_checkpoint_state(rf.file);
+  std::set<std::string> given;
+  for (const auto& g : a.given) {
+    if (!resume_settings_allowed().count(setting_key(g)))
+      throw std::invalid_argument(g + " cannot be changed when resuming: the settings come from the checkpoint " +
+                                  rf.file.string());
+    given.insert(setting_key(g));
+  }
+  TrainSettings saved;
+  json extra;
+  try {
+    extra = rf.state.at("extra");
+    saved = train_settings_from_json(extra.at("args"));
+  } catch (const json::exception& e) {
+    throw io::IoError(rf.file, std::string("checkpoint was not written by sae train: ") + e.what());
+  }
+  if (given.count("data")) saved.data = a.data;
+  if (given.count("out")) saved.out = a.out;
+  if (given.count("checkpoint_every")) saved.checkpoint_every = a.checkpoint_every;
+  if (given.count("checkpoint_dir")) saved.checkpoint_dir = a.checkpoint_dir;
+  if (given.count("log_every")) saved.opt.log_every = a.opt.log_every;
+  const int ran_with = extra.value("threads", 0);
+  saved.threads = given.count("threads") ? a.threads : ran_with;
+  if (ran_with > 0 && saved.threads > 0 && saved.threads != ran_with)
+    say(h, "sae train: warning: the run used " + std::to_string(ran_with) + " threads, resuming with " +
+               std::to_string(saved.threads) + ": the weights will not be bit-identical to an uninterrupted run");
+  // The encoder backend the run used (Eigen and BLAS differ in the last bits): pinned unless
+  // gemm eigen|blas overrides it.
+  const std::string ran_gemm = extra.value("gemm_backend", std::string());
+  saved.gemm = a.gemm != "auto" ? a.gemm : (ran_gemm.empty() ? "auto" : ran_gemm);
+  if (!ran_gemm.empty() && saved.gemm != ran_gemm)
+    say(h, "sae train: warning: the run used the " + ran_gemm + " GEMM backend, resuming with " + saved.gemm +
+               ": the weights will not be bit-identical to an uninterrupted run");
+  if (saved.gemm == "blas" && a.gemm == "auto" && !gemm::blas_linked()) {
+    say(h, "sae train: warning: the run used the blas GEMM backend and this build has no BLAS, resuming with eigen: "
+           "the weights will not be bit-identical to an uninterrupted run");
+    saved.gemm = "eigen";
+  }
+  saved.given = a.given;
+  saved.resume = a.resume;
+  return saved;
+}
+
+/// The encoder GEMM backend of this process ("eigen" or "blas").
+inline std::string gemm_backend_name() { return gemm::backend_name(gemm::encoder_backend()); }
+
+}  // namespace detail
+
+/// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the model
+/// settings; also sets a.opt.lr (a.lr or default_lr) and a.opt.dead_tokens.
+inline SaeConfig training_config(TrainSettings& a, Index d_in) {
+  SaeConfig cfg;
+  cfg.d_in = d_in;
+  cfg.d_sae = a.d_sae;
+  cfg.architecture = parse_architecture(a.arch);
+  const bool uses_k = architecture_uses_k(cfg.architecture);
+  cfg.k = uses_k ? a.k : 0;
+  if (uses_k && (a.k <= 0 || a.k > a.d_sae))
+    throw std::invalid_argument("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
+  if (!(a.bandwidth > 0)) throw std::invalid_argument("--bandwidth must be positive");
+  if (a.target_l0 && !(*a.target_l0 > 0)) throw std::invalid_argument("--target-l0 must be positive");
+  if (a.chunks < 1) throw std::invalid_argument("--chunks must be at least 1");
+  a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
+  a.opt.dead_tokens = a.dead_tokens;
+  if (!(a.opt.lr > 0) || !std::isfinite(a.opt.lr)) throw std::invalid_argument("--lr must be a positive number");
+  return cfg;
+}
+
+/// Builds the model a run of @p a trains (architecture, loss coefficients and their warm-ups,
+/// AuxK, JumpReLU and OrtSAE settings), records those settings in @p tr (metadata["training"])
+/// and returns @p f(model). Shared by run_training and `sae bench`.
+template <class F>
+auto with_training_model(const TrainSettings& a, const SaeConfig& cfg, nlohmann::json& tr, F&& f) {
+  auto set_aux = [&](auto& model) {
+    auto& aux = model.loss().template get<AuxK>();
+    aux.k_aux = a.aux_k;
+    aux.coefficient = a.aux_coeff;
+    aux.dead_tokens = a.dead_tokens;
+    tr["aux_k"] = a.aux_k > 0 ? a.aux_k : std::max<Index>(1, cfg.d_in / 2);
+    tr["aux_coeff"] = a.aux_coeff;
+    tr["dead_tokens"] = a.dead_tokens;
+  };
+  auto set_jumprelu = [&](auto& model) {
+    model.activation().bandwidth = a.bandwidth;
+    model.activation().initial_threshold = a.threshold_init;
+    tr["bandwidth"] = a.bandwidth;
+    tr["threshold_init"] = a.threshold_init;
+  };
+  const std::int64_t coeff_warmup = a.opt.steps / 20;
+  switch (cfg.architecture) {
+    case Architecture::Standard: {
+      ReluSae<float> model(cfg);
+      auto& l1 = model.loss().template get<L1Sparsity>();
+      l1.coefficient = a.l1;
+      l1.warmup_steps = a.l1_warmup >= 0 ? a.l1_warmup : coeff_warmup;
+      tr["l1_coefficient"] = l1.coefficient;
+      tr["l1_warmup_steps"] = l1.warmup_steps;
+      return f(model);
+    }
+    case Architecture::TopK: {
+      TopKSae<float> model(cfg);
+      set_aux(model);
+      return f(model);
+    }
+    case Architecture::BatchTopK: {
+      BatchTopKSae<float> model(cfg);
+      set_aux(model);
+      return f(model);
+    }
+    case Architecture::OrtSAE: {
+      OrtSae<float> model(cfg);
+      set_aux(model);
+      auto& o = model.loss().template get<Orthogonality>();
+      o.coefficient = a.ortho;
+      o.chunks = a.chunks;
+      tr["ortho"] = a.ortho;
+      tr["chunks"] = a.chunks;
+      return f(model);
+    }
+    case Architecture::JumpReLU: {
+      const double lam = a.l0.value_or(default_l0(a));
+      const std::int64_t warm = a.l0_warmup >= 0 ? a.l0_warmup : coeff_warmup;
+      tr["l0_coefficient"] = lam;
+      tr["l0_warmup_steps"] = warm;
+      if (a.target_l0) {
+        JumpReluTargetSae<float> model(cfg);
+        set_jumprelu(model);
+        auto& t = model.loss().template get<TargetL0>();
+        t.coefficient = lam;
+        t.target = *a.target_l0;
+        t.warmup_steps = warm;
+        tr["target_l0"] = *a.target_l0;
+        return f(model);
+      }
+      JumpReluSae<float> model(cfg);
+      set_jumprelu(model);
+      auto& l0 = model.loss().template get<L0Sparsity>();
+      l0.coefficient = lam;
+      l0.warmup_steps = warm;
+      return f(model);
+    }
+  }
+  throw std::invalid_argument("unsupported architecture");
+}
+
+/// Checks the settings that do not depend on the data (one sentence per problem, naming the
+/// flag): std::invalid_argument.
+inline void check_train_settings(const TrainSettings& a) {
+  parse_architecture(a.arch);
+  parse_normalization(a.normalize);
+  if (a.gemm != "auto") gemm::parse_backend(a.gemm);
+  if (a.d_sae <= 0) throw std::invalid_argument("--d-sae must be positive");
+  if (a.opt.batch <= 0) throw std::invalid_argument("--batch must be positive");
+  if (a.opt.steps <= 0) throw std::invalid_argument("--steps must be positive");
+  if (a.threads < 0) throw std::invalid_argument("--threads must be >= 0 (0: all cores)");
+  if (a.shuffle_buffer && *a.shuffle_buffer <= 0) throw std::invalid_argument("--shuffle-buffer must be positive");
+  if (a.checkpoint_every < 0) throw std::invalid_argument("--checkpoint-every must be >= 0");
+  if (a.checkpoint_every > 0 && a.out.empty() && a.checkpoint_dir.empty())
+    throw std::invalid_argument("checkpoints need a place: give --out or --checkpoint-dir");
+  std::error_code ec;
+  if (!a.out.empty() && std::filesystem::exists(a.out, ec) && !std::filesystem::is_directory(a.out, ec))
+    throw io::IoError(a.out, "exists and is not a directory (the SAE is saved as a directory)");
+}
+
+namespace detail {
+
+/// Trains @p model on @p source (from scratch, or from the checkpoint in @p resume), writing a
+/// checkpoint every a.checkpoint_every steps; then folds the normalisation factor into the
+/// weights and, with a.out, writes the SAE directory and its train_log.jsonl.
+template <class Model>
+TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data, double scale,
+                     const std::optional<ResumeFrom>& resume, nlohmann::json meta, const TrainHooks& h) {
+  using nlohmann::json;
+  TrainSource source(data, a, scale);
+  TrainState<float> st;
+  std::vector<std::string> log_lines;
+  std::int64_t tokens0 = 0;  // tokens trained before this process started
+  if (resume) {
+    const json extra = load_checkpoint(resume->file, model, st);
+    for (const auto& l : extra.at("log")) log_lines.push_back(l.get<std::string>());
+    const std::int64_t pos = extra.at("source").at("position").get<std::int64_t>();
+    if (pos != st.tokens)
+      throw io::IoError(resume->file, "data position " + std::to_string(pos) + " does not match " +
+                                          std::to_string(st.tokens) + " tokens trained");
+    source.seek(pos);
+    tokens0 = st.tokens;
+    say(h, "sae train: resuming from " + resume->file.string() + " at step " + std::to_string(st.step) + "/" +
+               std::to_string(a.opt.steps));
+  }
+  const std::filesystem::path ckpt_dir = a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir;
+  if (a.checkpoint_every > 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(ckpt_dir, ec);
+    if (ec) throw io::IoError(ckpt_dir, "cannot create the checkpoint directory: " + ec.message());
+    remove_stale_checkpoint_temps(ckpt_dir);
+  }
+  const json args_json = train_settings_to_json(a);
+  std::int64_t checkpointed = -1;
+  auto write_checkpoint = [&](const TrainState<float>& s) {
+    json log = json::array();
+    for (const auto& l : log_lines) log.push_back(l);
+    const json extra = {{"args", args_json}, {"threads", num_threads()}, {"scale", scale},
+                        {"scale_bits", std::bit_cast<std::uint64_t>(scale)}, {"source", source.describe()},
+                        {"data", data.fingerprint()}, {"log", log}, {"gemm_backend", gemm_backend_name()}};
+    save_checkpoint(ckpt_dir / checkpoint_file_name, model, s, extra);
+    checkpointed = s.step;
+  };
+  auto on_step = [&](const TrainState<float>& s) {
+    if (a.checkpoint_every > 0 && s.step % a.checkpoint_every == 0) write_checkpoint(s);
+    if (h.stop && s.step < a.opt.steps && h.stop()) {
+      std::filesystem::path written;
+      if (a.checkpoint_every > 0) {
+        if (checkpointed != s.step) write_checkpoint(s);
+        written = ckpt_dir / checkpoint_file_name;
+      }
+      throw TrainingInterrupted(s.step, written);
+    }
+  };
+  const TrainResult r = train_from(model, source, a.opt, st, [&](const TrainProgress& p) {
+    const std::string line = progress_line(p);
+    if (h.progress) h.progress(p, line);
+    else std::cerr << line << std::endl;
+    json j = {{"step", p.step}, {"tokens", p.tokens}, {"loss", p.loss}, {"l0", p.l0}, {"fvu", p.fvu},
+              {"dead_fraction", p.dead_fraction}, {"lr", p.lr}, {"seconds", p.seconds},
+              {"tokens_per_s", p.tokens_per_s}};
+    for (const auto& [name, v] : p.terms) j[name] = v;
+    log_lines.push_back(j.dump());
+  }, on_step);
+  meta["training"]["tokens"] = r.tokens;
+  meta["training"]["seconds"] = r.seconds;
+  meta["training"]["gemm_backend"] = gemm_backend_name();
+  if (resume) meta["training"]["resumed_from_step"] = resume->state.at("step");
+  if (scale != 1.0) fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
+  model.config().metadata = meta;
+  if (!a.out.empty()) {
+    save_sae(a.out, model);
+    std::string log;
+    for (const auto& l : log_lines) log += l + "\n";
+    io::write_file_atomic(a.out / "train_log.jsonl",
+                          std::span<const std::byte>(reinterpret_cast<const std::byte*>(log.data()), log.size()));
+    say(h, "sae train: saved " + a.out.string());
+  }
+  json result = {{"out", a.out.empty() ? json(nullptr) : json(a.out.string())},
+                 {"architecture", std::string(architecture_name(model.config().architecture))},
+                 {"d_in", model.d_in()},
+                 {"d_sae", model.d_sae()},
+                 {"k", model.config().k},
+                 {"steps", r.steps},
+                 {"tokens", r.tokens},
+                 {"seconds", r.seconds},
+                 {"tokens_per_s", r.seconds > 0 ? static_cast<double>(r.tokens - tokens0) / r.seconds : 0.0},
+                 {"final_loss", r.final_loss},
+                 {"l0", r.final_l0},
+                 {"fvu", r.final_fvu},
+                 {"dead_fraction", r.final_dead_fraction},
+                 {"threads", num_threads()},
+                 {"gemm_backend", gemm_backend_name()}};
+  if (scale != 1.0) result["normalize"] = {{"method", a.normalize}, {"scale", scale}};
+  if (resume) result["resumed_from_step"] = resume->state.at("step");
+  auto [cfg, params] = inference_form(model);
+  AnySae sae = make_sae(cfg);
+  std::visit([&](auto& m) { m.set_params(std::move(params)); }, sae);
+  return {std::move(sae), std::move(result)};
+}
+
+}  // namespace detail
+
+/// Runs the training @p settings describe (see the file comment): resumes when settings.resume
+/// is set, trains on @p data when given (else on settings.data), reports through @p hooks, and
+/// saves to settings.out when it is set. Throws std::invalid_argument for bad settings,
+/// io::IoError for files, NumericalError when training diverges or the data is not finite, and
+/// TrainingInterrupted when hooks.stop asked it to stop.
+inline TrainRun run_training(TrainSettings a, const TrainHooks& hooks = {}, const TrainData* data = nullptr) {
+  using nlohmann::json;
+  std::optional<detail::ResumeFrom> resume;
+  if (!a.resume.empty()) {
+    detail::ResumeFrom rf;
+    a = detail::resume_settings(a, rf, hooks);
+    resume = std::move(rf);
+  }
+  check_train_settings(a);
+  set_num_threads(a.threads);
+  if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
+  const Architecture arch = parse_architecture(a.arch);
+  const Normalization norm = parse_normalization(a.normalize);
+  std::optional<TrainData> opened;
+  if (!data) {
+    if (a.data.empty()) throw std::invalid_argument("no training data: give --data (files or directories)");
+    opened = TrainData::open(a.data);
+    data = &*opened;
+  }
+  double scale = 1.0;
+  if (resume) {
+    const json& extra = resume->state.at("extra");
+    scale = std::bit_cast<double>(extra.at("scale_bits").get<std::uint64_t>());
+    const json& was = extra.at("data");
+    const json now = data->fingerprint();
+    bool same = was.at("d_in") == now.at("d_in") && was.at("tokens") == now.at("tokens") &&
+                was.at("files").size() == now.at("files").size();
+    for (std::size_t f = 0; same && f < now.at("files").size(); ++f)
+      same = was.at("files")[f].at("rows") == now.at("files")[f].at("rows") &&
+             was.at("files")[f].at("dtype") == now.at("files")[f].at("dtype");
+    if (!same)
+      throw io::IoError(resume->file, "the activation files differ from the ones the run was trained on (" +
+                                          was.dump() + ")");
+  } else {
+    scale = data->scale(norm);
+  }
+  const SaeConfig cfg = training_config(a, data->d_in());
+  const bool uses_k = architecture_uses_k(arch);
+  std::string head = "sae train: " + std::string(architecture_name(arch)) + " d_in " + std::to_string(cfg.d_in) +
+                     " d_sae " + std::to_string(cfg.d_sae);
+  if (uses_k) head += " k " + std::to_string(cfg.k);
+  char lr[32];
+  std::snprintf(lr, sizeof lr, "%g", a.opt.lr);
+  head += ", " + std::to_string(data->tokens()) + " tokens from " + data->name() + ", " + std::to_string(a.opt.steps) +
+          " steps of " + std::to_string(a.opt.batch) + ", lr " + lr + ", " + std::to_string(num_threads()) + " threads";
+  detail::say(hooks, head);
+  if (data->tokens() < a.opt.batch)
+    detail::say(hooks, "sae train: warning: " + std::to_string(data->tokens()) + " tokens are fewer than one batch of " +
+                           std::to_string(a.opt.batch) + ": every batch repeats tokens");
+  if (norm != Normalization::None) {
+    char s[32];
+    std::snprintf(s, sizeof s, "%g", scale);
+    detail::say(hooks, "sae train: normalisation " + a.normalize + ": activations scaled by " + s);
+  }
+
+  json meta = {{"libsae_version", version_string}};
+  if (data->in_memory()) {
+    meta["dataset_path"] = data->name();
+  } else if (a.data.size() == 1) {
+    meta["dataset_path"] = a.data.front().string();
+  } else {
+    meta["dataset_path"] = json::array();
+    for (const auto& p : a.data) meta["dataset_path"].push_back(p.string());
+  }
+  if (norm != Normalization::None)
+    meta["activation_normalization"] = {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}};
+  json& tr = meta["training"];
+  tr = {{"architecture", std::string(architecture_name(arch))}, {"steps", a.opt.steps},
+        {"batch", a.opt.batch}, {"lr", a.opt.lr}, {"seed", a.opt.seed},
+        {"warmup_steps", a.opt.schedule().warmup_steps}, {"decay_steps", a.opt.schedule().decay_steps}};
+  if (data->files() > 1 || a.shuffle_buffer) tr["shuffle_buffer"] = a.shuffle_buffer ? json(*a.shuffle_buffer) : json("default");
+  return with_training_model(a, cfg, tr, [&](auto& model) {
+    return detail::train_model(model, a, *data, scale, resume, meta, hooks);
+  });
+}
+
+}  // namespace sae
