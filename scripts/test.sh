@@ -2,7 +2,12 @@
 # Build and run every test, then the file-reading tests ([io]) again under ASan + UBSan.
 #
 #   scripts/test.sh
-#   BUILD_DIR=build-test ASAN_BUILD_DIR=build-asan JOBS=2 scripts/test.sh
+#   BUILD_DIR=build-test ASAN_BUILD_DIR=build-asan VENV=build-test/venv JOBS=2 scripts/test.sh
+#
+# The Python package (python/) is tested in a venv made here with Debian's python3: numpy,
+# scipy, pytest and sae-lens (the peer that must read what libsae.Sae.save writes) come from
+# PyPI, installed in the background while the C++ tree builds; then `pip install ./python`
+# builds the extension and pytest runs python/tests against the `sae` tool just built.
 #
 # Exits non-zero on the first failing step and prints the total time either way.
 set -euo pipefail
@@ -11,6 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD_DIR=${BUILD_DIR:-build-test}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 JOBS=${JOBS:-2}
+VENV=${VENV:-$BUILD_DIR/venv}
 
 start=$SECONDS
 report_time() {
@@ -28,6 +34,16 @@ step "dependencies"
 # every SAE variant); the library itself never uses it.
 bash scripts/setup-deps.sh --with-torch
 
+step "python venv ${VENV} (PyPI installs run in the background during the build)"
+mkdir -p "$BUILD_DIR"
+venv_log="$BUILD_DIR/venv.log"
+(
+  set -e
+  [[ -x "$VENV/bin/python" ]] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q numpy scipy pytest sae-lens
+) >"$venv_log" 2>&1 &
+venv_pid=$!
+
 step "configure + build ${BUILD_DIR} (Release)"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
   -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=ON
@@ -35,6 +51,18 @@ cmake --build "$BUILD_DIR" -j "$JOBS"
 
 step "ctest ${BUILD_DIR}"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+
+step "python package: pip install ./python, pytest python/tests"
+if ! wait "$venv_pid"; then
+  cat "$venv_log"
+  echo "test.sh: setting up the Python venv failed (log above)" >&2
+  exit 1
+fi
+CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$VENV/bin/python" -m pip install -q ./python
+# pytest runs from python/tests so that `import libsae` is the installed package.
+sae_bin=$(realpath "$BUILD_DIR/bin/sae")
+(cd python/tests && SAE_BIN="$sae_bin" LIBSAE_REQUIRE_SAELENS=1 OMP_WAIT_POLICY=passive \
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=5 .)
 
 # Sanitizer tree: Debug keeps Eigen's bounds assertions on, -O1 keeps it fast enough.
 # OpenMP stays on. Only the [io] tests run here (everything that reads files).
