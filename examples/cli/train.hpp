@@ -16,9 +16,12 @@ using TrainArgs = sae::TrainSettings;
 
 /// The signal that asked a run to stop (0: none). Set by the SIGINT/SIGTERM handler; the run
 /// stops after the step in progress, writes a checkpoint when checkpointing is on, and exits
-/// 128 + the signal number (130, 143).
+/// 128 + the signal number (130, 143). A second signal of the same kind ends the process at once.
 inline volatile std::sig_atomic_t stop_signal = 0;
-inline void on_stop_signal(int sig) { stop_signal = sig; }
+inline void on_stop_signal(int sig) {
+  stop_signal = sig;
+  std::signal(sig, SIG_DFL);
+}
 
 inline int run_train(TrainArgs a) {
   stop_signal = 0;
