@@ -46,6 +46,12 @@ int main(int argc, char** argv) {
   }
   try {
     return chosen ? chosen() : 1;
+  } catch (const sae_cli::UsageError& e) {
+    std::cerr << "sae: error: " << e.what() << " (see sae --help)" << std::endl;
+    return 2;
+  } catch (const sae::SettingsError& e) {  // a training setting that cannot work
+    std::cerr << "sae: error: " << e.what() << " (see sae --help)" << std::endl;
+    return 2;
   } catch (const std::exception& e) {
     std::cerr << "sae: error: " << e.what() << std::endl;
     return 1;

@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD_DIR=${BUILD_DIR:-build-test}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 JOBS=${JOBS:-2}
-VENV=${VENV:-$BUILD_DIR/venv}
+VENV=$(realpath -m "${VENV:-$BUILD_DIR/venv}")
 
 start=$SECONDS
 report_time() {
@@ -27,7 +27,7 @@ report_time() {
 }
 trap report_time EXIT
 
-step() { echo; echo "== $* =="; }
+step() { echo; echo "== $* ==  (at $((SECONDS - start)) s)"; }
 
 step "dependencies"
 # python3-torch serves tests/python/test_torch_reference.py (an independent PyTorch step of

@@ -145,6 +145,26 @@ TEST_CASE("JumpReLU: forward is z * 1[z > theta]; non-threshold gradients match 
   check_fd(model, g, [&] { return model.loss_value(X).total; });
 }
 
+TEST_CASE("JumpReLU: a negative threshold (from a file) gives relu(z) * 1[z > theta], never a negative code", "[core][jumprelu]") {
+  const Index d = 6, m = 40, B = 30;
+  sae::JumpReluSae<float> model(config(d, m));
+  auto p = sae_test::random_params<float>(d, m, 21);
+  p.threshold = Vec<float>::LinSpaced(m, -2.0f, 0.5f);  // most thresholds negative
+  model.set_params(p);
+  const Mat<float> X = sae_test::random_matrix<float>(d, B, 22);
+  const Mat<float> F = model.encode(X);
+  const Mat<float> Z = (p.W_enc.transpose() * Mat<float>(X.colwise() - p.b_dec)).colwise() + p.b_enc;
+  Index negative_z_above_threshold = 0;
+  for (Index t = 0; t < B; ++t)
+    for (Index j = 0; j < m; ++j) {
+      const float z = Z(j, t);
+      negative_z_above_threshold += (z < 0 && z > p.threshold[j]);
+      REQUIRE(F(j, t) >= 0.0f);
+      REQUIRE(F(j, t) == Approx((z > p.threshold[j] && z > 0) ? z : 0.0f).margin(1e-5));
+    }
+  REQUIRE(negative_z_above_threshold > 10);  // the case this test is about does occur
+}
+
 TEST_CASE("JumpReLU: threshold gradient is the straight-through estimate of activation and L0", "[core][jumprelu][gradients]") {
   const Index d = 4, m = 8, B = 40;
   sae::JumpReluSae<double> model(config(d, m));

@@ -6,6 +6,8 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cstdlib>
+#include <stdexcept>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -53,21 +55,8 @@ class Activations {
   sae::Mat<float> converted_;
 };
 
-inline std::string human_rate(double r) {
-  char buf[32];
-  if (r >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
-  else if (r >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
-  else std::snprintf(buf, sizeof buf, "%.0f", r);
-  return buf;
-}
-
-inline std::string human_seconds(double s) {
-  char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
-  else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
-  else std::snprintf(buf, sizeof buf, "%.0fs", s);
-  return buf;
-}
+using sae::detail::human_rate;
+using sae::detail::human_seconds;
 
 inline fs::path features_path_for(const fs::path& out) {
   fs::path p = out;
@@ -91,6 +80,30 @@ inline void add_sae_and_data(CLI::App* c, fs::path& sae_dir, fs::path& data,
       ->required()
       ->check(CLI::ExistingFile);
 }
+
+/// A command line that cannot work, found after parsing (a latent outside the SAE, two
+/// exclusive flags...): exit status 2 like a flag CLI11 rejects, not 1.
+struct UsageError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+/// CLI11 validators for real-valued flags: a finite number, > 0 (positive) or >= 0. (CLI11's
+/// PositiveNumber accepts "inf"; integers cannot parse as inf, so they use CLI11's own.)
+inline CLI::Validator finite_number(bool positive, bool allow_zero) {
+  const std::string what = positive ? (allow_zero ? " >= 0" : " > 0") : "";
+  return CLI::Validator(
+      [=](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (end == s.c_str() || *end != '\0' || !std::isfinite(v)) return "must be a finite number, got '" + s + "'";
+        if (positive && (v < 0 || (v == 0 && !allow_zero))) return "must be" + what + ", got " + s;
+        return {};
+      },
+      positive ? (allow_zero ? "FINITE>=0" : "FINITE>0") : "FINITE");
+}
+inline const CLI::Validator finite = finite_number(false, false);
+inline const CLI::Validator finite_positive = finite_number(true, false);
+inline const CLI::Validator finite_non_negative = finite_number(true, true);
 
 /// Prints @p j as the last line of stdout (the machine-readable result of every subcommand).
 inline void print_result(const json& j) { std::cout << j.dump() << std::endl; }

@@ -8,6 +8,7 @@ namespace sae_cli {
 struct ConvertArgs {
   fs::path in, out;
   std::string dtype = "f32";
+  int threads = 0;
 };
 
 inline int run_convert(const ConvertArgs& a) {
@@ -49,7 +50,19 @@ inline CLI::App* add_convert(CLI::App& app, Command& chosen) {
       "convert", "Convert an SAE (SAELens dir, Gemma Scope params.npz / params.safetensors, sparsify dir) to an SAELens directory");
   c->add_option("--in", a->in, "SAE directory or weights file (format detected)")->required();
   c->add_option("--out", a->out, "Output SAELens directory (cfg.json + sae_weights.safetensors)")->required();
-  c->add_option("--dtype", a->dtype, "Storage dtype of the weights: f32, f16 or bf16")->capture_default_str();
+  c->add_option("--dtype", a->dtype, "Storage dtype of the weights: f32, f16 or bf16")->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            try {
+              sae::parse_weights_dtype(v);
+              return {};
+            } catch (const std::invalid_argument& e) {
+              return e.what();
+            }
+          },
+          "f32|f16|bf16"));
+  c->add_option("--threads", a->threads, "Threads (accepted for symmetry; conversion is not parallel)")
+      ->check(CLI::NonNegativeNumber);
   c->callback([a, &chosen] { chosen = [a] { return run_convert(*a); }; });
   return c;
 }

@@ -19,7 +19,7 @@ inline int run_encode(const EncodeArgs& a) {
   if (a.batch <= 0) throw std::invalid_argument("--batch must be positive");
   const std::string ext = a.out.extension().string();
   if (ext != ".npy" && ext != ".npz")
-    throw std::invalid_argument(a.out.string() + ": output must be .npy (dense [tokens, d_sae]) or .npz (sparse)");
+    throw UsageError(a.out.string() + ": output must be .npy (dense [tokens, d_sae]) or .npz (sparse)");
   const bool sparse = ext == ".npz";
   const sae::AnySae model = sae::load_sae(a.sae_dir);
   const sae::interp::NpyBatches X(a.data);
@@ -72,9 +72,9 @@ inline CLI::App* add_encode(CLI::App& app, Command& chosen) {
   c->add_option("--out", a->out, "Output codes: .npy float32 [tokens, d_sae], or .npz with offsets, indices, values, shape")
       ->required();
   c->add_flag("--no-compress", a->no_compress, ".npz members stored instead of deflated");
-  c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str();
-  c->add_option("--limit", a->limit, "Encode only the first N tokens");
-  c->add_option("--threads", a->threads, "Threads");
+  c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--limit", a->limit, "Encode only the first N tokens")->check(CLI::NonNegativeNumber);
+  c->add_option("--threads", a->threads, "Threads")->check(CLI::NonNegativeNumber);
   c->callback([a, &chosen] { chosen = [a] { return run_encode(*a); }; });
   return c;
 }

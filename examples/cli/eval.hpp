@@ -32,7 +32,12 @@ inline int run_eval(const EvalArgs& a) {
   if (a.batch <= 0) throw std::invalid_argument("--batch must be positive");
   const sae::Index n = a.limit > 0 ? std::min(a.limit, X.tokens()) : X.tokens();
   std::cerr << "sae eval: " << a.sae_dir.string() << " on " << n << " tokens of " << a.data.string() << "\n";
-  sae::EvalMetrics r = std::visit([&](const auto& m) { return sae::evaluate(m, X.matrix(), n, a.batch); }, model);
+  sae::EvalMetrics r;
+  try {
+    r = std::visit([&](const auto& m) { return sae::evaluate(m, X.matrix(), n, a.batch); }, model);
+  } catch (const sae::NumericalError& e) {
+    throw sae::NumericalError(a.data.string() + ": " + e.what());
+  }
   if (F) r.mmcs = std::visit([&](const auto& m) { return sae::mmcs(m.params().W_dec, F->matrix()); }, model);
   json j = r.to_json();
   j["sae"] = a.sae_dir.string();
@@ -49,9 +54,9 @@ inline CLI::App* add_eval(CLI::App& app, Command& chosen) {
   auto* c = app.add_subcommand("eval", "Evaluate an SAE directory on activations (.npy)");
   add_sae_and_data(c, a->sae_dir, a->data);
   c->add_option("--features", a->features, "True features .npy [features, d_in], adds mmcs")->check(CLI::ExistingFile);
-  c->add_option("--limit", a->limit, "Evaluate only the first N tokens");
-  c->add_option("--batch", a->batch, "Tokens per evaluation batch")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads");
+  c->add_option("--limit", a->limit, "Evaluate only the first N tokens")->check(CLI::NonNegativeNumber);
+  c->add_option("--batch", a->batch, "Tokens per evaluation batch")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--threads", a->threads, "Threads")->check(CLI::NonNegativeNumber);
   c->callback([a, &chosen] { chosen = [a] { return run_eval(*a); }; });
   return c;
 }

@@ -134,9 +134,9 @@ inline CLI::App* add_report(CLI::App& app, Command& chosen) {
   c->add_option("--examples", a->opt.examples, "Top activating examples per feature")->capture_default_str();
   c->add_option("--intervals", a->opt.intervals, "Quantile intervals sampled per feature (0: none)")->capture_default_str();
   c->add_option("--title", a->opt.title, "Page title");
-  c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str();
-  c->add_option("--limit", a->limit, "Analyse only the first N tokens");
-  c->add_option("--threads", a->threads, "Threads");
+  c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--limit", a->limit, "Analyse only the first N tokens")->check(CLI::NonNegativeNumber);
+  c->add_option("--threads", a->threads, "Threads")->check(CLI::NonNegativeNumber);
   c->callback([a, &chosen] { chosen = [a] { return run_report(*a); }; });
   return c;
 }

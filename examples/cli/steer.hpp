@@ -20,7 +20,7 @@ inline int run_steer(const SteerArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   if (a.batch <= 0) throw std::invalid_argument("--batch must be positive");
   const int modes = int(a.scale.has_value()) + int(a.clamp.has_value()) + int(a.add.has_value());
-  if (modes != 1) throw std::invalid_argument("give exactly one of --scale S, --clamp V, --add A");
+  if (modes != 1) throw UsageError("give exactly one of --scale S, --clamp V, --add A");
   sae::interp::SteerEdit edit;
   edit.latent = a.latent;
   std::string mode;
@@ -37,7 +37,7 @@ inline int run_steer(const SteerArgs& a) {
     throw std::invalid_argument(a.data.string() + " has d_in=" + std::to_string(X.d_in()) + " but the SAE in " +
                                 a.sae_dir.string() + " has d_in=" + std::to_string(d_in));
   if (a.latent < 0 || a.latent >= d_sae)
-    throw std::invalid_argument("--latent " + std::to_string(a.latent) + " is outside [0, d_sae=" + std::to_string(d_sae) + ")");
+    throw UsageError("--latent " + std::to_string(a.latent) + " is outside [0, d_sae=" + std::to_string(d_sae) + ")");
   const sae::Index n = a.limit > 0 ? std::min(a.limit, X.tokens()) : X.tokens();
   std::cerr << "sae steer: latent " << a.latent << " " << mode << " " << edit.value << " on " << n << " tokens of "
             << a.data.string() << "\n";
@@ -52,7 +52,8 @@ inline int run_steer(const SteerArgs& a) {
         sae::Mat<float> Y;
         X.for_each(
             a.batch,
-            [&](sae::Index, const Eigen::Map<const sae::Mat<float>>& Xb) {
+            [&](sae::Index t0, const Eigen::Map<const sae::Mat<float>>& Xb) {
+              sae::check_finite_tokens(Xb, t0, a.data.string());
               sae::interp::apply_steering(m, Xb, std::span<const sae::interp::SteerEdit>(&edit, 1), Y, ws);
               w.add(Y);
               sum_before += static_cast<double>(ws.before.sum());
@@ -83,14 +84,14 @@ inline CLI::App* add_steer(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<SteerArgs>();
   auto* c = app.add_subcommand("steer", "Scale, clamp or add one SAE latent in activations, keeping the reconstruction error");
   add_sae_and_data(c, a->sae_dir, a->data);
-  c->add_option("--latent", a->latent, "Latent index j")->required();
-  c->add_option("--scale", a->scale, "f_j -> S * f_j");
-  c->add_option("--clamp", a->clamp, "f_j -> V on every token");
-  c->add_option("--add", a->add, "x -> x + A * W_dec[:, j] (no encoding)");
+  c->add_option("--latent", a->latent, "Latent index j")->required()->check(CLI::NonNegativeNumber);
+  c->add_option("--scale", a->scale, "f_j -> S * f_j")->check(finite);
+  c->add_option("--clamp", a->clamp, "f_j -> V on every token")->check(finite);
+  c->add_option("--add", a->add, "x -> x + A * W_dec[:, j] (no encoding)")->check(finite);
   c->add_option("--out", a->out, "Steered activations .npy float32 [tokens, d_in]")->required();
-  c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str();
-  c->add_option("--limit", a->limit, "Steer only the first N tokens");
-  c->add_option("--threads", a->threads, "Threads");
+  c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--limit", a->limit, "Steer only the first N tokens")->check(CLI::NonNegativeNumber);
+  c->add_option("--threads", a->threads, "Threads")->check(CLI::NonNegativeNumber);
   c->callback([a, &chosen] { chosen = [a] { return run_steer(*a); }; });
   return c;
 }

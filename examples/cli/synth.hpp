@@ -14,6 +14,8 @@ struct SynthArgs {
 inline int run_synth(const SynthArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   const fs::path fout = a.features_out.value_or(features_path_for(a.out));
+  if (fs::weakly_canonical(fout) == fs::weakly_canonical(a.out))
+    throw UsageError("--features-out " + fout.string() + " is the same file as --out");
   std::cerr << "sae synth: " << a.opt.samples << " samples, d_in " << a.opt.d_in << ", " << a.opt.features
             << " features, p " << a.opt.active_prob << ", seed " << a.opt.seed << "\n";
   const sae::SyntheticData d = sae::make_superposition(a.opt);

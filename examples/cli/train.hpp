@@ -49,32 +49,40 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   c->add_option("--arch", a->arch, "Architecture: relu (= standard), topk, batchtopk, jumprelu or ortsae")
       ->capture_default_str()->check(CLI::IsMember({"relu", "standard", "topk", "batchtopk", "jumprelu", "ortsae"}));
   c->add_option("--d-sae", a->d_sae, "Number of latents")->check(CLI::PositiveNumber);
-  c->add_option("--k", a->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")->capture_default_str();
-  c->add_option("--l1", a->l1, "L1 coefficient (relu)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  c->add_option("--l1-warmup", a->l1_warmup, "Steps of linear L1 warm-up (relu; default steps/20)");
+  c->add_option("--k", a->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--l1", a->l1, "L1 coefficient (relu)")->capture_default_str()->check(finite_non_negative);
+  c->add_option("--l1-warmup", a->l1_warmup, "Steps of linear L1 warm-up (relu; default steps/20)")->check(CLI::NonNegativeNumber);
   c->add_option("--l0", a->l0, "L0 coefficient lambda (jumprelu; default 1e-2, or 1.0 with --target-l0)")
+      ->check(finite_non_negative);
+  c->add_option("--target-l0", a->target_l0, "jumprelu: penalise lambda*(L0/target - 1)^2 instead of lambda*L0")
+      ->check(finite_positive);
+  c->add_option("--l0-warmup", a->l0_warmup, "Steps of linear L0-coefficient warm-up (jumprelu; default steps/20)")
       ->check(CLI::NonNegativeNumber);
-  c->add_option("--target-l0", a->target_l0, "jumprelu: penalise lambda*(L0/target - 1)^2 instead of lambda*L0");
-  c->add_option("--l0-warmup", a->l0_warmup, "Steps of linear L0-coefficient warm-up (jumprelu; default steps/20)");
-  c->add_option("--bandwidth", a->bandwidth, "JumpReLU straight-through kernel width epsilon")->capture_default_str();
+  c->add_option("--bandwidth", a->bandwidth, "JumpReLU straight-through kernel width epsilon")->capture_default_str()
+      ->check(finite_positive);
   c->add_option("--threshold-init", a->threshold_init, "JumpReLU initial threshold")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_non_negative);
   c->add_option("--ortho", a->ortho, "OrtSAE orthogonality coefficient gamma")->capture_default_str()
+      ->check(finite_non_negative);
+  c->add_option("--chunks", a->chunks, "OrtSAE: random chunks of latents per step (cost m^2 d / K)")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--aux-k", a->aux_k, "AuxK: dead latents used to reconstruct the residual (default d_in/2)")
       ->check(CLI::NonNegativeNumber);
-  c->add_option("--chunks", a->chunks, "OrtSAE: random chunks of latents per step (cost m^2 d / K)")->capture_default_str();
-  c->add_option("--aux-k", a->aux_k, "AuxK: dead latents used to reconstruct the residual (default d_in/2)");
   c->add_option("--aux-coeff", a->aux_coeff, "AuxK coefficient alpha (0 disables)")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_non_negative);
   c->add_option("--dead-tokens", a->dead_tokens, "Tokens without firing after which a latent is dead")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  c->add_option("--steps", a->opt.steps, "Training steps")->capture_default_str();
-  c->add_option("--batch", a->opt.batch, "Tokens per step")->capture_default_str();
-  c->add_option("--lr", a->lr, "Peak learning rate (default 2e-4/sqrt(d_sae/16384))");
-  c->add_option("--warmup", a->opt.warmup_steps, "Steps of linear lr warm-up (default min(100, steps/10))");
-  c->add_option("--decay", a->opt.decay_steps, "Final steps of linear lr decay (default steps/5)");
+  c->add_option("--steps", a->opt.steps, "Training steps")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--batch", a->opt.batch, "Tokens per step")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--lr", a->lr, "Peak learning rate (default 2e-4/sqrt(d_sae/16384))")->check(finite_positive);
+  c->add_option("--warmup", a->opt.warmup_steps, "Steps of linear lr warm-up (default min(100, steps/10))")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--decay", a->opt.decay_steps, "Final steps of linear lr decay (default steps/5)")->check(CLI::NonNegativeNumber);
   c->add_option("--seed", a->opt.seed, "Seed for initialisation and batch order")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores / OMP_NUM_THREADS)");
-  c->add_option("--log-every", a->opt.log_every, "Progress line every N steps")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads (default: all cores / OMP_NUM_THREADS)")->check(CLI::NonNegativeNumber);
+  c->add_option("--log-every", a->opt.log_every, "Progress line every N steps")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--gemm", a->gemm,
                 "Encoder GEMM backend: auto ($SAE_GEMM, else the one measured faster when libsae was "
                 "configured), eigen or blas; --resume uses the checkpoint's")

@@ -13,113 +13,17 @@
 //   - Errors: std::invalid_argument -> ValueError, sae::io::IoError -> libsae.FormatError
 //     (an OSError), sae::NumericalError -> libsae.NumericalError (an ArithmeticError).
 
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
+#include "common.hpp"
 
-#include <sae/sae.hpp>
-
-#include <cstdint>
-#include <cstring>
-#include <memory>
-#include <optional>
-#include <string>
-#include <utility>
-#include <vector>
-
-namespace py = pybind11;
-
+namespace libsae_py {
 namespace {
-
-using sae::Index;
-using nlohmann::json;
-
-/// A loaded or trained SAE, and the format it came from (convert semantics on save).
-struct PySae {
-  sae::AnySae model;
-  sae::io::SaeFormat format = sae::io::SaeFormat::SAELens;
-
-  Index d_in() const {
-    return std::visit([](const auto& m) { return m.d_in(); }, model);
-  }
-  Index d_sae() const {
-    return std::visit([](const auto& m) { return m.d_sae(); }, model);
-  }
-  const sae::SaeConfig& config() const {
-    return std::visit([](const auto& m) -> const sae::SaeConfig& { return m.config(); }, model);
-  }
-  const sae::Parameters<float>& params() const {
-    return std::visit([](const auto& m) -> const sae::Parameters<float>& { return m.params(); }, model);
-  }
-};
-
-py::object json_to_python(const json& j) { return py::module_::import("json").attr("loads")(j.dump()); }
-
-/// A numpy array owning @p v (moved, not copied).
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                        heap->data(), owner);
-}
-
-/// The d x N view of a C-contiguous float32 array [N, d]; ValueError naming @p what otherwise
-/// (the Python layer normally converts first).
-struct Tokens {
-  const float* data = nullptr;
-  Index d = 0, n = 0;
-  sae::interp::MatrixBatches batches() const { return {data, d, n}; }
-  Eigen::Map<const sae::Mat<float>> matrix() const { return {data, d, n}; }
-};
-Tokens tokens_of(const py::array& X, const char* what) {
-  if (X.ndim() != 2)
-    throw std::invalid_argument(std::string(what) + " must be a 2-D array [tokens, d], got " +
-                                std::to_string(X.ndim()) + " dimensions");
-  if (!py::dtype::of<float>().is(X.dtype()) || !(X.flags() & py::array::c_style))
-    throw std::invalid_argument(std::string(what) + " must be a C-contiguous float32 array");
-  return {static_cast<const float*>(X.data()), static_cast<Index>(X.shape(1)), static_cast<Index>(X.shape(0))};
-}
-void check_d_in(const PySae& s, Index d, const char* what) {
-  if (d != s.d_in())
-    throw std::invalid_argument(std::string(what) + " has d_in=" + std::to_string(d) + " but the SAE has d_in=" +
-                                std::to_string(s.d_in()));
-}
-void check_batch(Index batch) {
-  if (batch <= 0) throw std::invalid_argument("batch must be positive, got " + std::to_string(batch));
-}
-
-/// A .npy file [N, d] as a float32 array: a read-only view of the memory map (float32), or
-/// converted once (float16). The mapping lives as long as the array.
-py::array read_npy(const std::string& path) {
-  auto reader = std::make_unique<sae::io::NpyReader>(sae::io::NpyReader::open(path));
-  if (reader->shape().size() != 2)
-    throw sae::io::IoError(path, "expected a 2-D array [tokens, d_in], got " + std::to_string(reader->shape().size()) +
-                                     " dimensions");
-  if (reader->rows() == 0 || reader->cols() == 0) throw sae::io::IoError(path, "the array is empty");
-  const auto rows = static_cast<py::ssize_t>(reader->rows()), cols = static_cast<py::ssize_t>(reader->cols());
-  if (reader->dtype() != sae::io::NpyDtype::F32) {
-    py::array_t<float> out({rows, cols});
-    reader->copy_rows_f32(0, reader->rows(), out.mutable_data());
-    return out;
-  }
-  const float* data = reader->f32_data();
-  py::capsule owner(reader.release(), [](void* p) { delete static_cast<sae::io::NpyReader*>(p); });
-  py::array view(py::dtype::of<float>(), {rows, cols},
-                 {static_cast<py::ssize_t>(cols * sizeof(float)), static_cast<py::ssize_t>(sizeof(float))}, data,
-                 owner);
-  view.attr("setflags")(py::arg("write") = false);
-  return view;
-}
 
 // ------------------------------------------------------------------------------------------
 // Encoding, decoding, steering, evaluation.
 
 /// Sparse codes as (offsets int64 [N+1], indices int32 [nnz], values float32 [nnz]).
 py::tuple encode_sparse(const PySae& s, const py::array& X, Index batch) {
-  const Tokens t = tokens_of(X, "X");
-  check_d_in(s, t.d, "X");
-  check_batch(batch);
+  const Tokens t = input(s, X, batch);
   sae::interp::CsrCodes csr;
   csr.d_sae = s.d_sae();
   {
@@ -138,11 +42,9 @@ py::tuple encode_sparse(const PySae& s, const py::array& X, Index batch) {
 
 /// Dense codes [N, d_sae] float32.
 py::array_t<float> encode_dense(const PySae& s, const py::array& X, Index batch) {
-  const Tokens t = tokens_of(X, "X");
-  check_d_in(s, t.d, "X");
-  check_batch(batch);
+  const Tokens t = input(s, X, batch);
   const Index m = s.d_sae();
-  py::array_t<float> out({static_cast<py::ssize_t>(t.n), static_cast<py::ssize_t>(m)});
+  py::array_t<float> out = new_rows(t.n, m);
   float* F = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -168,11 +70,9 @@ py::array_t<float> encode_dense(const PySae& s, const py::array& X, Index batch)
 
 /// X_hat = decode(encode(X)) [N, d_in].
 py::array_t<float> reconstruct(const PySae& s, const py::array& X, Index batch) {
-  const Tokens t = tokens_of(X, "X");
-  check_d_in(s, t.d, "X");
-  check_batch(batch);
+  const Tokens t = input(s, X, batch);
   const Index d = s.d_in();
-  py::array_t<float> out({static_cast<py::ssize_t>(t.n), static_cast<py::ssize_t>(d)});
+  py::array_t<float> out = new_rows(t.n, d);
   float* Y = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -203,7 +103,7 @@ py::array_t<float> decode_sparse(const PySae& s, const py::array_t<std::int64_t,
   const auto nnz = static_cast<std::int64_t>(indices.size());
   if (values.size() != indices.size()) throw std::invalid_argument("codes: indices and data differ in length");
   if (off[0] != 0 || off[n] != nnz) throw std::invalid_argument("codes: indptr must start at 0 and end at nnz");
-  py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)});
+  py::array_t<float> out = new_rows(n, d);
   float* Y = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -238,7 +138,7 @@ py::array_t<float> decode_dense(const PySae& s, const py::array& F, Index batch)
     throw std::invalid_argument("codes have " + std::to_string(f.d) + " columns but the SAE has d_sae=" +
                                 std::to_string(s.d_sae()));
   const Index d = s.d_in(), m = s.d_sae();
-  py::array_t<float> out({static_cast<py::ssize_t>(f.n), static_cast<py::ssize_t>(d)});
+  py::array_t<float> out = new_rows(f.n, d);
   float* Y = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -257,9 +157,7 @@ py::array_t<float> decode_dense(const PySae& s, const py::array& F, Index batch)
 /// @p edits: (latent, mode "scale"|"clamp"|"add", value) tuples, applied in order.
 py::array_t<float> steer(const PySae& s, const py::array& X, const std::vector<std::tuple<Index, std::string, double>>& edits,
                          Index batch) {
-  const Tokens t = tokens_of(X, "X");
-  check_d_in(s, t.d, "X");
-  check_batch(batch);
+  const Tokens t = input(s, X, batch);
   std::vector<sae::interp::SteerEdit> es;
   for (const auto& [j, mode, v] : edits) {
     if (j < 0 || j >= s.d_sae())
@@ -272,7 +170,7 @@ py::array_t<float> steer(const PySae& s, const py::array& X, const std::vector<s
     else throw std::invalid_argument("steering mode must be scale, clamp or add, got '" + mode + "'");
   }
   const Index d = s.d_in();
-  py::array_t<float> out({static_cast<py::ssize_t>(t.n), static_cast<py::ssize_t>(d)});
+  py::array_t<float> out = new_rows(t.n, d);
   float* Y = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -282,6 +180,7 @@ py::array_t<float> steer(const PySae& s, const py::array& X, const std::vector<s
           sae::interp::SteeringWorkspace<Model> ws;
           sae::Mat<float> Yb;
           t.batches().for_each(batch, [&](Index t0, const Eigen::Map<const sae::Mat<float>>& Xb) {
+            sae::check_finite_tokens(Xb, t0, "");
             sae::interp::apply_steering(model, Xb, std::span<const sae::interp::SteerEdit>(es), Yb, ws);
             Eigen::Map<sae::Mat<float>>(Y + t0 * d, d, Xb.cols()) = Yb;
           });
@@ -294,9 +193,7 @@ py::array_t<float> steer(const PySae& s, const py::array& X, const std::vector<s
 /// The metrics of `sae eval` (EvalMetrics::to_json, plus mmcs with @p features).
 py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::array>& features, Index limit,
                     Index batch) {
-  const Tokens t = tokens_of(X, "X");
-  check_d_in(s, t.d, "X");
-  check_batch(batch);
+  const Tokens t = input(s, X, batch);
   if (limit < 0) throw std::invalid_argument("limit must be >= 0 (0: all tokens)");
   std::optional<Tokens> f;
   if (features) {
@@ -306,6 +203,7 @@ py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::
                                   std::to_string(s.d_in()));
   }
   json j;
+  const auto t0 = std::chrono::steady_clock::now();
   {
     py::gil_scoped_release nogil;
     sae::EvalMetrics r =
@@ -314,6 +212,8 @@ py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::
     j = r.to_json();
   }
   j["architecture"] = std::string(sae::architecture_name(s.config().architecture));
+  j["sae"] = s.path.empty() ? json(nullptr) : json(s.path);
+  j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return json_to_python(j);
 }
 
@@ -328,106 +228,10 @@ py::array view(const py::object& owner, const float* data, std::vector<py::ssize
   return a;
 }
 
-// ------------------------------------------------------------------------------------------
-// Training.
-
-/// TrainSettings from the keywords of libsae.train (names as `sae train`'s flags with '_'),
-/// through the checkpoint schema (train_settings_to_json): one list of names, type-checked.
-sae::TrainSettings settings_from(const py::dict& kw) {
-  sae::TrainSettings a;
-  json j = sae::train_settings_to_json(a);
-  const json given = json::parse(py::module_::import("json").attr("dumps")(kw).cast<std::string>());
-  for (const auto& [key, value] : given.items()) {
-    if (key == "resume") {
-      a.resume = value.get<std::string>();
-    } else if (key == "gemm") {
-      a.gemm = value.get<std::string>();
-    } else if (j.contains(key)) {
-      if (key == "data" && value.is_string()) j[key] = json::array({value});
-      else j[key] = value;
-    } else {
-      throw std::invalid_argument("unknown training option '" + key + "'");
-    }
-    a.given.insert(key);
-  }
-  sae::TrainSettings parsed;
-  try {
-    parsed = sae::train_settings_from_json(j);
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("bad training option: ") + e.what());
-  }
-  parsed.resume = a.resume;
-  parsed.gemm = a.gemm;
-  parsed.given = a.given;
-  return parsed;
-}
-
-py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std::string& name,
-                const py::object& callback, bool verbose) {
-  sae::TrainSettings a = settings_from(kw);
-  std::optional<sae::TrainData> data;
-  if (X) {
-    const Tokens t = tokens_of(*X, "X");
-    data = sae::TrainData::borrow(t.data, t.d, t.n, name);
-  }
-  py::object write = py::module_::import("sys").attr("stderr").attr("write");
-  py::object flush = py::module_::import("sys").attr("stderr").attr("flush");
-  std::optional<py::error_already_set> pending;  // KeyboardInterrupt (or another signal handler's error)
-  sae::TrainHooks hooks;
-  hooks.progress = [&](const sae::TrainProgress& p, const std::string& line) {
-    py::gil_scoped_acquire gil;
-    if (!callback.is_none()) {
-      py::dict d;
-      d["step"] = p.step;
-      d["steps"] = p.steps;
-      d["tokens"] = p.tokens;
-      d["loss"] = p.loss;
-      d["l0"] = p.l0;
-      d["fvu"] = p.fvu;
-      d["dead_fraction"] = p.dead_fraction;
-      d["lr"] = p.lr;
-      d["seconds"] = p.seconds;
-      d["tokens_per_s"] = p.tokens_per_s;
-      d["eta_seconds"] = p.eta_seconds;
-      for (const auto& [term, v] : p.terms) d[py::str(term)] = v;
-      callback(d);
-    } else if (verbose) {
-      write(line + "\n");
-      flush();
-    }
-  };
-  hooks.message = [&](const std::string& line) {
-    if (!verbose) return;
-    py::gil_scoped_acquire gil;
-    write("libsae." + (line.rfind("sae ", 0) == 0 ? line.substr(4) : line) + "\n");
-    flush();
-  };
-  hooks.stop = [&] {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) {
-      pending.emplace();  // fetches (and clears) the error the signal handler raised
-      return true;
-    }
-    return false;
-  };
-  std::optional<sae::TrainRun> run;
-  try {
-    py::gil_scoped_release nogil;
-    run.emplace(sae::run_training(std::move(a), hooks, data ? &*data : nullptr));
-  } catch (const sae::TrainingInterrupted& e) {
-    if (verbose) {
-      write(std::string("libsae.train: ") + e.what() + "\n");
-      flush();
-    }
-    if (pending) throw *pending;
-    PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
-    throw py::error_already_set();
-  }
-  auto* s = new PySae{std::move(run->sae), sae::io::SaeFormat::SAELens};
-  return py::make_tuple(py::cast(s, py::return_value_policy::take_ownership), json_to_python(run->result));
-}
-
 }  // namespace
+}  // namespace libsae_py
+
+using namespace libsae_py;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "libsae's C++ core (use the `libsae` package, not this module)";
@@ -492,7 +296,7 @@ PYBIND11_MODULE(_core, m) {
       [](const std::string& path) {
         sae::io::SaeFormat fmt{};
         sae::AnySae model = sae::load_sae(path, &fmt);
-        return new PySae{std::move(model), fmt};
+        return new PySae{std::move(model), fmt, path};
       },
       py::arg("path"), py::return_value_policy::take_ownership);
   m.def("read_npy", &read_npy, py::arg("path"));

@@ -283,6 +283,8 @@ def test_evaluate_equals_cli(arch, data, trained):
     cli = last_json(run_sae("eval", "--sae", trained[arch], "--data", data["path"], "--features", data["features"]))
     for key in ("tokens", "l0", "mse", "fvu", "explained_variance", "dead_fraction", "mmcs", "architecture"):
         assert m[key] == cli[key], (key, m[key], cli[key])
+    assert set(cli) <= set(m), set(cli) - set(m)  # every key of `sae eval`
+    assert m["sae"] == str(trained[arch]) and m["seconds"] >= 0
     assert libsae.evaluate(sae, data["path"], limit=100)["tokens"] == 100
 
 
@@ -423,3 +425,14 @@ def test_large_array_is_read_in_place(tmp_path):
     grown_mb = (r["after_kb"] - r["before_kb"]) / 1024
     codes_mb = (r["n"] * 8 + r["nnz"] * 8) / 2**20  # indptr + indices + values
     assert grown_mb < codes_mb + 150, (grown_mb, codes_mb)  # a copy of X would add 1024 MB
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_input_is_refused(value, data, trained):
+    sae = libsae.load(trained["topk"])
+    X = data["X"][:5000].copy()
+    X[4321, 2] = value
+    for call in (lambda: sae.encode(X), lambda: sae.encode(X, dense=True), lambda: sae.reconstruct(X),
+                 lambda: sae.steer(X, latent=0, scale=2.0), lambda: libsae.evaluate(sae, X)):
+        with pytest.raises(libsae.NumericalError, match="row 4321, dimension 2"):
+            call()

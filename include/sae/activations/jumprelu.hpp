@@ -16,9 +16,12 @@
 
 namespace sae {
 
-/// \f[ f_{tj} = z_{tj} \, H(z_{tj} - \theta_j) \f]  with theta = Parameters::threshold (m values,
-/// learned directly and kept >= 0 after every step, not through log theta: under Adam a
-/// log-parameterised threshold moves by about theta * lr per step and barely learns).
+/// \f[ f_{tj} = \mathrm{relu}(z_{tj}) \, H(z_{tj} - \theta_j) \f]  with theta = Parameters::threshold
+/// (m values, learned directly and kept >= 0 after every step, not through log theta: under
+/// Adam a log-parameterised threshold moves by about theta * lr per step and barely learns).
+/// With theta >= 0 the relu changes nothing; it matters for a loaded SAE whose file holds a
+/// negative threshold, where SAELens and Gemma Scope compute relu(z) 1[z > theta] too, so the
+/// codes are never negative.
 ///
 /// The step H has no useful derivative, so the threshold's gradient uses the straight-through
 /// estimator with a rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth epsilon:
@@ -54,7 +57,7 @@ struct JumpReLU {
 
   void configure(const SaeConfig&) {}
 
-  /// F = Z H(Z - theta) in Z's own buffer (m x B), recording in @p below each token's latents
+  /// F = relu(Z) H(Z - theta) in Z's own buffer (m x B), recording in @p below each token's latents
   /// with theta - eps/2 < z <= theta: the straight-through window below the threshold, whose
   /// pre-activations the codes no longer hold (above it, z = f). Two passes per token (count,
   /// then fill), so the list reuses its storage from step to step.
@@ -86,7 +89,7 @@ struct JumpReLU {
         const Scalar u = z[j] - th[j];
         if ((u > -half) & !(u > Scalar(0))) *out++ = static_cast<std::int32_t>(j);
       }
-      for (Index j = 0; j < m; ++j) z[j] = z[j] > th[j] ? z[j] : Scalar(0);
+      for (Index j = 0; j < m; ++j) z[j] = z[j] > std::max(th[j], Scalar(0)) ? z[j] : Scalar(0);
     }
   }
 

@@ -36,7 +36,7 @@ public:
     explicit MappedFile(std::filesystem::path path) : path_(std::move(path)) {
         int fd = -1;
         do {
-            fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+            fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block: refused below
         } while (fd < 0 && errno == EINTR);
         if (fd < 0) {
             const int err = errno;

@@ -32,6 +32,7 @@
 
 #include <Eigen/Core>
 
+#include "../core/finite.hpp"
 #include "../core/parameters.hpp"
 #include "../core/sparse_codes.hpp"
 #include "../io/atomic_file.hpp"
@@ -121,10 +122,18 @@ class NpyBatches {
   io::NpyReader reader_;
 };
 
+/// What messages call a batch source: its file (NpyBatches), or nothing (an in-memory matrix).
+template <class Source>
+std::string source_name(const Source& source) {
+  if constexpr (requires { source.path(); }) return source.path().string();
+  else return {};
+}
+
 /// Encodes tokens [begin, end) of @p source in batches of @p batch tokens and calls
 /// sink(first_token, codes, X) for each, with `codes` the model's Codes of the d x b batch X.
 /// One StepState and one Codes buffer are reused across batches (no per-batch allocation once
 /// the largest batch has been seen). Models with a Scalar other than float get a cast copy.
+/// NumericalError naming the row (and the file, for NpyBatches) if a token holds NaN or Inf.
 template <class Model, class Source, class Sink>
 void encode_batches(const Model& model, const Source& source, Index batch, Sink&& sink, Index begin = 0,
                     Index end = -1) {
@@ -138,6 +147,7 @@ void encode_batches(const Model& model, const Source& source, Index batch, Sink&
   source.for_each(
       batch,
       [&](Index t0, const Eigen::Map<const Mat<float>>& X) {
+        check_finite_tokens(X, t0, source_name(source));
         if constexpr (std::is_same_v<Scalar, float>) {
           model.encode(X, codes, state);
         } else {

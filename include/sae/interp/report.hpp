@@ -89,6 +89,7 @@ struct TrainLog {
 /// Reads a JSON-lines training log (blank lines skipped). Throws IoError "PATH: line N: ..."
 /// for a line that is not a JSON object.
 inline TrainLog read_train_log(const std::filesystem::path& path) {
+  if (!std::filesystem::is_regular_file(path)) throw io::IoError(path, "not a regular file");
   std::ifstream in(path);
   if (!in) throw io::IoError(path, "cannot open the training log");
   TrainLog log;

@@ -66,7 +66,8 @@ struct SteeringWorkspace {
 
 /// out = X + sum over edited latents of (f'_j - f_j) W_dec[:, j], column by column
 /// (X: d x B, out: d x B, resized). Encodes X once, unless every edit is an Add.
-/// Throws std::invalid_argument for a latent outside [0, d_sae) or a shape mismatch.
+/// Throws std::invalid_argument for a latent outside [0, d_sae) or a shape mismatch, and
+/// NumericalError naming the column (as "row") if X holds NaN or Inf.
 template <class Model, class Derived>
 void apply_steering(const Model& model, const Eigen::MatrixBase<Derived>& X, std::span<const SteerEdit> edits,
                     Mat<typename Model::scalar_type>& out, SteeringWorkspace<Model>& ws) {
@@ -81,6 +82,7 @@ void apply_steering(const Model& model, const Eigen::MatrixBase<Derived>& X, std
                                   std::to_string(model.d_sae()) + ")");
     need_codes = need_codes || e.mode != SteerMode::Add;
   }
+  check_finite_tokens(X, 0, "");
   const Index B = X.cols();
   out = X.template cast<Scalar>();
   if (need_codes) {

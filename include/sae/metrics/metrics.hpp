@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
+#include "../core/finite.hpp"
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
 #include "../core/sparse_codes.hpp"
@@ -105,7 +106,8 @@ class MetricsAccumulator {
 };
 
 /// Evaluates @p model on the first @p limit tokens of X (d x N float; limit <= 0: all),
-/// in batches of @p batch tokens.
+/// in batches of @p batch tokens. NumericalError naming the row if X holds NaN or Inf there
+/// (a non-finite token would make every metric meaningless).
 template <class Model>
 EvalMetrics evaluate(const Model& model, const Eigen::Ref<const Mat<float>>& X, Index limit = 0,
                      Index batch = 4096) {
@@ -121,6 +123,7 @@ EvalMetrics evaluate(const Model& model, const Eigen::Ref<const Mat<float>>& X, 
   for (Index t0 = 0; t0 < N; t0 += batch) {
     const Index b = std::min(batch, N - t0);
     Xb = X.middleCols(t0, b).template cast<Scalar>();
+    check_finite_tokens(X.middleCols(t0, b), t0, "");
     model.encode(Xb, codes, s);
     model.decode(codes, X_hat);
     acc.add(Xb, X_hat, codes);

@@ -302,26 +302,32 @@ struct TrainRun {
   nlohmann::json result;
 };
 
+namespace detail {
+/// 12.3k, 4.56M: a rate for progress lines.
+inline std::string human_rate(double r) {
+  char buf[32];
+  if (r >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
+  else if (r >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", r);
+  return buf;
+}
+/// 1h02m, 3m05s, 42s: a duration for progress lines.
+inline std::string human_seconds(double s) {
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+  else std::snprintf(buf, sizeof buf, "%.0fs", s);
+  return buf;
+}
+}  // namespace detail
+
 /// The progress line of `sae train`.
 inline std::string progress_line(const TrainProgress& p) {
-  auto rate = [](double r) {
-    char buf[32];
-    if (r >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
-    else if (r >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
-    else std::snprintf(buf, sizeof buf, "%.0f", r);
-    return std::string(buf);
-  };
-  auto secs = [](double s) {
-    char buf[32];
-    if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
-    else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
-    else std::snprintf(buf, sizeof buf, "%.0fs", s);
-    return std::string(buf);
-  };
   char line[256];
   std::snprintf(line, sizeof line, "step %lld/%lld  loss %.5g  l0 %.2f  fvu %.4f  dead %.1f%%  lr %.2e  %s tok/s  ETA %s",
                 static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu,
-                100.0 * p.dead_fraction, p.lr, rate(p.tokens_per_s).c_str(), secs(p.eta_seconds).c_str());
+                100.0 * p.dead_fraction, p.lr, detail::human_rate(p.tokens_per_s).c_str(),
+                detail::human_seconds(p.eta_seconds).c_str());
   return line;
 }
 
@@ -392,23 +398,55 @@ inline std::string gemm_backend_name() { return gemm::backend_name(gemm::encoder
 
 }  // namespace detail
 
-/// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the model
-/// settings; also sets a.opt.lr (a.lr or default_lr) and a.opt.dead_tokens.
+/// A training setting that cannot work (a bad value, or values that contradict each other):
+/// the `sae` tool exits with status 2 for it, as for a flag it cannot parse.
+struct SettingsError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+/// Checks the settings that do not depend on the data (one sentence per problem, naming the
+/// flag): SettingsError; io::IoError when `out` names an existing file.
+inline void check_train_settings(const TrainSettings& a) {
+  auto fail = [](const std::string& why) { throw SettingsError(why); };
+  Architecture arch{};
+  try {
+    arch = parse_architecture(a.arch);
+    parse_normalization(a.normalize);
+    if (a.gemm != "auto") gemm::parse_backend(a.gemm);
+  } catch (const std::invalid_argument& e) {
+    fail(e.what());
+  }
+  if (a.d_sae <= 0) fail("--d-sae must be positive");
+  if (architecture_uses_k(arch) && (a.k <= 0 || a.k > a.d_sae))
+    fail("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
+  if (a.opt.batch <= 0) fail("--batch must be positive");
+  if (a.opt.steps <= 0) fail("--steps must be positive");
+  if (a.threads < 0) fail("--threads must be >= 0 (0: all cores)");
+  if (a.lr && !(*a.lr > 0 && std::isfinite(*a.lr))) fail("--lr must be a positive number");
+  if (!(a.bandwidth > 0)) fail("--bandwidth must be positive");
+  if (a.target_l0 && !(*a.target_l0 > 0)) fail("--target-l0 must be positive");
+  if (a.chunks < 1) fail("--chunks must be at least 1");
+  if (a.aux_k < 0) fail("--aux-k must be >= 0 (0: d_in / 2)");
+  if (a.shuffle_buffer && *a.shuffle_buffer <= 0) fail("--shuffle-buffer must be positive");
+  if (a.checkpoint_every < 0) fail("--checkpoint-every must be >= 0");
+  if (a.checkpoint_every > 0 && a.out.empty() && a.checkpoint_dir.empty())
+    fail("checkpoints need a place: give --out or --checkpoint-dir");
+  std::error_code ec;
+  if (!a.out.empty() && std::filesystem::exists(a.out, ec) && !std::filesystem::is_directory(a.out, ec))
+    throw io::IoError(a.out, "exists and is not a directory (the SAE is saved as a directory)");
+}
+
+/// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the settings
+/// (check_train_settings); also sets a.opt.lr (a.lr or default_lr) and a.opt.dead_tokens.
 inline SaeConfig training_config(TrainSettings& a, Index d_in) {
+  check_train_settings(a);
   SaeConfig cfg;
   cfg.d_in = d_in;
   cfg.d_sae = a.d_sae;
   cfg.architecture = parse_architecture(a.arch);
-  const bool uses_k = architecture_uses_k(cfg.architecture);
-  cfg.k = uses_k ? a.k : 0;
-  if (uses_k && (a.k <= 0 || a.k > a.d_sae))
-    throw std::invalid_argument("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
-  if (!(a.bandwidth > 0)) throw std::invalid_argument("--bandwidth must be positive");
-  if (a.target_l0 && !(*a.target_l0 > 0)) throw std::invalid_argument("--target-l0 must be positive");
-  if (a.chunks < 1) throw std::invalid_argument("--chunks must be at least 1");
+  cfg.k = architecture_uses_k(cfg.architecture) ? a.k : 0;
   a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
   a.opt.dead_tokens = a.dead_tokens;
-  if (!(a.opt.lr > 0) || !std::isfinite(a.opt.lr)) throw std::invalid_argument("--lr must be a positive number");
   return cfg;
 }
 
@@ -487,25 +525,6 @@ auto with_training_model(const TrainSettings& a, const SaeConfig& cfg, nlohmann:
     }
   }
   throw std::invalid_argument("unsupported architecture");
-}
-
-/// Checks the settings that do not depend on the data (one sentence per problem, naming the
-/// flag): std::invalid_argument.
-inline void check_train_settings(const TrainSettings& a) {
-  parse_architecture(a.arch);
-  parse_normalization(a.normalize);
-  if (a.gemm != "auto") gemm::parse_backend(a.gemm);
-  if (a.d_sae <= 0) throw std::invalid_argument("--d-sae must be positive");
-  if (a.opt.batch <= 0) throw std::invalid_argument("--batch must be positive");
-  if (a.opt.steps <= 0) throw std::invalid_argument("--steps must be positive");
-  if (a.threads < 0) throw std::invalid_argument("--threads must be >= 0 (0: all cores)");
-  if (a.shuffle_buffer && *a.shuffle_buffer <= 0) throw std::invalid_argument("--shuffle-buffer must be positive");
-  if (a.checkpoint_every < 0) throw std::invalid_argument("--checkpoint-every must be >= 0");
-  if (a.checkpoint_every > 0 && a.out.empty() && a.checkpoint_dir.empty())
-    throw std::invalid_argument("checkpoints need a place: give --out or --checkpoint-dir");
-  std::error_code ec;
-  if (!a.out.empty() && std::filesystem::exists(a.out, ec) && !std::filesystem::is_directory(a.out, ec))
-    throw io::IoError(a.out, "exists and is not a directory (the SAE is saved as a directory)");
 }
 
 namespace detail {
@@ -613,10 +632,14 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
 
 /// Runs the training @p settings describe (see the file comment): resumes when settings.resume
 /// is set, trains on @p data when given (else on settings.data), reports through @p hooks, and
-/// saves to settings.out when it is set. Throws std::invalid_argument for bad settings,
+/// saves to settings.out when it is set. Throws SettingsError for bad settings,
+/// std::invalid_argument for data that cannot be trained on,
 /// io::IoError for files, NumericalError when training diverges or the data is not finite, and
 /// TrainingInterrupted when hooks.stop asked it to stop.
-inline TrainRun run_training(TrainSettings a, const TrainHooks& hooks = {}, const TrainData* data = nullptr) {
+/// (A template only so that a translation unit that includes this header without training does
+/// not compile the training of every variant: Hooks is always TrainHooks.)
+template <class Hooks = TrainHooks>
+TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData* data = nullptr) {
   using nlohmann::json;
   std::optional<detail::ResumeFrom> resume;
   if (!a.resume.empty()) {
@@ -624,17 +647,19 @@ inline TrainRun run_training(TrainSettings a, const TrainHooks& hooks = {}, cons
     a = detail::resume_settings(a, rf, hooks);
     resume = std::move(rf);
   }
+  // The data first (headers only: cheap), so that a bad file is reported as such; then every
+  // setting, all before the first step.
+  std::optional<TrainData> opened;
+  if (!data) {
+    if (a.data.empty()) throw SettingsError("no training data: give --data (files or directories)");
+    opened = TrainData::open(a.data);
+    data = &*opened;
+  }
   check_train_settings(a);
   set_num_threads(a.threads);
   if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
   const Architecture arch = parse_architecture(a.arch);
   const Normalization norm = parse_normalization(a.normalize);
-  std::optional<TrainData> opened;
-  if (!data) {
-    if (a.data.empty()) throw std::invalid_argument("no training data: give --data (files or directories)");
-    opened = TrainData::open(a.data);
-    data = &*opened;
-  }
   double scale = 1.0;
   if (resume) {
     const json& extra = resume->state.at("extra");

@@ -14,6 +14,7 @@
 
 #include <Eigen/Core>
 
+#include "../core/finite.hpp"
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
 #include "../optim/adam.hpp"
@@ -69,12 +70,6 @@ struct TrainResult {
   double final_l0 = 0;
   double final_fvu = 0;
   double final_dead_fraction = 0;
-};
-
-/// Raised when the loss, the weights or the input stop being finite; names the step (and, for
-/// bad input, the file and row the token came from).
-struct NumericalError : std::runtime_error {
-  using std::runtime_error::runtime_error;
 };
 
 /// Sums over the steps since the last progress report.

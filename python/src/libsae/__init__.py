@@ -234,15 +234,18 @@ def load(path: PathLike) -> Sae:
 
 def evaluate(sae: Sae, X: ArrayLike, features: Optional[ArrayLike] = None, *, limit: int = 0,
              batch: int = DEFAULT_BATCH, threads: Optional[int] = None) -> Dict[str, Any]:
-    """The metrics of `sae eval` on X [N, d_in] (array or .npy path): tokens, l0, mse, fvu,
-    explained_variance, dead_fraction, architecture, and mmcs when the true features
-    [n, d_in] are given. limit > 0 evaluates the first `limit` tokens only."""
+    """The metrics of `sae eval` on X [N, d_in] (array or .npy path), with its keys: tokens,
+    l0, mse, fvu, explained_variance, dead_fraction, architecture, sae (the path it was loaded
+    from, or None), data (the .npy path, or "array [N, d]"), seconds, and mmcs when the true
+    features [n, d_in] are given. limit > 0 evaluates the first `limit` tokens only."""
     A = _tokens(X)
     F = None if features is None else _tokens(features, "features")
     _threads(threads)
     if int(limit) != limit or limit < 0:
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
-    return sae._s.evaluate(A, F, int(limit), _batch(batch))
+    m = sae._s.evaluate(A, F, int(limit), _batch(batch))
+    m["data"] = os.fspath(X) if _is_path(X) else f"array [{A.shape[0]}, {A.shape[1]}]"
+    return m
 
 
 def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
