@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <vector>
 
 #include <unistd.h>
 
@@ -114,6 +115,16 @@ void require_io_error(const std::filesystem::path& p, Open&& open, const std::st
     CHECK(msg.find('\n') == std::string::npos);
     if (!fragment.empty()) CHECK(msg.find(fragment) != std::string::npos);
   }
+}
+
+/// The bytes of file @p p, and writing @p b as the whole file @p p.
+inline std::vector<unsigned char> slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+inline void spit(const std::filesystem::path& p, const std::vector<unsigned char>& b) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
 }  // namespace sae_test

@@ -25,14 +25,8 @@ namespace {
 
 using Bytes = std::vector<unsigned char>;
 
-Bytes slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-void spit(const fs::path& p, const Bytes& b) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
+using sae_test::slurp;
+using sae_test::spit;
 
 /// Where a text header lives inside a file, so token replacements can fix up its length.
 enum class TextKind { None, Json, SafetensorsHeader, NpyHeader };

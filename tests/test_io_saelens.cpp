@@ -2,7 +2,10 @@
 // errors for missing or malformed files.
 #include "helpers.hpp"
 
+#include <algorithm>
 #include <fstream>
+#include <numeric>
+#include <vector>
 
 using sae::Index;
 using sae::Mat;
@@ -163,4 +166,69 @@ TEST_CASE("SAELens: saving over an existing SAE replaces it; saving onto a file 
     f << "x";
   }
   REQUIRE_THROWS_WITH(sae::save_sae(tmp / "file", a), Catch::Contains("not a directory"));
+}
+
+TEST_CASE("SAELens: rescale_acts_by_decoder_norm is folded; run-time normalisations are refused", "[io][saelens]") {
+  sae_test::TempDir tmp("saelens_semantics");
+  const Index d = 6, m = 14, k = 3;
+  auto model = random_topk(d, m, k, 5);
+  sae::Parameters<float> p = model.params();
+  for (Index j = 0; j < m; ++j) p.W_dec.col(j) *= 0.2f + 0.25f * static_cast<float>(j) / p.W_dec.col(j).norm();
+  model.set_params(p);
+  sae::save_sae(tmp / "plain", model);
+  const std::string cfg = [&] {
+    std::ifstream in(tmp / "plain" / "cfg.json");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string c = cfg;
+    const auto at = c.find(from);
+    REQUIRE(at != std::string::npos);
+    return c.replace(at, from.size(), to);
+  };
+
+  SECTION("the fold gives SAELens's codes: top k of ||W_dec[j]|| z_j, decoded by W_dec[j] / ||W_dec[j]||") {
+    fs::create_directories(tmp / "rescaled");
+    fs::copy_file(tmp / "plain" / "sae_weights.safetensors", tmp / "rescaled" / "sae_weights.safetensors");
+    write_text(tmp / "rescaled" / "cfg.json",
+               with("\"rescale_acts_by_decoder_norm\": false", "\"rescale_acts_by_decoder_norm\": true"));
+    const auto loaded = std::get<sae::TopKSae<float>>(sae::load_sae(tmp / "rescaled"));
+    REQUIRE(loaded.config().metadata.at("folded_decoder_norm") == true);
+    const Mat<float> X = sae_test::random_matrix<float>(d, 25, 6);
+    const Mat<float> F = loaded.encode(X).to_dense();
+    // SAELens's formula, written out in double
+    const Eigen::MatrixXd Z = ((p.W_enc.cast<double>().transpose() * (X.cast<double>().colwise() - p.b_dec.cast<double>()))
+                                   .colwise() + p.b_enc.cast<double>());
+    for (Index t = 0; t < X.cols(); ++t) {
+      Eigen::VectorXd s(m);
+      for (Index j = 0; j < m; ++j) s[j] = Z(j, t) * p.W_dec.col(j).cast<double>().norm();
+      std::vector<Index> order(m);
+      std::iota(order.begin(), order.end(), Index{0});
+      std::sort(order.begin(), order.end(), [&](Index a, Index b) { return s[a] > s[b]; });
+      for (Index r = 0; r < m; ++r) {
+        const Index j = order[static_cast<std::size_t>(r)];
+        const double want = r < k ? std::max(0.0, s[j]) : 0.0;
+        REQUIRE(F(j, t) == Approx(want).margin(1e-4));
+      }
+    }
+    for (Index j = 0; j < m; ++j) REQUIRE(loaded.params().W_dec.col(j).norm() == Approx(1.0f).epsilon(1e-5));
+  }
+  SECTION("layer_norm, constant_norm_rescale and covariance_whitening are refused naming the file") {
+    for (const std::string norm : {"layer_norm", "constant_norm_rescale", "covariance_whitening"}) {
+      const fs::path dir = tmp / norm;
+      fs::create_directories(dir);
+      fs::copy_file(tmp / "plain" / "sae_weights.safetensors", dir / "sae_weights.safetensors");
+      write_text(dir / "cfg.json", with("\"normalize_activations\": \"none\"", "\"normalize_activations\": \"" + norm + "\""));
+      REQUIRE_THROWS_WITH(sae::load_sae(dir), Catch::Contains((dir / "cfg.json").string()) &&
+                                                  Catch::Contains("'" + norm + "'") && Catch::Contains("refused"));
+    }
+  }
+  SECTION("the flag on another architecture is refused") {
+    fs::create_directories(tmp / "odd");
+    fs::copy_file(tmp / "plain" / "sae_weights.safetensors", tmp / "odd" / "sae_weights.safetensors");
+    std::string c = with("\"rescale_acts_by_decoder_norm\": false", "\"rescale_acts_by_decoder_norm\": true");
+    c.replace(c.find("\"architecture\": \"topk\""), 22, "\"architecture\": \"standard\"");
+    write_text(tmp / "odd" / "cfg.json", c);
+    REQUIRE_THROWS_WITH(sae::load_sae(tmp / "odd"), Catch::Contains("topk SAEs only"));
+  }
 }

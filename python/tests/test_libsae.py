@@ -143,8 +143,11 @@ def test_gil_is_released_while_training():
 
 
 def test_ctrl_c_stops_between_steps_with_checkpoint(data, tmp_path):
+    # The child restores Python's Ctrl-C handler: a test runner started in the background (CI)
+    # may have SIGINT ignored, which children inherit and Python then respects.
     script = textwrap.dedent(f"""
-        import sys, numpy as np, libsae
+        import signal, sys, numpy as np, libsae
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         X = np.load({str(data["path"])!r})
         def cb(p):
             print("STEP", p["step"], flush=True)

@@ -115,17 +115,51 @@ inline void upgrade_pre6_config(nlohmann::json& j) {
   }
 }
 
+/// The SAELens inference semantics libsae reproduces, refusing the rest (IoError naming the
+/// file): a silently ignored field would give other codes than SAELens with exit status 0.
+///
+///   normalize_activations  "none"; "expected_average_only_in" (identity at inference: SAELens
+///                          folds the factor into the weights or applies nothing); refused:
+///                          "layer_norm", "constant_norm_rescale" (SAELens normalises every
+///                          token at run time, x -> (x - mean)/std or sqrt(d) x/||x||, and undoes
+///                          it after decoding) and "covariance_whitening".
+///   rescale_acts_by_decoder_norm (topk)  read, and folded by the loader (fold_decoder_norms).
+inline void check_inference_semantics(const nlohmann::json& j, const SaeConfig& c, const std::filesystem::path& path) {
+  const std::string& n = c.normalize_activations;
+  if (n == "layer_norm" || n == "constant_norm_rescale" || n == "covariance_whitening")
+    throw IoError(path, "normalize_activations '" + n +
+                            "' is applied to every token at run time by SAELens (and undone after decoding); libsae "
+                            "does not implement it, so its codes would differ: refused");
+  if (n != "none" && n != "expected_average_only_in")
+    throw IoError(path, "unknown normalize_activations '" + n + "' (expected none or expected_average_only_in)");
+  if (auto it = j.find("rescale_acts_by_decoder_norm"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean()) throw IoError(path, "field 'rescale_acts_by_decoder_norm' must be a boolean");
+    if (it->get<bool>() && c.architecture != Architecture::TopK)
+      throw IoError(path, "rescale_acts_by_decoder_norm is defined for topk SAEs only, not '" +
+                              std::string(architecture_name(c.architecture)) + "'");
+  }
+}
+
+/// True when cfg.json asks for SAELens's rescale_acts_by_decoder_norm.
+inline bool rescales_by_decoder_norm(const nlohmann::json& j) {
+  const auto it = j.find("rescale_acts_by_decoder_norm");
+  return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
 /// SaeConfig from a cfg.json object (after upgrade_pre6_config), errors as IoError(path).
 inline SaeConfig config_from_json(nlohmann::json j, const std::filesystem::path& path) {
   upgrade_pre6_config(j);
+  SaeConfig c;
   try {
-    return SaeConfig::from_json(j, path.string());
+    c = SaeConfig::from_json(j, path.string());
   } catch (const std::exception& e) {
     std::string what = e.what();
     const std::string prefix = path.string() + ": ";
     if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
     throw IoError(path, what);
   }
+  check_inference_semantics(j, c, path);
+  return c;
 }
 
 }  // namespace detail_saelens
@@ -169,20 +203,43 @@ inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg,
 }
 
 /// Reads cfg.json of @p dir (v6 or pre-6.0 flat); IoError naming the file for a missing file,
-/// oversized or invalid JSON, or a bad field.
-inline SaeConfig load_saelens_config(const std::filesystem::path& dir) {
+/// oversized or invalid JSON, a bad field, or semantics libsae does not reproduce
+/// (check_inference_semantics). @p raw, if given, receives the JSON as read.
+inline SaeConfig load_saelens_config(const std::filesystem::path& dir, nlohmann::json* raw = nullptr) {
   const auto path = dir / saelens_config_file;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) throw IoError(dir, "not a directory (expected an SAE directory with cfg.json)");
   if (!std::filesystem::exists(path, ec)) throw IoError(path, "cannot open (missing cfg.json?)");
-  return detail_saelens::config_from_json(detail_saelens::read_json_file(path), path);
+  nlohmann::json j = detail_saelens::read_json_file(path);
+  SaeConfig c = detail_saelens::config_from_json(j, path);
+  if (raw) *raw = std::move(j);
+  return c;
+}
+
+/// SAELens's rescale_acts_by_decoder_norm folded into the weights (what its fold_W_dec_norm
+/// does): with n_j = ||W_dec[j]||, SAELens selects the top k of n_j z_j and decodes
+/// (f_j / n_j) W_dec[j]; the same model with W_enc[:, j] and b_enc[j] scaled by n_j and
+/// W_dec[j] divided by n_j gives those codes and reconstructions with the flag off. A latent
+/// with n_j = 0 keeps its zero decoder and gets a zero pre-activation (as in SAELens, where
+/// n_j z_j = 0).
+template <class Scalar>
+void fold_decoder_norms(Parameters<Scalar>& p) {
+  for (Index j = 0; j < p.d_sae(); ++j) {
+    const Scalar n = p.W_dec.col(j).norm();
+    p.W_enc.col(j) *= n;
+    p.b_enc[j] *= n;
+    if (n > Scalar(0)) p.W_dec.col(j) /= n;
+  }
 }
 
 /// Reads cfg.json and sae_weights.safetensors of @p dir, checking every tensor's shape
-/// against cfg.json (IoError naming the file and the tensor otherwise).
+/// against cfg.json (IoError naming the file and the tensor otherwise). A topk cfg.json with
+/// rescale_acts_by_decoder_norm: true is folded (fold_decoder_norms; metadata records it).
 inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   LoadedWeights out;
-  out.config = load_saelens_config(dir);
+  nlohmann::json raw;
+  out.config = load_saelens_config(dir, &raw);
+  const bool rescale = detail_saelens::rescales_by_decoder_norm(raw);
   const auto path = dir / saelens_weights_file;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw IoError(path, "not found");
@@ -222,6 +279,11 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
     if (log_threshold) p.threshold = p.threshold.array().exp().matrix();
   }
   if (!p.all_finite()) throw IoError(path, "weights contain NaN or Inf");
+  if (rescale) {
+    fold_decoder_norms(p);
+    if (!out.config.metadata.is_object()) out.config.metadata = nlohmann::json::object();
+    out.config.metadata["folded_decoder_norm"] = true;  // cfg.json said rescale_acts_by_decoder_norm
+  }
   return out;
 }
 
