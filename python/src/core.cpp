@@ -21,21 +21,25 @@ namespace {
 // ------------------------------------------------------------------------------------------
 // Encoding, decoding, steering, evaluation.
 
+/// Encodes the tokens @p t batch by batch without the GIL and calls f(model, t0, codes, Xb).
+template <class F>
+void each_encoded(const PySae& s, const Tokens& t, Index batch, F&& f) {
+  py::gil_scoped_release nogil;
+  std::visit(
+      [&](const auto& model) {
+        sae::interp::encode_batches(model, t.batches(), batch,
+                                    [&](Index t0, const auto& codes, const auto& Xb) { f(model, t0, codes, Xb); });
+      },
+      s.model);
+}
+
 /// Sparse codes as (offsets int64 [N+1], indices int32 [nnz], values float32 [nnz]).
 py::tuple encode_sparse(const PySae& s, const py::array& X, Index batch) {
   const Tokens t = input(s, X, batch);
   sae::interp::CsrCodes csr;
   csr.d_sae = s.d_sae();
-  {
-    py::gil_scoped_release nogil;
-    csr.offsets.reserve(static_cast<std::size_t>(t.n) + 1);
-    std::visit(
-        [&](const auto& m) {
-          sae::interp::encode_batches(m, t.batches(), batch,
-                                      [&](Index, const auto& codes, const auto&) { csr.add(codes); });
-        },
-        s.model);
-  }
+  csr.offsets.reserve(static_cast<std::size_t>(t.n) + 1);
+  each_encoded(s, t, batch, [&](const auto&, Index, const auto& codes, const auto&) { csr.add(codes); });
   return py::make_tuple(to_numpy(std::move(csr.offsets)), to_numpy(std::move(csr.indices)),
                         to_numpy(std::move(csr.values)));
 }
@@ -46,25 +50,18 @@ py::array_t<float> encode_dense(const PySae& s, const py::array& X, Index batch)
   const Index m = s.d_sae();
   py::array_t<float> out = new_rows(t.n, m);
   float* F = out.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    std::visit(
-        [&](const auto& model) {
-          sae::interp::encode_batches(model, t.batches(), batch, [&](Index t0, const auto& codes, const auto& Xb) {
-            Eigen::Map<sae::Mat<float>> Fb(F + t0 * m, m, Xb.cols());
-            using C = std::decay_t<decltype(codes)>;
-            if constexpr (std::is_same_v<C, sae::Mat<float>>) {
-              Fb = codes;
-            } else {
-              Fb.setZero();
-              for (Index c = 0; c < codes.tokens(); ++c)
-                for (Index i = codes.offsets[c]; i < codes.offsets[c + 1]; ++i)
-                  Fb(codes.indices[static_cast<std::size_t>(i)], c) = codes.values[static_cast<std::size_t>(i)];
-            }
-          });
-        },
-        s.model);
-  }
+  each_encoded(s, t, batch, [&](const auto&, Index t0, const auto& codes, const auto& Xb) {
+    Eigen::Map<sae::Mat<float>> Fb(F + t0 * m, m, Xb.cols());
+    using C = std::decay_t<decltype(codes)>;
+    if constexpr (std::is_same_v<C, sae::Mat<float>>) {
+      Fb = codes;
+    } else {
+      Fb.setZero();
+      for (Index c = 0; c < codes.tokens(); ++c)
+        for (Index i = codes.offsets[c]; i < codes.offsets[c + 1]; ++i)
+          Fb(codes.indices[static_cast<std::size_t>(i)], c) = codes.values[static_cast<std::size_t>(i)];
+    }
+  });
   return out;
 }
 
@@ -74,18 +71,11 @@ py::array_t<float> reconstruct(const PySae& s, const py::array& X, Index batch) 
   const Index d = s.d_in();
   py::array_t<float> out = new_rows(t.n, d);
   float* Y = out.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    std::visit(
-        [&](const auto& model) {
-          sae::Mat<float> X_hat;
-          sae::interp::encode_batches(model, t.batches(), batch, [&](Index t0, const auto& codes, const auto& Xb) {
-            model.decode(codes, X_hat);
-            Eigen::Map<sae::Mat<float>>(Y + t0 * d, d, Xb.cols()) = X_hat;
-          });
-        },
-        s.model);
-  }
+  sae::Mat<float> X_hat;
+  each_encoded(s, t, batch, [&](const auto& model, Index t0, const auto& codes, const auto& Xb) {
+    model.decode(codes, X_hat);
+    Eigen::Map<sae::Mat<float>>(Y + t0 * d, d, Xb.cols()) = X_hat;
+  });
   return out;
 }
 

@@ -30,3 +30,12 @@ def check(name, cond, detail=""):
     else:
         print(f"FAIL {name} {detail}")
         failures.append(name)
+
+
+def finish():
+    """The exit status of a test script: 1 (after a count) if any check failed, else 0."""
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        return 1
+    print("all checks passed")
+    return 0

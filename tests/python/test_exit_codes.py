@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from saetest import check, failures, run
+from saetest import finish, check, failures, run
 
 TMP = tempfile.mkdtemp(prefix="sae_exit_", dir=os.environ.get("SAE_TMP") or None)
 
@@ -67,11 +67,7 @@ def main():
     p = run("eval", "--sae", os.path.join(TMP, "missing"), "--data", toy, ok=False)
     check("a missing SAE: exit 1", p.returncode == 1, f"rc={p.returncode}")
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from saetest import check, failures, run
+from saetest import finish, check, failures, run
 
 TMP = tempfile.mkdtemp(prefix="sae_fifo_", dir=os.environ.get("SAE_TMP") or None)
 
@@ -52,11 +52,7 @@ def main():
     os.mkfifo(lone)
     refused("eval --sae FIFO params.safetensors", "eval", "--sae", lone, "--data", toy)
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from saetest import check, failures, run
+from saetest import finish, check, failures, run
 
 TMP = tempfile.mkdtemp(prefix="sae_nonfinite_", dir=os.environ.get("SAE_TMP") or None)
 
@@ -47,11 +47,7 @@ def main():
         check(f"train on {name}: exit 1 naming the row", p.returncode == 1 and "row 1234" in p.stderr, p.stderr)
         check(f"train on {name}: no SAE written", not os.path.exists(os.path.join(TMP, f"t_{name}", "cfg.json")))
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":

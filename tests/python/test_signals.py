@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from saetest import SAE, check, failures, last_json, run
+from saetest import finish, SAE, check, failures, last_json, run
 
 TMP = tempfile.mkdtemp(prefix="sae_signals_", dir=os.environ.get("SAE_TMP") or None)
 
@@ -68,11 +68,7 @@ def main():
         open(os.path.join(part, "sae_weights.safetensors"), "rb").read()
     check("resumed weights bit-identical to the uninterrupted run", same)
 
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return finish()
 
 
 if __name__ == "__main__":
