@@ -4,6 +4,9 @@
 #
 #   scripts/setup-deps.sh               build + test dependencies
 #   scripts/setup-deps.sh --with-torch  also python3-torch (optional cross-checks)
+#   scripts/setup-deps.sh --with-lm     also bible-kjv (the text the LM test harvests)
+#   scripts/setup-deps.sh --with-lm-corpus   bible-kjv, fortunes, python3.11-doc (docs/lm.md)
+#   scripts/setup-deps.sh --with-browser     also chromium (headless checks of the reports)
 set -euo pipefail
 
 packages=(
@@ -17,7 +20,10 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --with-torch) packages+=(python3-torch) ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --with-lm) packages+=(bible-kjv) ;;
+    --with-lm-corpus) packages+=(bible-kjv fortunes python3.11-doc) ;;
+    --with-browser) packages+=(chromium) ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done

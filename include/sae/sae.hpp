@@ -31,6 +31,7 @@
 #include "any_sae.hpp"
 #include "io/formats.hpp"
 #include "interp/interp.hpp"
+#include "interp/report_run.hpp"
 #include "train/synthetic.hpp"
 #include "train/batches.hpp"
 #include "train/trainer.hpp"

@@ -19,7 +19,7 @@ namespace libsae_py {
 namespace {
 
 // ------------------------------------------------------------------------------------------
-// Encoding, decoding, steering, evaluation.
+// Encoding, decoding, steering, evaluation (and, below, the report).
 
 /// Encodes the tokens @p t batch by batch without the GIL and calls f(model, t0, codes, Xb).
 template <class F>
@@ -208,6 +208,54 @@ py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::
 }
 
 // ------------------------------------------------------------------------------------------
+// The HTML report of `sae report` (sae::interp::write_sae_report), on a .npy path or an array.
+
+struct ReportArgs {
+  std::string out, images, order;
+  std::optional<std::string> tokens, unembed, vocab, labels, title;
+  Index features = 24, examples = 12, context_before = 12, context_after = 4, limit = 0, batch = 4096;
+  int intervals = 3;
+  std::vector<Index> feature_ids;
+};
+
+py::object report(const PySae& s, const py::object& data, const std::string& data_name, const ReportArgs& a) {
+  sae::interp::ReportSettings rs;
+  rs.sae_path = s.path;
+  rs.out = a.out;
+  rs.images = a.images;
+  rs.order = a.order;
+  auto path = [](const std::optional<std::string>& p) {
+    return p ? std::optional<std::filesystem::path>(*p) : std::nullopt;
+  };
+  rs.tokens = path(a.tokens);
+  rs.unembed = path(a.unembed);
+  rs.vocab = path(a.vocab);
+  rs.labels = path(a.labels);
+  if (a.title) rs.opt.title = *a.title;
+  rs.opt.features = a.features;
+  rs.opt.feature_ids = a.feature_ids;
+  rs.opt.examples = a.examples;
+  rs.opt.intervals = a.intervals;
+  rs.opt.context_before = a.context_before;
+  rs.opt.context_after = a.context_after;
+  rs.limit = a.limit;
+  rs.batch = a.batch;
+  json j;
+  if (py::isinstance<py::str>(data)) {
+    const std::string file = data.cast<std::string>();
+    py::gil_scoped_release nogil;
+    const sae::interp::NpyBatches X(file);
+    j = sae::interp::write_sae_report(s.model, X, file, rs);
+  } else {
+    const py::array arr = data.cast<py::array>();
+    const Tokens t = tokens_of(arr, "data");
+    py::gil_scoped_release nogil;
+    j = sae::interp::write_sae_report(s.model, t.batches(), data_name, rs);
+  }
+  return json_to_python(j);
+}
+
+// ------------------------------------------------------------------------------------------
 // Parameters as numpy views (SAELens shapes), read-only, kept alive by the SAE object.
 
 py::array view(const py::object& owner, const float* data, std::vector<py::ssize_t> shape,
@@ -230,6 +278,25 @@ PYBIND11_MODULE(_core, m) {
 
   py::register_exception<sae::io::IoError>(m, "FormatError", PyExc_OSError);
   py::register_exception<sae::NumericalError>(m, "NumericalError", PyExc_ArithmeticError);
+
+  py::class_<ReportArgs>(m, "ReportArgs")
+      .def(py::init<>())
+      .def_readwrite("out", &ReportArgs::out)
+      .def_readwrite("images", &ReportArgs::images)
+      .def_readwrite("order", &ReportArgs::order)
+      .def_readwrite("tokens", &ReportArgs::tokens)
+      .def_readwrite("unembed", &ReportArgs::unembed)
+      .def_readwrite("vocab", &ReportArgs::vocab)
+      .def_readwrite("labels", &ReportArgs::labels)
+      .def_readwrite("title", &ReportArgs::title)
+      .def_readwrite("features", &ReportArgs::features)
+      .def_readwrite("examples", &ReportArgs::examples)
+      .def_readwrite("intervals", &ReportArgs::intervals)
+      .def_readwrite("context_before", &ReportArgs::context_before)
+      .def_readwrite("context_after", &ReportArgs::context_after)
+      .def_readwrite("limit", &ReportArgs::limit)
+      .def_readwrite("batch", &ReportArgs::batch)
+      .def_readwrite("feature_ids", &ReportArgs::feature_ids);
 
   py::class_<PySae>(m, "Sae")
       .def_property_readonly("d_in", &PySae::d_in)
@@ -271,6 +338,7 @@ PYBIND11_MODULE(_core, m) {
       .def("decode_sparse", &decode_sparse, py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("batch"))
       .def("decode_dense", &decode_dense, py::arg("F"), py::arg("batch"))
       .def("steer", &steer, py::arg("X"), py::arg("edits"), py::arg("batch"))
+      .def("report", &report, py::arg("data"), py::arg("data_name"), py::arg("args"))
       .def("evaluate", &evaluate, py::arg("X"), py::arg("features"), py::arg("limit"), py::arg("batch"))
       .def(
           "save",

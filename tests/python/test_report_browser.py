@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Renders an `sae report` page in headless Chromium: the page loads, every image decodes,
-the DOM has the expected element counts, and a full-page screenshot is a real picture.
+the DOM has the expected element counts, and a full-page screenshot is a real picture. A second
+report, of the same data as language-model tokens (--tokens, --unembed, --vocab), is rendered
+too: its text contexts, shaded token spans and logit-effect tables are counted.
 
 Skipped (exit 77) when no Chromium/Chrome is installed; the default setup does not install
 one (`apt-get install chromium` to run it). The screenshot stays in $SAE_TMP for a look.
@@ -42,6 +44,14 @@ window.addEventListener('load', () => {
   b.setAttribute('data-probe-svgs', document.querySelectorAll('svg').length);
   b.setAttribute('data-probe-curves', document.querySelectorAll('svg.train-curve polyline').length);
   b.setAttribute('data-probe-bars', document.querySelectorAll('svg.density-hist rect.bar').length);
+  b.setAttribute('data-probe-contexts', document.querySelectorAll('div.context').length);
+  b.setAttribute('data-probe-ctxexamples', document.querySelectorAll('div.example.context').length);
+  b.setAttribute('data-probe-tokens', document.querySelectorAll('div.context span.tok').length);
+  b.setAttribute('data-probe-outlined', document.querySelectorAll('span.tok.ex').length);
+  b.setAttribute('data-probe-shaded', [...document.querySelectorAll('span.tok')].filter(
+    e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)').length);
+  b.setAttribute('data-probe-logits', document.querySelectorAll('table.logit-effect').length);
+  b.setAttribute('data-probe-logitrows', document.querySelectorAll('table.logit-effect td.lt').length);
   b.setAttribute('data-probe-width', document.documentElement.scrollWidth);
   b.setAttribute('data-probe-height', document.documentElement.scrollHeight);
 });
@@ -92,6 +102,67 @@ def png_info(file):
     return w, h, len(set(raw[: stride * min(h, 400)]))
 
 
+def probe(html_file):
+    """The data-probe-* counts Chromium records for @p html_file (with PROBE appended)."""
+    html = open(html_file, encoding="utf-8").read()
+    probe_file = html_file + ".probe.html"
+    with open(probe_file, "w", encoding="utf-8") as f:
+        f.write(html.replace("</body>", PROBE + "</body>"))
+    d = browser("--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom", "file://" + probe_file)
+    m = re.search(r"<body([^>]*)>", d.stdout)
+    check("chromium dumped the DOM of " + os.path.basename(html_file), d.returncode == 0 and m is not None,
+          d.stderr[-2000:])
+    return {k: int(v) for k, v in re.findall(r'data-probe-([a-z]+)="(\d+)"', m.group(1) if m else "")}
+
+
+def text_case():
+    """The same data seen as 30 windows of 101 tokens (pos 0 not harvested), a 64-dim
+    unembedding of 300 tokens: text contexts and logit-effect tables."""
+    import random
+    rng = random.Random(3)
+    rows, lines = 3000, ["row\tctx\tpos\ttoken_id\tdoc\ttext"]
+    r = 0
+    for c in range(30):
+        for p in range(101):
+            row = -1 if p == 0 else r
+            r += p > 0
+            text = "\\n" if p % 17 == 0 else rng.choice([" the", " cat", " <sat>", " on", "\\t", " caf\u00e9", "."])
+            lines.append(f"{row}\t{c}\t{p}\t{(c * 101 + p) % 300}\tdoc {c}\t{text}")
+    assert r == rows
+    with open(path("tokens.tsv"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path("vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"v{i}\n" for i in range(300)))
+    # a [300, 64] float32 .npy written by hand (no numpy needed)
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 64), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    with open(path("U.npy"), "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
+        f.write(struct.pack("<%df" % (300 * 64), *[rng.gauss(0, 1) for _ in range(300 * 64)]))
+    p = run("report", "--sae", path("sae"), "--data", path("x.npy"), "--tokens", path("tokens.tsv"),
+            "--unembed", path("U.npy"), "--vocab", path("vocab.txt"), "--features", FEATURES, "--examples", EXAMPLES,
+            "--intervals", INTERVALS, "--context-before", 6, "--context-after", 3, "--out", path("text.html"))
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    contexts = FEATURES * (EXAMPLES + INTERVALS * PER_INTERVAL)
+    check("text report written", r["text"] and r["contexts"] == contexts and r["logit_features"] == FEATURES, r)
+    got = probe(path("text.html"))
+    print("browser counts (text):", got)
+    check("text: feature blocks", got.get("features") == FEATURES, got)
+    check("text: no images", got.get("images") == 0, got)
+    check("text: context spans", got.get("contexts") == contexts, got)
+    check("text: top-example contexts", got.get("ctxexamples") == FEATURES * EXAMPLES, got)
+    check("text: one outlined token per context", got.get("outlined") == contexts, got)
+    check("text: 4 to 10 token spans per context", 4 * contexts <= got.get("tokens", 0) <= 10 * contexts, got)
+    check("text: the example tokens at least are shaded", got.get("shaded", 0) >= contexts, got)
+    check("text: logit-effect tables", got.get("logits") == FEATURES, got)
+    check("text: 10 promoted + 10 suppressed tokens each", got.get("logitrows") == 20 * FEATURES, got)
+    s = browser("--window-size=1400,3000", f"--screenshot={path('text.png')}", "file://" + path("text.html"))
+    check("text: screenshot written", s.returncode == 0 and os.path.exists(path("text.png")), s.stderr[-2000:])
+    if os.path.exists(path("text.png")):
+        w, h, levels = png_info(path("text.png"))
+        check("text: screenshot is not blank", levels > 50, levels)
+
+
 def main():
     run("synth", "--out", path("x.npy"), "--d-in", 64, "--features", 128, "--samples", 3000, "--seed", 9)
     run("train", "--data", path("x.npy"), "--arch", "topk", "--d-sae", 128, "--k", 4, "--steps", 150, "--batch", 256,
@@ -133,6 +204,8 @@ def main():
         print(f"screenshot {path('report.png')}: {w}x{h}, {levels} distinct byte values")
         check("screenshot has the page's size", w == 1400 and h == height, (w, h))
         check("screenshot is not blank", levels > 50, levels)
+
+    text_case()
 
     if failures:
         print(f"{len(failures)} failures")

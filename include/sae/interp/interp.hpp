@@ -8,6 +8,10 @@
 ///   steering.hpp       steer / clamp_latent / add_direction / apply_steering
 ///   svg.hpp, image.hpp inline SVG charts, PNG data URIs
 ///   report.hpp         render_report: one self-contained HTML file
+///   token_table.hpp    TokenTable (tokens.tsv of language-model activations), read_vocab
+///   logit_effect.hpp   logit_effects: top promoted / suppressed tokens of U · W_dec[:, j]
+///   report_run.hpp     write_sae_report: `sae report` as a library call (included by sae.hpp,
+///                      not here: it needs any_sae.hpp)
 ///
 /// Everything is in namespace sae::interp; docs/interpretation.md is the user guide.
 #pragma once
@@ -19,4 +23,6 @@
 #include "steering.hpp"
 #include "svg.hpp"
 #include "image.hpp"
+#include "token_table.hpp"
+#include "logit_effect.hpp"
 #include "report.hpp"

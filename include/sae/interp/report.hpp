@@ -15,6 +15,16 @@
 ///                  - its top activating examples: images with their activation (image data)
 ///                    or a table of example index and activation               [.example]
 ///                  - examples sampled from activation quantile intervals     [.interval-example]
+///                  - with a token table (language-model data), each example as its text
+///                    context, tokens shaded by the feature's activation     [div.context, span.tok]
+///                  - with an unembedding, the logit effect U·W_dec[:, j]: top promoted and
+///                    suppressed tokens                                       [table.logit-effect]
+///
+/// Text view (ReportInput::tokens): an example row r is shown as the tokens of its context
+/// window from pos - context_before to pos + context_after; every harvested token i is shaded
+/// with alpha = clamp(f_j(x_i) / max_j, 0, 1) (max_j: the feature's largest activation among
+/// the analysed tokens), f_j(x_i) from ReportInput::latent_values, in its `data-act` and `title`;
+/// the example token is outlined (span.tok.ex), tokens without a row are grey (span.tok.nh).
 ///
 /// Image data: each example (column of X, d = h*w values) is an h x w row-major image, as the
 /// IDX and C-order [N, h, w] layouts store it; shown with each image scaled to its own
@@ -24,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -44,7 +55,9 @@
 #include "../io/error.hpp"
 #include "../metrics/metrics.hpp"
 #include "image.hpp"
+#include "logit_effect.hpp"
 #include "svg.hpp"
+#include "token_table.hpp"
 #include "tracker.hpp"
 
 namespace sae::interp {
@@ -133,6 +146,8 @@ struct ReportOptions {
   double dense_threshold = 0.1;  ///< frequency above which a latent is listed as dense
   bool include_dense = false;    ///< let dense latents into the top-N (they are listed apart anyway)
   int density_bins = 40;
+  Index context_before = 12;     ///< text view: tokens shown before the example token
+  Index context_after = 4;       ///< text view: tokens shown after it
 };
 
 /// The data a report is made of. @p W_dec is the decoder (d x m, one column per latent);
@@ -147,6 +162,13 @@ struct ReportInput {
   std::function<std::string(Index)> example_label;
   std::optional<TrainLog> train_log;
   Vec<float> b_dec;  ///< decoder bias (d); with image data, adds a "b_dec + max * W_dec[:, j]" picture
+  /// Text view: the token table of the data (example t = row t), and latent_values(latents,
+  /// rows) = the codes f_j(x_r) as a |latents| x |rows| matrix (the SAE encoding those rows).
+  const TokenTable* tokens = nullptr;
+  std::function<Mat<float>(const std::vector<Index>&, const std::vector<std::int64_t>&)> latent_values;
+  /// Logit effects of (some of) the shown features, and the vocabulary their ids index.
+  std::vector<LogitEffect> logit_effects;
+  const std::vector<std::string>* vocab = nullptr;
 
   explicit ReportInput(const FeatureTracker& t, const Eigen::Ref<const Mat<float>>& w) : tracker(&t), W_dec(w) {}
 };
@@ -193,7 +215,14 @@ svg .label{font-size:11px;fill:#333}svg .ctitle{font-size:12px;font-weight:600;f
 figure{margin:0;text-align:center;font-size:11px;color:#333}figure img{display:block;image-rendering:pixelated;border:1px solid #ccc}
 img.decoder{image-rendering:pixelated;border:1px solid #ccc}table.examples td{padding:0 8px;font-size:12px}
 .interval{border-left:3px solid #ddd;padding-left:6px}.interval .range{font-size:11px;color:#666}
-.muted{color:#666;font-size:12px}.lists{font-size:12px;max-width:1100px;word-wrap:break-word})";
+.muted{color:#666;font-size:12px}.lists{font-size:12px;max-width:1100px;word-wrap:break-word}
+.contexts{margin:2px 0 6px}.intervals.text,.intervals.text .examples{display:block}.context{font:12px/1.6 ui-monospace,Menlo,Consolas,monospace;margin:1px 0}
+.ctx-meta{display:inline-block;min-width:150px;color:#666;font:11px system-ui,sans-serif;margin-right:6px}
+.ctx-text{white-space:pre-wrap;word-break:break-all}.tok{border-radius:2px}.tok.ex{outline:1.5px solid #111;outline-offset:-1px}
+.tok.nh{color:#aaa}.ws{color:#999;font-size:10px}
+table.logit-effect{font-size:12px;border-collapse:collapse;margin:4px 0 8px}table.logit-effect th{text-align:left;font-weight:600;padding:0 6px}
+table.logit-effect td{padding:0 6px}table.logit-effect td.lt{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre}
+table.logit-effect td.up+td{color:#b45309}table.logit-effect td.down+td{color:#1d4ed8})";
 }
 
 inline std::string kv_row(const std::string& k, const std::string& v) {
@@ -206,9 +235,47 @@ inline std::string json_text(const nlohmann::json& v) {
   return v.dump();
 }
 
+/// A token's text as HTML: invalid UTF-8 -> U+FFFD, markup escaped, newline / tab / other
+/// control characters as small visible glyphs, a whitespace-only token as middle dots.
+inline std::string token_html(std::string_view raw) {
+  const std::string t = utf8_sanitize(raw);
+  if (t.empty()) return "<span class=\"ws\">&empty;</span>";
+  std::string h;
+  if (t.find_first_not_of(' ') == std::string::npos) {
+    h = "<span class=\"ws\">";
+    for (std::size_t i = 0; i < t.size(); ++i) h += "&middot;";
+    return h + "</span>";
+  }
+  for (char c : t) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      h += "<span class=\"ws\">&#x23CE;</span>";  // return symbol
+    } else if (c == '\t') {
+      h += "<span class=\"ws\">&rarr;</span>";
+    } else if (u < 0x20 || u == 0x7F) {  // Unicode control pictures U+2400 + c, U+2421 for DEL
+      char b[40];
+      std::snprintf(b, sizeof b, "<span class=\"ws\">&#x%X;</span>", u == 0x7F ? 0x2421u : 0x2400u + u);
+      h += b;
+    } else {
+      h += svg::escape(std::string_view(&c, 1));
+    }
+  }
+  return h;
+}
+
+/// A float with enough digits to read back the same float ("%.9g").
+inline std::string exact(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
 inline std::string list_text(const std::vector<Index>& v, std::size_t max_items = 200) {
   std::string s;
-  for (std::size_t i = 0; i < v.size() && i < max_items; ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  for (std::size_t i = 0; i < v.size() && i < max_items; ++i) {
+    if (i) s += ", ";
+    s += std::to_string(v[i]);  // (not `", " + to_string(...)`: GCC 12 -Wstringop-overflow false positive)
+  }
   if (v.size() > max_items) s += ", ... (" + std::to_string(v.size() - max_items) + " more)";
   return v.empty() ? "none" : s;
 }
@@ -229,13 +296,83 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
                                 std::to_string(tr.d_sae()));
   const std::vector<Index> feats = select_features(tr, o);
   const Index n_examples = std::min(o.examples, tr.top().per_latent());
+  const FeatureDensity& dens = tr.density();
+  const bool text = in.tokens != nullptr && !images;
+
+  // The examples of every shown feature (top n_examples, then the quantile-interval samples).
+  std::vector<std::vector<QuantileInterval>> ivs(feats.size());
+  if (o.intervals > 0)
+    for (std::size_t f = 0; f < feats.size(); ++f) ivs[f] = tr.sampler().intervals(feats[f], o.intervals, o.per_interval);
+  // Text view: the rows of all their contexts, and f_j at those rows (|feats| x |ctx_rows|).
+  const TokenTable* tt = in.tokens;
+  std::vector<std::int64_t> ctx_rows;
+  Mat<float> ctx_acts;
+  if (text) {
+    if (o.context_before < 0 || o.context_after < 0)
+      throw std::invalid_argument("report: context_before and context_after must be >= 0");
+    if (!in.latent_values) throw std::invalid_argument("report: a token table needs ReportInput::latent_values");
+    if (tt->harvested() < dens.tokens())
+      throw std::invalid_argument("report: the token table has " + std::to_string(tt->harvested()) +
+                                  " harvested rows, fewer than the " + std::to_string(dens.tokens()) + " analysed tokens");
+    auto add_context = [&](std::int64_t r) {
+      const auto [l0, l1] = tt->window(tt->line_of_row(r), o.context_before, o.context_after);
+      for (Index l = l0; l < l1; ++l)
+        if (tt->row(l) >= 0) ctx_rows.push_back(tt->row(l));
+    };
+    for (std::size_t f = 0; f < feats.size(); ++f) {
+      const std::vector<Activation> top = tr.top().top(feats[f]);
+      for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i) add_context(top[static_cast<std::size_t>(i)].example);
+      for (const QuantileInterval& qi : ivs[f])
+        for (const Activation& a : qi.examples) add_context(a.example);
+    }
+    std::sort(ctx_rows.begin(), ctx_rows.end());
+    ctx_rows.erase(std::unique(ctx_rows.begin(), ctx_rows.end()), ctx_rows.end());
+    if (!ctx_rows.empty()) {
+      ctx_acts = in.latent_values(feats, ctx_rows);
+      if (ctx_acts.rows() != static_cast<Index>(feats.size()) || ctx_acts.cols() != static_cast<Index>(ctx_rows.size()))
+        throw std::invalid_argument("report: latent_values returned a matrix of the wrong shape");
+    }
+  }
+  // One example as its text context (see the file comment); f = index of the feature in feats.
+  auto context_html = [&](std::size_t f, const Activation& a, const std::string& cls, const std::string& lead) {
+    const Index j = feats[f], line = tt->line_of_row(a.example);
+    const double mx = tr.top().max_value(j);
+    const auto [l0, l1] = tt->window(line, o.context_before, o.context_after);
+    std::string c = "<div class=\"" + cls + " context\" data-row=\"" + std::to_string(a.example) + "\" data-act=\"" +
+                    detail_report::exact(a.value) + "\"><span class=\"ctx-meta\">" + lead +
+                    svg::escape(utf8_sanitize(tt->doc(line))) + " &middot; <b>" + svg::num(a.value) +
+                    "</b></span><span class=\"ctx-text\">";
+    for (Index l = l0; l < l1; ++l) {
+      const std::int64_t r = tt->row(l);
+      const std::string tok = detail_report::token_html(tt->text(l));
+      const std::string id = "token " + std::to_string(tt->token_id(l));
+      if (r < 0) {
+        c += "<span class=\"tok nh\" title=\"" + id + ", not harvested\">" + tok + "</span>";
+        continue;
+      }
+      const auto col = std::lower_bound(ctx_rows.begin(), ctx_rows.end(), r) - ctx_rows.begin();
+      const float v = ctx_acts(static_cast<Index>(f), static_cast<Index>(col));
+      const double alpha = mx > 0 ? std::clamp(static_cast<double>(v) / mx, 0.0, 1.0) : 0.0;
+      c += "<span class=\"tok" + std::string(l == line ? " ex" : "") + "\" data-row=\"" + std::to_string(r) +
+           "\" data-act=\"" + detail_report::exact(v) + "\" title=\"row " + std::to_string(r) + ", " + id +
+           ": activation " + svg::num(v, 4) + "\"";
+      if (alpha > 0) c += " style=\"background:rgba(234,88,12," + svg::num(alpha, 3) + ")\"";
+      c += ">" + tok + "</span>";
+    }
+    return c + "</span></div>";
+  };
+  auto vocab_html = [&](Index id) {
+    return in.vocab && id < static_cast<Index>(in.vocab->size()) ? detail_report::token_html((*in.vocab)[static_cast<std::size_t>(id)])
+                                                                 : "#" + std::to_string(id);
+  };
 
   std::string h;
   h.reserve(1 << 20);
   h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + escape(o.title) +
        "</title><style>" + detail_report::css() + "</style></head>\n";
   h += "<body data-features=\"" + std::to_string(feats.size()) + "\" data-examples=\"" + std::to_string(n_examples) +
-       "\" data-images=\"" + (images ? "1" : "0") + "\">\n<h1>" + escape(o.title) + "</h1>\n";
+       "\" data-images=\"" + (images ? "1" : "0") + "\" data-text=\"" + (text ? "1" : "0") + "\" data-logit=\"" +
+       std::to_string(in.logit_effects.size()) + "\">\n<h1>" + escape(o.title) + "</h1>\n";
 
   // 1. summary
   h += "<section id=\"summary\"><h2>Summary</h2><table class=\"kv\">";
@@ -268,7 +405,6 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
   h += "</section>\n";
 
   // 3. density
-  const FeatureDensity& dens = tr.density();
   const DensityHistogram hist = dens.log10_histogram(o.density_bins);
   std::vector<double> edges, counts;
   for (std::size_t i = 0; i <= hist.counts.size(); ++i) edges.push_back(hist.bin_lo(i));
@@ -308,7 +444,8 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
                               : "request") +
        ")</h2>\n";
   const std::vector<double> qs = {0.1, 0.5, 0.9, 0.99};
-  for (Index j : feats) {
+  for (std::size_t f = 0; f < feats.size(); ++f) {
+    const Index j = feats[f];
     const std::vector<Activation> top = tr.top().top(j);
     h += "<div class=\"feature\" id=\"feature-" + std::to_string(j) + "\"><div class=\"meta\"><h3>Feature " +
          std::to_string(j) + "</h3><div class=\"stats\">";
@@ -373,8 +510,35 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     }
     h += "</div>";  // meta
 
-    h += "<div class=\"body\"><div class=\"muted\">top activating examples</div>";
-    if (images) {
+    h += "<div class=\"body\">";
+    for (const LogitEffect& e : in.logit_effects) {
+      if (e.feature != j) continue;
+      h += "<div class=\"muted\">logit effect U&middot;W_dec[:, j]</div><table class=\"logit-effect\" data-feature=\"" +
+           std::to_string(j) + "\"><tr><th colspan=\"2\">promoted</th><th colspan=\"2\">suppressed</th></tr>";
+      for (std::size_t i = 0; i < std::max(e.promoted.size(), e.suppressed.size()); ++i) {
+        h += "<tr>";
+        for (const auto* side : {&e.promoted, &e.suppressed}) {
+          if (i >= side->size()) {
+            h += "<td></td><td></td>";
+            continue;
+          }
+          const LogitToken& t = (*side)[i];
+          h += std::string("<td class=\"lt ") + (side == &e.promoted ? "up" : "down") + "\" data-id=\"" +
+               std::to_string(t.id) + "\" data-value=\"" + detail_report::exact(t.value) + "\" title=\"token " +
+               std::to_string(t.id) + "\">" + vocab_html(t.id) + "</td><td>" + num(t.value, 3) + "</td>";
+        }
+        h += "</tr>";
+      }
+      h += "</table>";
+      break;  // one table per block, also for a latent requested twice
+    }
+    h += "<div class=\"muted\">top activating examples</div>";
+    if (text) {
+      h += "<div class=\"contexts\">";
+      for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i)
+        h += context_html(f, top[static_cast<std::size_t>(i)], "example", std::to_string(i + 1) + ". ");
+      h += "</div>";
+    } else if (images) {
       h += "<div class=\"examples\">";
       for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i) {
         const Activation& a = top[static_cast<std::size_t>(i)];
@@ -396,12 +560,15 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
       h += "</table>";
     }
     if (o.intervals > 0) {
-      h += "<div class=\"muted\">sampled from activation quantile intervals</div><div class=\"intervals\">";
-      for (const QuantileInterval& qi : tr.sampler().intervals(j, o.intervals, o.per_interval)) {
+      h += "<div class=\"muted\">sampled from activation quantile intervals</div><div class=\"intervals" +
+           std::string(text ? " text" : "") + "\">";
+      for (const QuantileInterval& qi : ivs[f]) {
         h += "<div class=\"interval\"><div class=\"range\">q" + num(qi.q_lo * 100) + "&ndash;" + num(qi.q_hi * 100) +
              ": " + num(qi.value_lo) + "&ndash;" + num(qi.value_hi) + "</div><div class=\"examples\">";
         for (const Activation& a : qi.examples) {
-          if (images)
+          if (text)
+            h += context_html(f, a, "interval-example", "");
+          else if (images)
             h += "<figure class=\"interval-example\"><img alt=\"example " + std::to_string(a.example) + "\" width=\"" +
                  std::to_string(o.image_width * 2) + "\" height=\"" + std::to_string(o.image_height * 2) + "\" src=\"" +
                  example_image(a.example) + "\"><figcaption>" + num(a.value) + "</figcaption></figure>";

@@ -6,6 +6,7 @@
     X_hat = sae.decode(codes)        # ndarray [N, d_in]
     Y = sae.steer(X, latent=3, scale=2.0)
     print(libsae.evaluate(sae, X))   # the metrics of `sae eval`
+    libsae.report(sae, "acts.npy", "report.html", tokens="tokens.tsv")   # the page of `sae report`
     sae.save("my_sae")               # SAELens directory; libsae.load() reads it back
 
 Activations are float32 arrays [N, d_in] (one token per row). A C-contiguous float32 array is
@@ -28,7 +29,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Sae", "train", "load", "evaluate", "read_npy", "FormatError", "NumericalError", "__version__"]
+__all__ = ["Sae", "train", "load", "evaluate", "report", "read_npy", "FormatError", "NumericalError", "__version__"]
 
 __version__: str = _core.version
 FormatError = _core.FormatError
@@ -246,6 +247,56 @@ def evaluate(sae: Sae, X: ArrayLike, features: Optional[ArrayLike] = None, *, li
     m = sae._s.evaluate(A, F, int(limit), _batch(batch))
     m["data"] = os.fspath(X) if _is_path(X) else f"array [{A.shape[0]}, {A.shape[1]}]"
     return m
+
+
+def _int(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def report(sae: Union[Sae, PathLike], data: Union[ArrayLike, PathLike], out: PathLike, *,
+           tokens: Optional[PathLike] = None, unembed: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
+           features: int = 24, feature_ids: Optional[Sequence[int]] = None, examples: int = 12, intervals: int = 3,
+           context_before: int = 12, context_after: int = 4, limit: int = 0, title: Optional[str] = None,
+           threads: Optional[int] = None, images: Optional[str] = None, labels: Optional[PathLike] = None,
+           order: str = "mass", batch: int = DEFAULT_BATCH) -> Dict[str, Any]:
+    """Writes the self-contained HTML report of `sae report` to `out` and returns the result
+    dict the CLI prints (out, tokens, features, dead, dense, l0, fvu, train_log, text, contexts,
+    logit_effects, logit_features, bytes, seconds) -- the same library call, same page.
+
+    sae: an Sae (its train_log.jsonl is shown when it was loaded from a directory) or a path.
+    data: the activations [N, d_in], a .npy path (streamed) or an array (rows = examples).
+    tokens: the token table (TSV `row ctx pos token_id doc text`, docs/interpretation.md) of
+    language-model activations: each example is shown as its text context (context_before /
+    context_after tokens around it), shaded by the feature's activation. unembed ([vocab, d_in]
+    .npy) with vocab (one escaped entry per row): each feature's top promoted / suppressed
+    tokens, U @ W_dec[j]. images ("HxW") and labels are the CLI's --images and --labels; order
+    is mass | frequency | max. limit > 0 analyses the first `limit` rows only. The GIL is
+    released while the report is computed. FormatError names a bad or inconsistent file."""
+    s = sae if isinstance(sae, Sae) else load(sae)
+    a = _core.ReportArgs()
+    a.out = os.fspath(out)
+    for key, value in (("tokens", tokens), ("unembed", unembed), ("vocab", vocab), ("labels", labels)):
+        if value is not None:
+            setattr(a, key, os.fspath(value))
+    a.images = "" if images is None else str(images)
+    a.order = str(order)
+    a.title = None if title is None else str(title)
+    a.features = _int("features", features)
+    a.examples = _int("examples", examples)
+    a.intervals = _int("intervals", intervals)
+    a.context_before = _int("context_before", context_before)
+    a.context_after = _int("context_after", context_after)
+    a.limit = _int("limit", limit)
+    a.batch = _batch(batch)
+    if feature_ids is not None:
+        a.feature_ids = [_int("feature_ids[i]", j) for j in feature_ids]
+    _threads(threads)
+    if _is_path(data):
+        return s._s.report(os.fspath(data), os.fspath(data), a)
+    A = _tokens(data, "data")
+    return s._s.report(A, f"array [{A.shape[0]}, {A.shape[1]}]", a)
 
 
 def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
