@@ -55,7 +55,7 @@ def read_table(path):
 def lm(tmp_path_factory):
     d = tmp_path_factory.mktemp("lm")
     common = ["--layer", LAYER, "--ctx", CTX, "--batch", 8, "--corpus", "bible", "--threads", 2]
-    script("harvest.py", "--out", d / "train", "--tokens", 3000, "--shard-tokens", 2000, *common)
+    script("harvest.py", "--out", d / "train", "--tokens", 3000, "--shard-tokens", 2000, "--mlp", *common)
     script("harvest.py", "--out", d / "heldout", "--split", "heldout", "--tokens", 1200, "--shard-tokens", 0, *common)
     run_sae("train", "--data", d / "train" / "acts", "--arch", "topk", "--k", 16, "--d-sae", 768, "--steps", 300,
             "--batch", 256, "--normalize", "expected-norm", "--seed", 1, "--threads", 2, "--log-every", 100,
@@ -101,6 +101,19 @@ def test_harvest_files_and_schema(lm):
     A0 = np.load(lm / "train" / meta["shards"][0]["acts"])
     np.testing.assert_allclose(A0[[int(first[i][0]) for i in kept]], hs[kept], rtol=1e-4, atol=1e-3)
     assert np.linalg.norm(hs[0]) > 8 * np.median(np.linalg.norm(hs, axis=1))  # position 0: the sink
+    # --mlp: the block's MLP output is what it adds to the stream (resid_post = resid_mid +
+    # mlp_out), and its input is the post-attention RMSNorm of resid_mid.
+    block = model.model.layers[LAYER]
+    w = block.post_attention_layernorm.weight.detach().numpy().astype(np.float64)
+    eps = block.post_attention_layernorm.variance_epsilon
+    for s in meta["shards"]:
+        A = np.load(lm / "train" / s["acts"]).astype(np.float64)
+        M_in = np.load(lm / "train" / s["mlp_in"])
+        M_out = np.load(lm / "train" / s["mlp_out"])
+        assert M_in.shape == M_out.shape == A.shape
+        mid = A - M_out
+        expect = mid / np.sqrt((mid ** 2).mean(1, keepdims=True) + eps) * w
+        np.testing.assert_allclose(M_in, expect, rtol=1e-3, atol=2e-3 * np.abs(expect).max())
     # Held-out documents are disjoint from the training ones.
     docs = lambda split: {r[4] for r in read_table(lm / split / "tokens" / "00000.tsv")[1]}  # noqa: E731
     assert docs("train").isdisjoint(docs("heldout"))
@@ -109,9 +122,9 @@ def test_harvest_files_and_schema(lm):
 def test_harvest_refuses_bad_input(lm, tmp_path):
     p = script("harvest.py", "--out", lm / "train", "--tokens", 10, ok=False)
     assert p.returncode == 2 and "already holds" in p.stderr
-    p = script("harvest.py", "--out", tmp_path / "x", "--layer", 30, "--tokens", 10, ok=False)
-    assert p.returncode == 2 and "--layer 30" in p.stderr
-    assert not list((tmp_path / "x").glob("acts/*"))
+    p = script("harvest.py", "--out", tmp_path / "x", "--corpus", "no-such-corpus", ok=False)
+    assert p.returncode == 2 and "no-such-corpus" in p.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_report_shows_text(lm):

@@ -38,7 +38,9 @@ struct LogitEffect {
 /// Logit effects of @p features (columns of the d x m decoder @p W_dec) through the unembedding
 /// @p U ([V, d] .npy, float32 mapped or float16 converted 16384 rows at a time). IoError naming
 /// U's file when it is not 2-D or its d differs from W_dec's. Cost: V·d·|features| multiply-adds.
-inline std::vector<LogitEffect> logit_effects(const io::NpyReader& U, const Eigen::Ref<const Mat<float>>& W_dec,
+/// (A template only so that translation units that never call it do not compile its products.)
+template <class Reader = io::NpyReader>
+std::vector<LogitEffect> logit_effects(const Reader& U, const Eigen::Ref<const Mat<float>>& W_dec,
                                               const std::vector<Index>& features, Index top = 10) {
   if (U.shape().size() != 2) throw io::IoError(U.path(), "expected a 2-D unembedding [vocab, d_in]");
   const Index V = static_cast<Index>(U.rows()), d = static_cast<Index>(U.cols());

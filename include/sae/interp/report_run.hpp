@@ -240,9 +240,12 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
 }
 
 /// write_sae_report on the SAE at @p sae_path (any format load_sae reads; s.sae_path is set to
-/// it) and the [N, d_in] .npy @p data (streamed).
-inline nlohmann::json write_sae_report(const std::filesystem::path& sae_path, const std::filesystem::path& data,
-                                       ReportSettings s, const ReportLog& log = {}) {
+/// it) and the [N, d_in] .npy @p data (streamed). A template only so that a translation unit
+/// that includes <sae/sae.hpp> without calling it does not compile the report for every
+/// architecture (that cost every such TU ~10 s).
+template <class Log = ReportLog>
+nlohmann::json write_sae_report(const std::filesystem::path& sae_path, const std::filesystem::path& data,
+                                ReportSettings s, const Log& log = {}) {
   const AnySae model = load_sae(sae_path);
   const NpyBatches X(data);
   s.sae_path = sae_path;
