@@ -321,8 +321,19 @@ def escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+_decoded: Dict[int, str] = {}
+
+
 def token_texts(tok, ids: Sequence[int]) -> List[str]:
-    return [tok.decode([i]) for i in ids]
+    """Each token decoded on its own (byte-level pieces of a character give U+FFFD), memoised
+    per id: the harvest decodes every token it writes, and decode() costs ~20 us a call."""
+    out = []
+    for i in ids:
+        t = _decoded.get(i)
+        if t is None:
+            t = _decoded[i] = tok.decode([i])
+        out.append(t)
+    return out
 
 
 class Progress:
