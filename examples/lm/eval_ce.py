@@ -85,7 +85,6 @@ def main() -> int:
     l0_sum = 0.0
     max_tail_diff = 0.0
     mean_acc = np.zeros(d, dtype=np.float64)
-    cached = []  # (ids, h, keep) when the mean must be known first
     progress = lmlib.Progress(len(wins) * a.ctx)
     t0 = time.time()
 
@@ -123,26 +122,26 @@ def main() -> int:
         n_pred += ce_clean.numel()
         spliced += int(keep.sum())
 
+    batches = [torch.tensor([w.ids for w in wins[b0:b0 + a.batch]]) for b0 in range(0, len(wins), a.batch)]
+    if mean is None:  # a first pass up to the layer only: the mean of the evaluated tokens
+        n_kept = 0
+        for ids in batches:
+            cap = {}
+            with torch.no_grad(), lmlib.BlockOutput(model, a.layer, lambda hh: cap.update(h=hh.detach()), stop=True):
+                model.model(input_ids=ids, use_cache=False)
+            keep = lmlib.harvested_mask(cap["h"], a.sink_factor)
+            mean_acc += cap["h"][keep].double().sum(0).numpy()
+            n_kept += int(keep.sum())
+        mean = (mean_acc / n_kept).astype(np.float32)
     done = 0
-    for b0 in range(0, len(wins), a.batch):
-        ids = torch.tensor([w.ids for w in wins[b0:b0 + a.batch]])
+    for ids in batches:
         cap = {}
         with torch.no_grad(), lmlib.BlockOutput(model, a.layer, lambda hh: cap.update(h=hh.detach().clone())):
             logits = model(input_ids=ids, use_cache=False).logits
         h = cap["h"]
-        keep = lmlib.harvested_mask(h, a.sink_factor)
-        mean_acc += h[keep].double().sum(0).numpy()
-        if mean is None:
-            cached.append((ids, h, keep, logits))
-        else:
-            evaluate(ids, h, keep, logits, mean)
+        evaluate(ids, h, lmlib.harvested_mask(h, a.sink_factor), logits, mean)
         done += ids.numel()
-        progress(done if mean is not None else done // 2)
-    if mean is None:
-        mu = (mean_acc / sum(int(c[2].sum()) for c in cached)).astype(np.float32)
-        for i, (ids, h, keep, logits) in enumerate(cached):
-            evaluate(ids, h, keep, logits, mu)
-            progress((len(wins) * a.ctx + (i + 1) * ids.numel()) // 2)
+        progress(done)
     progress(len(wins) * a.ctx, final=True)
     if max_tail_diff > 1e-3:
         lmlib.fail(f"re-running the blocks after {a.layer} on the clean stream changed the logits by "
@@ -160,7 +159,7 @@ def main() -> int:
         "ce_mean_ablation": c["mean"], "ce_increase": c["sae"] - c["clean"],
         "ce_loss_recovered": recovered("zero"), "ce_loss_recovered_mean_ablation": recovered("mean"),
         "kl_div": sums["kl"] / n_pred, "fvu": err_sq / tot_sq, "l0": l0_sum / spliced,
-        "mean_ablation_from": a.mean or "evaluated tokens", "max_tail_logit_diff": max_tail_diff,
+        "mean_ablation_from": a.mean or "evaluated tokens (a first pass up to the layer)", "max_tail_logit_diff": max_tail_diff,
         "seconds": round(time.time() - t0, 1),
     }
     for k, v in res.items():
