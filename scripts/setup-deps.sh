@@ -14,6 +14,7 @@ packages=(
   libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev
   libbenchmark-dev libopenblas-dev zlib1g-dev
   python3-numpy python3-venv python3-dev
+  strace
   dataset-fashion-mnist
 )
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace sae_test {
@@ -93,6 +94,16 @@ class TempDir {
 inline std::string read_all(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+/// The pid of a process that has exited (a child forked and reaped here): no live process owns
+/// it, unless the kernel has reused it since, which takes a full cycle of pids.
+inline pid_t dead_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return pid;
 }
 
 /// Replaces a file's content with @p bytes.

@@ -302,9 +302,13 @@ TEST_CASE("Checkpoint: mismatched, damaged and foreign files are reported with t
   REQUIRE(fs.step == 3);
   REQUIRE(fs.adam.steps_taken() == 3);
 
-  // Stale temporary files of a killed writer are cleaned up.
-  sae_test::write_all(dir / (std::string(sae::checkpoint_file_name) + ".tmp.123.0"), "partial");
+  // Stale temporary files of a killed writer are cleaned up; a live process's stay.
+  const std::string dead = std::string(sae::checkpoint_file_name) + ".tmp." + std::to_string(sae_test::dead_pid()) + ".0";
+  const std::string live = std::string(sae::checkpoint_file_name) + ".tmp." + std::to_string(::getppid()) + ".0";
+  sae_test::write_all(dir / dead, "partial");
+  sae_test::write_all(dir / live, "partial");
   sae::remove_stale_checkpoint_temps(dir.path());
-  REQUIRE(!std::filesystem::exists(dir / (std::string(sae::checkpoint_file_name) + ".tmp.123.0")));
+  REQUIRE(!std::filesystem::exists(dir / dead));
+  REQUIRE(std::filesystem::exists(dir / live));
   REQUIRE(std::filesystem::exists(file));
 }

@@ -79,6 +79,12 @@ void save_sae(const std::filesystem::path& dir, const Model& model) {
   const auto [cfg, params] = inference_form(model);
   io::save_saelens(dir, cfg, params);
 }
+/// The same, into a directory writer the caller commits (e.g. with a training log added).
+template <class Model>
+void save_sae(io::DirectoryWriter& dir, const Model& model) {
+  const auto [cfg, params] = inference_form(model);
+  io::save_saelens(dir, cfg, params);
+}
 inline void save_sae(const std::filesystem::path& dir, const AnySae& sae) {
   std::visit([&](const auto& m) { save_sae(dir, m); }, sae);
 }

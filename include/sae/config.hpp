@@ -9,7 +9,25 @@
 
 #include <nlohmann/json.hpp>
 
+#include "version.hpp"
+
 namespace sae {
+
+/// What cfg.json's metadata.sae_lens_version holds in files libsae writes.
+///
+/// SAELens decides how to read a cfg.json from this one key (its handle_config_defaulting):
+/// absent, or a version below 6.0.0-rc.0, and it treats the file as a pre-6.0 flat config,
+/// rebuilding `metadata` from top-level keys, so everything libsae put in metadata is dropped.
+/// libsae writes the SAELens 6 cfg.json schema (every field it writes means the same to any
+/// SAELens 6.x), and it is not SAELens, so the value is "6.0.0+libsae.VERSION": the public
+/// part is the schema version, the PEP 440 local part (which no SAELens release carries) names
+/// the writer. It is overwritten on every save (the file is then libsae's, whatever wrote the
+/// one it was loaded from); metadata.sae_lens_training_version is written as null (SAELens's
+/// own value for SAEs it did not train) unless the loaded metadata already holds one.
+inline constexpr const char* saelens_cfg_schema_version = "6.0.0";
+inline std::string saelens_version_tag() {
+  return std::string(saelens_cfg_schema_version) + "+libsae." + version_string;
+}
 
 /// The activation family of an SAE, named as SAELens names it in cfg.json.
 ///
@@ -88,7 +106,10 @@ struct SaeConfig {
     j["reshape_activations"] = "none";
     if (architecture_uses_k(architecture)) j["k"] = k;
     if (architecture == Architecture::TopK) j["rescale_acts_by_decoder_norm"] = false;
-    j["metadata"] = metadata.is_object() ? metadata : nlohmann::json::object();
+    nlohmann::json md = metadata.is_object() ? metadata : nlohmann::json::object();
+    md["sae_lens_version"] = saelens_version_tag();  // see saelens_cfg_schema_version
+    if (!md.contains("sae_lens_training_version")) md["sae_lens_training_version"] = nullptr;
+    j["metadata"] = std::move(md);
     return j;
   }
 

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
+#include <csignal>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +15,7 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,11 +33,54 @@ inline std::atomic<unsigned long long>& temp_counter() {
 
 inline std::string errno_text(int err) { return std::strerror(err); }
 
+/// This machine's host name reduced to [A-Za-z0-9-] (temporary names carry it, so that a
+/// process never judges another machine's temporary file on a shared file system).
+inline const std::string& host_tag() {
+    static const std::string tag = [] {
+        char buf[256] = {};
+        if (::gethostname(buf, sizeof buf - 1) != 0) return std::string("host");
+        std::string t;
+        for (const char* c = buf; *c != 0; ++c)
+            if (std::isalnum(static_cast<unsigned char>(*c)) || *c == '-') t += *c;
+        return t.empty() ? std::string("host") : t;
+    }();
+    return tag;
+}
+
 }  // namespace detail_atomic
+
+/// The suffix of every temporary name libsae creates: ".tmp.PID.N.HOST" (N counts within the
+/// process). `NAME` + temp_suffix() is the temporary of NAME.
+inline std::string temp_suffix() {
+    return ".tmp." + std::to_string(static_cast<long long>(::getpid())) + "." +
+           std::to_string(detail_atomic::temp_counter().fetch_add(1)) + "." + detail_atomic::host_tag();
+}
+
+/// True if @p name is a temporary of @p base (base + ".tmp.PID.N[.HOST]") that no live process
+/// owns: its HOST is this machine's (or absent, as in names older libsae versions wrote) and
+/// process PID no longer exists. Temporaries of live processes and of other machines are never
+/// stale.
+inline bool is_stale_temp(const std::string& name, const std::string& base) {
+    const std::string prefix = base + ".tmp.";
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+    const std::string rest = name.substr(prefix.size());  // PID.N[.HOST]
+    const std::size_t dot1 = rest.find('.');
+    if (dot1 == 0 || dot1 == std::string::npos) return false;
+    long long pid = 0;
+    for (std::size_t i = 0; i < dot1; ++i) {
+        if (!std::isdigit(static_cast<unsigned char>(rest[i])) || pid > (1LL << 40)) return false;
+        pid = pid * 10 + (rest[i] - '0');
+    }
+    const std::size_t dot2 = rest.find('.', dot1 + 1);
+    const std::string host = dot2 == std::string::npos ? std::string() : rest.substr(dot2 + 1);
+    if (!host.empty() && host != detail_atomic::host_tag()) return false;
+    if (pid <= 0 || pid == static_cast<long long>(::getpid())) return false;
+    return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
 
 /// Streaming atomic writer.
 ///
-/// Protocol: the constructor creates "<path>.tmp.<pid>.<counter>" in the target's directory
+/// Protocol: the constructor creates "<path>" + temp_suffix() in the target's directory
 /// (exclusively; mode 0666 minus umask, or the existing target's permission bits);
 /// write() appends bytes (buffered); commit() flushes (fflush), fsyncs the file, closes it,
 /// renames it over `path` (atomic on POSIX file systems) and fsyncs the directory so the
@@ -50,8 +96,7 @@ class AtomicFile {
 public:
     explicit AtomicFile(std::filesystem::path path) : path_(std::move(path)) {
         tmp_ = path_;
-        tmp_ += ".tmp." + std::to_string(static_cast<long long>(::getpid())) + "." +
-                std::to_string(detail_atomic::temp_counter().fetch_add(1));
+        tmp_ += temp_suffix();
         mode_t mode = 0666;
         struct stat st {};
         const bool had_target = ::stat(path_.c_str(), &st) == 0 && S_ISREG(st.st_mode);

@@ -14,9 +14,16 @@
 /// move into `metadata`. Old JumpReLU training checkpoints that store `log_threshold` instead
 /// of `threshold` are read as threshold = exp(log_threshold).
 ///
+/// SAELens forms libsae has no variant of: "gated" (b_gate, b_mag, r_mag instead of b_enc) is
+/// read as the JumpReLU SAE that computes the same codes (fold_gated); batchtopk and
+/// matryoshka_batchtopk training saves, abstopk, transcoders, temporal and matching_pursuit
+/// are refused with the reason (map_saelens_architecture). cfg.json's metadata.sae_lens_version
+/// is written as saelens_version_tag() (config.hpp), so SAELens reads the file as a v6 config
+/// and keeps its metadata.
+///
 /// libsae's W_dec (d x m column-major) has exactly the bytes of SAELens's C-order [d_sae, d_in];
-/// W_enc is transposed once here. Each file is written atomically (temporary + rename), the
-/// weights before cfg.json, so a crash never leaves a half-written file where a good one was.
+/// W_enc is transposed once here. The directory is written as a whole (io::DirectoryWriter): a
+/// reader sees the old SAE or the new one, never new weights with an old cfg.json.
 #pragma once
 
 #include <cmath>
@@ -35,6 +42,7 @@
 #include "../detail/json_guard.hpp"
 #include "../version.hpp"
 #include "atomic_file.hpp"
+#include "directory.hpp"
 #include "error.hpp"
 #include "safetensors.hpp"
 
@@ -146,9 +154,47 @@ inline bool rescales_by_decoder_norm(const nlohmann::json& j) {
   return it != j.end() && it->is_boolean() && it->get<bool>();
 }
 
+/// SAELens architectures libsae has no variant of. "gated" is read exactly as a jumprelu SAE
+/// (the weights are folded by the loader, fold_gated) and becomes "jumprelu" in @p j; the
+/// others are refused with the reason and, where SAELens can write a form libsae reads, how.
+/// Returns true for "gated".
+inline bool map_saelens_architecture(nlohmann::json& j, const std::filesystem::path& path) {
+  const auto it = j.find("architecture");
+  if (it == j.end() || !it->is_string()) return false;
+  const std::string a = it->get<std::string>();
+  if (a == "gated") {
+    *it = "jumprelu";
+    return true;
+  }
+  if (a == "batchtopk" || a == "matryoshka_batchtopk") {
+    const std::string cls = a == "batchtopk" ? "BatchTopKTrainingSAE" : "MatryoshkaBatchTopKTrainingSAE";
+    throw IoError(path, "architecture '" + a +
+                            "' is a SAELens training save: it picks the top k x batch pre-activations over "
+                            "the whole batch, so a token's codes depend on the batch; SAELens's inference form is "
+                            "a jumprelu SAE (threshold = topk_threshold): write it with SAELens's " +
+                            cls + ".load_from_disk(DIR).save_inference_model(OUT) and load OUT");
+  }
+  if (a == "abstopk")
+    throw IoError(path, "architecture 'abstopk' keeps the k pre-activations of largest magnitude with their "
+                        "signs (codes can be negative), which no libsae architecture computes (topk keeps the k "
+                        "largest through a relu): refused");
+  if (a == "transcoder" || a == "skip_transcoder" || a == "jumprelu_transcoder" || a == "jumprelu_skip_transcoder")
+    throw IoError(path, "architecture '" + a +
+                            "' is a transcoder (it decodes into another layer's activations); libsae reads SAEs "
+                            "only: refused");
+  if (a == "temporal")
+    throw IoError(path, "architecture 'temporal' encodes each token with attention over the preceding tokens, "
+                        "which no libsae architecture computes: refused");
+  if (a == "matching_pursuit")
+    throw IoError(path, "architecture 'matching_pursuit' encodes by iterative matching pursuit over the decoder, "
+                        "which no libsae architecture computes: refused");
+  return false;
+}
+
 /// SaeConfig from a cfg.json object (after upgrade_pre6_config), errors as IoError(path).
 inline SaeConfig config_from_json(nlohmann::json j, const std::filesystem::path& path) {
   upgrade_pre6_config(j);
+  map_saelens_architecture(j, path);
   SaeConfig c;
   try {
     c = SaeConfig::from_json(j, path.string());
@@ -164,42 +210,56 @@ inline SaeConfig config_from_json(nlohmann::json j, const std::filesystem::path&
 
 }  // namespace detail_saelens
 
-/// Writes @p cfg and @p p (float) to directory @p dir (created if missing), the tensors stored
-/// as @p dtype (F32, F16 or BF16; F16/BF16 round to nearest even). cfg.json "dtype" is set to
-/// match ("float32", "float16", "bfloat16"). Throws IoError, or std::invalid_argument for
-/// another dtype.
-inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg,
-                         const Parameters<float>& p, StDtype dtype = StDtype::F32) {
+/// The files of an SAE directory that belong to the SAE: replacing the SAE replaces or removes
+/// them (a training log stays only if the new SAE comes with one); other entries are kept.
+inline std::vector<std::string> saelens_owned_files() {
+  return {saelens_config_file, saelens_weights_file, "train_log.jsonl"};
+}
+
+/// Writes @p cfg and @p p (float) into the directory writer @p w (committed by the caller, who
+/// may add files such as a training log first), the tensors stored as @p dtype (F32, F16 or
+/// BF16; F16/BF16 round to nearest even). cfg.json "dtype" is set to match ("float32",
+/// "float16", "bfloat16"). Throws IoError, or std::invalid_argument for another dtype.
+inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Parameters<float>& p,
+                         StDtype dtype = StDtype::F32) {
   if (dtype != StDtype::F32 && dtype != StDtype::F16 && dtype != StDtype::BF16)
     throw std::invalid_argument(std::string("save_saelens: cannot store weights as ") + st_dtype_name(dtype) +
                                 " (use F32, F16 or BF16)");
   p.check_shapes();
   if (p.d_in() != cfg.d_in || p.d_sae() != cfg.d_sae)
-    throw IoError(dir, "parameters do not match the configuration's d_in/d_sae");
-  std::error_code ec;
-  if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec))
-    throw IoError(dir, "exists and is not a directory");
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw IoError(dir, "cannot create directory: " + ec.message());
+    throw IoError(w.path(), "parameters do not match the configuration's d_in/d_sae");
 
   const std::int64_t d = p.d_in(), m = p.d_sae();
   const Mat<float> W_enc_t = p.W_enc.transpose();  // m x d column-major = C-order [d, m]
-  SafetensorsWriter w;
-  w.add("W_enc", {d, m}, std::span<const float>(W_enc_t.data(), static_cast<std::size_t>(d * m)), dtype);
-  w.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)), dtype);
-  w.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)), dtype);
-  w.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)), dtype);
+  SafetensorsWriter st;
+  st.add("W_enc", {d, m}, std::span<const float>(W_enc_t.data(), static_cast<std::size_t>(d * m)), dtype);
+  st.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)), dtype);
+  st.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)), dtype);
+  st.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)), dtype);
   if (p.has_threshold())
-    w.add("threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)), dtype);
-  w.metadata()["format"] = "pt";
-  w.metadata()["writer"] = std::string("libsae ") + version_string;
-  w.write(dir / saelens_weights_file);
+    st.add("threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)), dtype);
+  st.metadata()["format"] = "pt";
+  st.metadata()["writer"] = std::string("libsae ") + version_string;
+  st.write_to(w.file(saelens_weights_file));
 
   SaeConfig c = cfg;
   c.dtype = detail_saelens::torch_dtype_name(dtype);
   const std::string text = c.to_json().dump(2) + "\n";
-  write_file_atomic(dir / saelens_config_file,
-                    std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+  w.write_file(saelens_config_file,
+               std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+}
+
+/// Writes @p cfg and @p p as the SAE directory @p dir (created if missing, replaced as a whole
+/// if it exists: io::DirectoryWriter; its other entries, such as checkpoint/, are kept).
+/// See the overload above for the arguments and errors.
+inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg, const Parameters<float>& p,
+                         StDtype dtype = StDtype::F32) {
+  if (dtype != StDtype::F32 && dtype != StDtype::F16 && dtype != StDtype::BF16)
+    throw std::invalid_argument(std::string("save_saelens: cannot store weights as ") + st_dtype_name(dtype) +
+                                " (use F32, F16 or BF16)");
+  DirectoryWriter w(dir, saelens_config_file, saelens_owned_files());
+  save_saelens(w, cfg, p, dtype);
+  w.commit();
 }
 
 /// Reads cfg.json of @p dir (v6 or pre-6.0 flat); IoError naming the file for a missing file,
@@ -232,9 +292,31 @@ void fold_decoder_norms(Parameters<Scalar>& p) {
   }
 }
 
+/// SAELens's gated encoder (Rajamanoharan et al. 2024) as the JumpReLU SAE that computes the
+/// same codes. SAELens's gated SAE, with W = W_enc, g = b_gate, b = b_mag, r = r_mag, computes
+///
+///     f_j = 1[x.W_j + g_j > 0] relu(e^{r_j} x.W_j + b_j)
+///
+/// (x after the b_dec subtraction, if any). With z_j = e^{r_j} x.W_j + b_j, the gate is
+/// x.W_j > -g_j, i.e. z_j > b_j - e^{r_j} g_j (e^{r_j} > 0), so f_j = relu(z_j) 1[z_j > theta_j]:
+/// a JumpReLU with W_enc[:, j] scaled by e^{r_j}, b_enc = b_mag and theta_j = b_j - e^{r_j} g_j
+/// (computed in double, then rounded). @p p holds W_enc on entry and must have a threshold.
+/// Equal in exact arithmetic; as between any two JumpReLU implementations, a token whose gate
+/// pre-activation lies within float rounding of 0 can fall on either side.
+template <class Scalar>
+void fold_gated(Parameters<Scalar>& p, const Vec<Scalar>& b_gate, const Vec<Scalar>& b_mag, const Vec<Scalar>& r_mag) {
+  for (Index j = 0; j < p.d_sae(); ++j) {
+    const Scalar e = std::exp(r_mag[j]);
+    p.W_enc.col(j) *= e;
+    p.b_enc[j] = b_mag[j];
+    p.threshold[j] = static_cast<Scalar>(static_cast<double>(b_mag[j]) - static_cast<double>(e) * static_cast<double>(b_gate[j]));
+  }
+}
+
 /// Reads cfg.json and sae_weights.safetensors of @p dir, checking every tensor's shape
 /// against cfg.json (IoError naming the file and the tensor otherwise). A topk cfg.json with
-/// rescale_acts_by_decoder_norm: true is folded (fold_decoder_norms; metadata records it).
+/// rescale_acts_by_decoder_norm: true is folded (fold_decoder_norms; metadata records it), a
+/// gated SAE is read as its JumpReLU form (fold_gated; metadata.folded_gated).
 inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   LoadedWeights out;
   nlohmann::json raw;
@@ -260,21 +342,41 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   };
   expect("W_enc", {d, m});
   expect("W_dec", {m, d});
-  expect("b_enc", {m});
+  // SAELens gated SAEs have b_gate, b_mag and r_mag instead of b_enc (read as jumprelu: fold_gated).
+  const bool gated = raw.is_object() && raw.value("architecture", std::string()) == "gated";
+  for (const char* name : gated ? std::vector<const char*>{"b_gate", "b_mag", "r_mag"} : std::vector<const char*>{"b_enc"})
+    expect(name, {m});
   expect("b_dec", {d});
   const bool with_threshold = out.config.architecture == Architecture::JumpReLU;
   // Old JumpReLU training checkpoints store log_threshold; threshold = exp(log_threshold).
   const bool log_threshold = with_threshold && !r.contains("threshold") && r.contains("log_threshold");
-  if (with_threshold) expect(log_threshold ? "log_threshold" : "threshold", {m});
+  if (with_threshold && !gated) expect(log_threshold ? "log_threshold" : "threshold", {m});
   Parameters<float>& p = out.params;
   p = Parameters<float>(d, m, with_threshold);
   Mat<float> W_enc_t(m, d);
   r.read_into("W_enc", W_enc_t.data(), static_cast<std::size_t>(d * m));
   p.W_enc = W_enc_t.transpose();
   r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d * m));
-  r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
   r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d));
-  if (with_threshold) {
+  if (gated) {
+    Vec<float> b_gate(m), b_mag(m), r_mag(m);
+    r.read_into("b_gate", b_gate.data(), static_cast<std::size_t>(m));
+    r.read_into("b_mag", b_mag.data(), static_cast<std::size_t>(m));
+    r.read_into("r_mag", r_mag.data(), static_cast<std::size_t>(m));
+    if (!p.all_finite() || !b_gate.allFinite() || !b_mag.allFinite() || !r_mag.allFinite())
+      throw IoError(path, "weights contain NaN or Inf");
+    for (Index j = 0; j < m; ++j)
+      if (!std::isnormal(std::exp(r_mag[j])))
+        throw IoError(path, "r_mag[" + std::to_string(j) + "] = " + std::to_string(r_mag[j]) +
+                                ": exp(r_mag) is not a normal float, so the gated SAE has no exact jumprelu form: refused");
+    fold_gated(p, b_gate, b_mag, r_mag);
+    if (!p.threshold.allFinite())
+      throw IoError(path, "the jumprelu threshold b_mag - exp(r_mag) b_gate of this gated SAE overflows float: refused");
+    out.config.metadata["folded_gated"] = true;  // cfg.json said architecture "gated"
+  } else {
+    r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
+  }
+  if (with_threshold && !gated) {
     r.read_into(log_threshold ? "log_threshold" : "threshold", p.threshold.data(), static_cast<std::size_t>(m));
     if (log_threshold) p.threshold = p.threshold.array().exp().matrix();
   }

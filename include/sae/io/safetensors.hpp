@@ -447,10 +447,10 @@ public:
     /// Number of tensors added.
     std::size_t size() const noexcept { return entries_.size(); }
 
-    /// Writes the file atomically: header JSON with "__metadata__" first (if any) and the
-    /// tensors in insertion order with consecutive data_offsets, padded with spaces so that
-    /// 8 + N is a multiple of 8; then the data. Throws IoError "PATH: problem".
-    void write(const std::filesystem::path& path) const {
+    /// The header JSON: "__metadata__" first (if any) and the tensors in insertion order with
+    /// consecutive data_offsets, padded with spaces so that 8 + N is a multiple of 8 (the data
+    /// follows the 8-byte length and this text). IoError naming @p path if it cannot be encoded.
+    std::string header_text(const std::filesystem::path& path) const {
         nlohmann::ordered_json header = nlohmann::ordered_json::object();
         if (!metadata_.empty()) {
             nlohmann::ordered_json md = nlohmann::ordered_json::object();
@@ -473,15 +473,26 @@ public:
                                     detail_st::printable(ex.what()));
         }
         text.append((8 - (8 + text.size()) % 8) % 8, ' ');
+        return text;
+    }
+
+    /// Writes the file atomically (see write_to for the layout). Throws IoError "PATH: problem".
+    void write(const std::filesystem::path& path) const {
+        AtomicFile file(path);
+        write_to(file);
+        file.commit();
+    }
+
+    /// Writes the whole file into @p file without committing it (the caller commits, e.g. as
+    /// part of a DirectoryWriter). Throws IoError naming file.path().
+    void write_to(AtomicFile& file) const {
+        const std::string text = header_text(file.path());
         unsigned char len[8];
         const std::uint64_t n = text.size();
         for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xFF);
-
-        AtomicFile file(path);
         file.write(len, 8);
         file.write(text.data(), text.size());
         for (const Entry& e : entries_) write_data(file, e);
-        file.commit();
     }
 
 private:

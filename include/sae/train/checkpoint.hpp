@@ -322,15 +322,15 @@ inline std::filesystem::path find_checkpoint(const std::filesystem::path& p) {
                            " and " + (p / "checkpoint" / checkpoint_file_name).string() + ")");
 }
 
-/// Removes temporary files a killed writer left in @p dir (checkpoint.safetensors.tmp.*).
+/// Removes the temporary files killed writers left in @p dir (checkpoint.safetensors.tmp.*
+/// whose process is gone: io::is_stale_temp). Another live run's temporaries are kept.
 inline void remove_stale_checkpoint_temps(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
-  const std::string prefix = std::string(checkpoint_file_name) + ".tmp.";
   std::vector<fs::path> stale;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().filename().string().rfind(prefix, 0) == 0) stale.push_back(e.path());
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec))
+    if (io::is_stale_temp(it->path().filename().string(), checkpoint_file_name)) stale.push_back(it->path());
   for (const auto& s : stale) fs::remove(s, ec);
 }
 

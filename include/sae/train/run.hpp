@@ -35,6 +35,7 @@
 #include "../core/gemm.hpp"
 #include "../core/sparse_autoencoder.hpp"
 #include "../io/atomic_file.hpp"
+#include "../io/directory.hpp"
 #include "../io/error.hpp"
 #include "../version.hpp"
 #include "batches.hpp"
@@ -367,9 +368,28 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
     throw io::IoError(rf.file, std::string("checkpoint was not written by sae train: ") + e.what());
   }
   if (given.count("data")) saved.data = a.data;
-  if (given.count("out")) saved.out = a.out;
+  // Where the SAE and the next checkpoints go follows where the checkpoint was found, not the
+  // directory this process runs in: a run copied elsewhere and resumed there writes there.
+  namespace fs = std::filesystem;
+  const fs::path found_in = rf.file.parent_path().empty() ? fs::path(".") : rf.file.parent_path();
+  const bool default_layout = saved.checkpoint_dir.empty() && !saved.out.empty() && found_in.filename() == "checkpoint";
+  if (given.count("out")) {
+    saved.out = a.out;
+  } else if (default_layout) {  // OUT/checkpoint/checkpoint.safetensors
+    saved.out = found_in.parent_path().empty() ? fs::path(".") : found_in.parent_path();
+  } else if (!saved.out.empty() && extra.contains("cwd") && extra.at("cwd").is_string()) {
+    const fs::path cwd = extra.at("cwd").get<std::string>();
+    const fs::path written_in = saved.checkpoint_dir.empty() ? cwd / saved.out / "checkpoint" : cwd / saved.checkpoint_dir;
+    std::error_code e1, e2;
+    if (fs::weakly_canonical(written_in, e1) != fs::weakly_canonical(fs::absolute(found_in), e2))
+      throw std::invalid_argument("the checkpoint " + rf.file.string() + " was written in " + written_in.string() +
+                                  " and has moved: give --out for the SAE (the run saved it to " +
+                                  (cwd / saved.out).string() + ")");
+    saved.out = cwd / saved.out;
+  }
   if (given.count("checkpoint_every")) saved.checkpoint_every = a.checkpoint_every;
   if (given.count("checkpoint_dir")) saved.checkpoint_dir = a.checkpoint_dir;
+  else if (!default_layout) saved.checkpoint_dir = found_in;  // else OUT/checkpoint, where it was found
   if (given.count("log_every")) saved.opt.log_every = a.opt.log_every;
   const int ran_with = extra.value("threads", 0);
   saved.threads = given.count("threads") ? a.threads : ran_with;
@@ -434,6 +454,9 @@ inline void check_train_settings(const TrainSettings& a) {
   std::error_code ec;
   if (!a.out.empty() && std::filesystem::exists(a.out, ec) && !std::filesystem::is_directory(a.out, ec))
     throw io::IoError(a.out, "exists and is not a directory (the SAE is saved as a directory)");
+  // Found now, not after the training: an --out or checkpoint directory that cannot be written.
+  if (!a.out.empty()) io::check_directory_writable(a.out);
+  if (a.checkpoint_every > 0) io::check_directory_writable(a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir);
 }
 
 /// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the settings
@@ -553,18 +576,20 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                std::to_string(a.opt.steps));
   }
   const std::filesystem::path ckpt_dir = a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir;
-  if (a.checkpoint_every > 0) {
-    std::error_code ec;
-    std::filesystem::create_directories(ckpt_dir, ec);
-    if (ec) throw io::IoError(ckpt_dir, "cannot create the checkpoint directory: " + ec.message());
-    remove_stale_checkpoint_temps(ckpt_dir);
-  }
+  if (a.checkpoint_every > 0) remove_stale_checkpoint_temps(ckpt_dir);
   const json args_json = train_settings_to_json(a);
   std::int64_t checkpointed = -1;
   auto write_checkpoint = [&](const TrainState<float>& s) {
+    if (checkpointed < 0) {  // created at the first checkpoint: a run that fails earlier leaves none
+      std::error_code ec;
+      std::filesystem::create_directories(ckpt_dir, ec);
+      if (ec) throw io::IoError(ckpt_dir, "cannot create the checkpoint directory: " + ec.message());
+    }
     json log = json::array();
     for (const auto& l : log_lines) log.push_back(l);
-    const json extra = {{"args", args_json}, {"threads", num_threads()}, {"scale", scale},
+    std::error_code cwd_ec;
+    const std::string cwd = std::filesystem::current_path(cwd_ec).string();
+    const json extra = {{"args", args_json}, {"cwd", cwd}, {"threads", num_threads()}, {"scale", scale},
                         {"scale_bits", std::bit_cast<std::uint64_t>(scale)}, {"source", source.describe()},
                         {"data", data.fingerprint()}, {"log", log}, {"gemm_backend", gemm_backend_name()}};
     save_checkpoint(ckpt_dir / checkpoint_file_name, model, s, extra);
@@ -598,11 +623,14 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   if (scale != 1.0) fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
   model.config().metadata = meta;
   if (!a.out.empty()) {
-    save_sae(a.out, model);
+    // The SAE and its log change together (io::DirectoryWriter); checkpoint/ is kept.
+    io::DirectoryWriter out(a.out, io::saelens_config_file, io::saelens_owned_files());
+    save_sae(out, model);
     std::string log;
     for (const auto& l : log_lines) log += l + "\n";
-    io::write_file_atomic(a.out / "train_log.jsonl",
-                          std::span<const std::byte>(reinterpret_cast<const std::byte*>(log.data()), log.size()));
+    out.write_file("train_log.jsonl",
+                   std::span<const std::byte>(reinterpret_cast<const std::byte*>(log.data()), log.size()));
+    out.commit();
     say(h, "sae train: saved " + a.out.string());
   }
   json result = {{"out", a.out.empty() ? json(nullptr) : json(a.out.string())},
