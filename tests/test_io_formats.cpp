@@ -202,9 +202,11 @@ TEST_CASE("sparsify directory round trip (TopK, k from cfg.json)", "[io][formats
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": 13, "d_in": 4})");
     require_io_error(d, {"cfg.json", "k must be in [1, d_sae=12]"});
     write_text(d / "cfg.json", R"({"activation": "groupmax", "num_latents": 12, "k": 3, "d_in": 4})");
-    require_io_error(d, {"cfg.json", "groupmax"});
+    require_io_error(d, {"cfg.json", "groupmax", "k groups", "refused"});
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "skip_connection": true})");
-    require_io_error(d, {"cfg.json", "skip_connection"});
+    require_io_error(d, {"cfg.json", "skip_connection", "W_skip x", "refused"});
+    write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "transcode": true})");
+    require_io_error(d, {"cfg.json", "transcoder", "SAEs only"});
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": -3, "d_in": 4})");
     require_io_error(d, {"cfg.json", "'k'"});
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "d_in": 4})");

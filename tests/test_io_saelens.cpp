@@ -127,8 +127,12 @@ TEST_CASE("SAELens: loading reports the file and the problem", "[io][saelens]") 
                                                 Catch::Contains("[4, 6]"));
   }
   SECTION("unknown architecture") {
+    write_text(dir / "cfg.json", R"({"architecture": "frobnicate", "d_in": 4, "d_sae": 6})");
+    REQUIRE_THROWS_WITH(sae::load_sae(dir), Catch::Contains("cfg.json") && Catch::Contains("frobnicate"));
+  }
+  SECTION("gated without its gate tensors") {
     write_text(dir / "cfg.json", R"({"architecture": "gated", "d_in": 4, "d_sae": 6})");
-    REQUIRE_THROWS_WITH(sae::load_sae(dir), Catch::Contains("cfg.json") && Catch::Contains("gated"));
+    REQUIRE_THROWS_WITH(sae::load_sae(dir), Catch::Contains("sae_weights.safetensors") && Catch::Contains("'b_gate'"));
   }
   SECTION("topk without k") {
     write_text(dir / "cfg.json", R"({"architecture": "topk", "d_in": 4, "d_sae": 6})");
@@ -231,4 +235,154 @@ TEST_CASE("SAELens: rescale_acts_by_decoder_norm is folded; run-time normalisati
     write_text(tmp / "odd" / "cfg.json", c);
     REQUIRE_THROWS_WITH(sae::load_sae(tmp / "odd"), Catch::Contains("topk SAEs only"));
   }
+}
+
+namespace {
+
+/// A SAELens gated SAE directory (what GatedSAE.save_model writes): W_enc [d, m], W_dec [m, d],
+/// b_dec [d], b_gate, b_mag, r_mag [m].
+struct GatedWeights {
+  Mat<float> W_enc, W_dec;  // d x m
+  sae::Vec<float> b_dec, b_gate, b_mag, r_mag;
+};
+
+void write_gated(const fs::path& dir, const GatedWeights& g, const std::string& extra_tensor = "") {
+  fs::create_directories(dir);
+  const Index d = g.W_enc.rows(), m = g.W_enc.cols();
+  const Mat<float> Wt = g.W_enc.transpose();
+  sae::io::SafetensorsWriter w;
+  w.add("W_enc", {d, m}, std::span<const float>(Wt.data(), static_cast<std::size_t>(d * m)));
+  w.add("W_dec", {m, d}, std::span<const float>(g.W_dec.data(), static_cast<std::size_t>(d * m)));
+  w.add("b_dec", {d}, std::span<const float>(g.b_dec.data(), static_cast<std::size_t>(d)));
+  w.add("b_gate", {m}, std::span<const float>(g.b_gate.data(), static_cast<std::size_t>(m)));
+  w.add("b_mag", {m}, std::span<const float>(g.b_mag.data(), static_cast<std::size_t>(m)));
+  w.add("r_mag", {m}, std::span<const float>(g.r_mag.data(), static_cast<std::size_t>(m)));
+  if (!extra_tensor.empty()) w.add(extra_tensor, {m}, std::span<const float>(g.b_mag.data(), static_cast<std::size_t>(m)));
+  w.write(dir / "sae_weights.safetensors");
+  write_text(dir / "cfg.json", R"({"architecture": "gated", "d_in": )" + std::to_string(d) + R"(, "d_sae": )" +
+                                   std::to_string(m) + R"(, "dtype": "float32", "apply_b_dec_to_input": true,
+      "normalize_activations": "none", "metadata": {"sae_lens_version": "6.54.12", "hook_name": "h"}})");
+}
+
+}  // namespace
+
+TEST_CASE("SAELens gated: read as the JumpReLU with SAELens's gated codes", "[io][saelens]") {
+  sae_test::TempDir tmp("saelens_gated");
+  const Index d = 6, m = 40, T = 300;
+  GatedWeights g;
+  g.W_enc = sae_test::random_matrix<float>(d, m, 11, 0.5);
+  g.W_dec = sae_test::random_matrix<float>(d, m, 12, 0.5);
+  g.b_dec = sae_test::random_matrix<float>(d, 1, 13, 0.3);
+  g.b_gate = sae_test::random_matrix<float>(m, 1, 14, 0.8);  // both signs: thresholds of both signs
+  g.b_mag = sae_test::random_matrix<float>(m, 1, 15, 0.8);   // negative b_mag: open gates with relu = 0
+  g.r_mag = sae_test::random_matrix<float>(m, 1, 16, 1.0);
+  write_gated(tmp / "gated", g);
+  const sae::AnySae any = sae::load_sae(tmp / "gated");
+  REQUIRE(std::holds_alternative<sae::JumpReluSae<float>>(any));
+  const auto& model = std::get<sae::JumpReluSae<float>>(any);
+  REQUIRE(model.config().metadata.at("folded_gated") == true);
+  REQUIRE(model.config().metadata.at("hook_name") == "h");
+
+  const Mat<float> X = sae_test::random_matrix<float>(d, T, 17, 1.5);
+  const Mat<float> F = model.encode(X);  // JumpReLU codes are dense
+  // The gated encoder as SAELens defines it, in double, straight from the file's tensors:
+  // f_j = 1[(x - b_dec).W_j + b_gate_j > 0] * relu(exp(r_mag_j) (x - b_dec).W_j + b_mag_j).
+  Index open_positive = 0, open_zero = 0, closed_positive_mag = 0, checked = 0;
+  for (Index t = 0; t < T; ++t)
+    for (Index j = 0; j < m; ++j) {
+      double xw = 0;
+      for (Index i = 0; i < d; ++i) xw += (double(X(i, t)) - double(g.b_dec[i])) * double(g.W_enc(i, j));
+      const double gate = xw + g.b_gate[j];
+      const double mag = std::exp(double(g.r_mag[j])) * xw + g.b_mag[j];
+      if (std::abs(gate) < 1e-4) continue;  // within rounding of the gate: either side is right
+      ++checked;
+      const double want = gate > 0 ? std::max(0.0, mag) : 0.0;
+      open_positive += gate > 0 && mag > 0;
+      open_zero += gate > 0 && mag <= 0;
+      closed_positive_mag += gate <= 0 && mag > 0;
+      REQUIRE(F(j, t) == Approx(want).margin(1e-5 * std::max(1.0, std::abs(want))));
+    }
+  REQUIRE(checked > T * m * 99 / 100);
+  // every case of the formula occurred
+  REQUIRE(open_positive > 100);
+  REQUIRE(open_zero > 100);
+  REQUIRE(closed_positive_mag > 100);
+  REQUIRE((model.params().threshold.array() < 0).any());
+  REQUIRE((model.params().threshold.array() > 0).any());
+
+  SECTION("saved again it is a jumprelu SAE with the same codes") {
+    sae::save_sae(tmp / "again", any);
+    const auto again = std::get<sae::JumpReluSae<float>>(sae::load_sae(tmp / "again"));
+    REQUIRE(again.encode(X) == F);
+  }
+  SECTION("exp(r_mag) outside the float range is refused naming the latent") {
+    g.r_mag[7] = 120.0f;
+    write_gated(tmp / "huge", g);
+    REQUIRE_THROWS_WITH(sae::load_sae(tmp / "huge"), Catch::Contains("sae_weights.safetensors") &&
+                                                         Catch::Contains("r_mag[7]") && Catch::Contains("refused"));
+    g.r_mag[7] = -120.0f;
+    write_gated(tmp / "tiny", g);
+    REQUIRE_THROWS_WITH(sae::load_sae(tmp / "tiny"), Catch::Contains("r_mag[7]"));
+  }
+}
+
+TEST_CASE("SAELens forms libsae does not compute are refused with the reason", "[io][saelens]") {
+  sae_test::TempDir tmp("saelens_refused");
+  const auto model = random_topk(4, 6, 2, 7);
+  sae::save_sae(tmp / "sae", model);
+  const fs::path cfg = tmp / "sae" / "cfg.json";
+  auto refusal = [&](const std::string& arch) {
+    write_text(cfg, R"({"architecture": ")" + arch + R"(", "d_in": 4, "d_sae": 6, "k": 2, "rescale_acts_by_decoder_norm": true})");
+    try {
+      (void)sae::load_sae(tmp / "sae");
+    } catch (const sae::io::IoError& e) {
+      const std::string what = e.what();
+      REQUIRE(what.find('\n') == std::string::npos);
+      REQUIRE(what.rfind(cfg.string() + ": architecture '" + arch + "'", 0) == 0);
+      return what;
+    }
+    FAIL("loaded " << arch);
+    return std::string();
+  };
+  for (const std::string arch : {"batchtopk", "matryoshka_batchtopk"}) {
+    const std::string what = refusal(arch);
+    REQUIRE_THAT(what, Catch::Contains("depend on the batch") && Catch::Contains(".save_inference_model(OUT)") &&
+                           Catch::Contains("jumprelu"));
+  }
+  REQUIRE_THAT(refusal("matryoshka_batchtopk"), Catch::Contains("MatryoshkaBatchTopKTrainingSAE.load_from_disk"));
+  REQUIRE_THAT(refusal("abstopk"), Catch::Contains("negative") && Catch::Contains("refused"));
+  for (const std::string arch : {"transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"})
+    REQUIRE_THAT(refusal(arch), Catch::Contains("transcoder") && Catch::Contains("SAEs only"));
+  REQUIRE_THAT(refusal("temporal"), Catch::Contains("attention"));
+  REQUIRE_THAT(refusal("matching_pursuit"), Catch::Contains("matching pursuit"));
+}
+
+TEST_CASE("SAELens: cfg.json records the v6 schema so SAELens keeps the metadata", "[io][saelens]") {
+  sae_test::TempDir tmp("saelens_version");
+  auto read_cfg = [](const fs::path& p) {
+    std::ifstream in(p);
+    return nlohmann::json::parse(in);
+  };
+  const auto model = random_topk(4, 6, 2, 8);
+  sae::save_sae(tmp / "sae", model);
+  const auto j = read_cfg(tmp / "sae" / "cfg.json");
+  // SAELens reads a cfg.json as v6 only when metadata.sae_lens_version >= 6.0.0-rc.0
+  REQUIRE(j.at("metadata").at("sae_lens_version") == std::string("6.0.0+libsae.") + sae::version_string);
+  REQUIRE(j.at("metadata").at("sae_lens_training_version").is_null());
+  REQUIRE(j.at("metadata").at("hook_name") == "blocks.0.hook_resid_post");
+
+  // A file SAELens wrote: saved by libsae, the version is libsae's tag, the training version kept.
+  std::string text = j.dump();
+  text.replace(text.find("6.0.0+libsae."), std::string("6.0.0+libsae.").size() + std::string(sae::version_string).size(),
+               "6.54.12");
+  const auto at = text.find("\"sae_lens_training_version\":null");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, std::string("\"sae_lens_training_version\":null").size(), "\"sae_lens_training_version\":\"6.54.12\"");
+  write_text(tmp / "sae" / "cfg.json", text);
+  const sae::AnySae loaded = sae::load_sae(tmp / "sae");
+  REQUIRE(std::get<sae::TopKSae<float>>(loaded).config().metadata.at("sae_lens_version") == "6.54.12");
+  sae::save_sae(tmp / "again", loaded);
+  const auto j2 = read_cfg(tmp / "again" / "cfg.json");
+  REQUIRE(j2.at("metadata").at("sae_lens_version") == std::string("6.0.0+libsae.") + sae::version_string);
+  REQUIRE(j2.at("metadata").at("sae_lens_training_version") == "6.54.12");
 }

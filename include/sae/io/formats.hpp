@@ -15,8 +15,8 @@
 /// Gemma Scope SAEs are JumpReLU with apply_b_dec_to_input = false (Gemma Scope does not
 /// subtract b_dec before encoding); either key case (W_enc / w_enc) is accepted in both
 /// Gemma Scope formats, as SAELens does. sparsify SAEs are TopK with k from cfg.json and
-/// apply_b_dec_to_input = true; skip connections, transcoders and non-topk activations are
-/// rejected. Every loader checks every tensor's shape against the others (and against
+/// apply_b_dec_to_input = true (multi_topk and normalize_decoder only change training); skip
+/// connections, transcoders and groupmax are refused with the reason. Every loader checks every tensor's shape against the others (and against
 /// cfg.json) before allocating, rejects NaN/Inf weights, and throws only sae::io::IoError
 /// "PATH: problem" (one line).
 #pragma once
@@ -268,12 +268,21 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
     };
     if (auto it = j.find("activation"); it != j.end() && !it->is_null()) {
         if (!it->is_string()) throw IoError(cfg_path, "field 'activation' must be a string");
-        if (it->get<std::string>() != "topk")
-            throw IoError(cfg_path, "activation '" + detail_st::printable(it->get<std::string>(), 40) +
-                                        "' is not supported (only topk)");
+        const std::string act = it->get<std::string>();
+        if (act == "groupmax")
+            throw IoError(cfg_path, "activation 'groupmax' keeps the largest relu pre-activation in each of k groups "
+                                    "of num_latents/k latents, which no libsae architecture computes: refused");
+        if (act != "topk")
+            throw IoError(cfg_path, "activation '" + detail_st::printable(act, 40) +
+                                        "' is not supported (only topk and the refused groupmax are known)");
     }
-    if (get_bool("skip_connection")) throw IoError(cfg_path, "skip_connection SAEs are not supported");
-    if (get_bool("transcode")) throw IoError(cfg_path, "transcoders (transcode: true) are not supported");
+    if (get_bool("transcode"))
+        throw IoError(cfg_path, "a transcoder (transcode: true) predicts another module's output from this one's "
+                                "input; libsae reads SAEs only: refused");
+    if (get_bool("skip_connection"))
+        throw IoError(cfg_path, "skip_connection: sparsify's reconstruction adds a linear term W_skip x that libsae's "
+                                "decoder does not have (the codes would agree, reconstructions and eval would not): "
+                                "refused");
     const std::int64_t k = get_uint("k", true);
     const std::int64_t d_in = get_uint("d_in", true);
     std::int64_t m = get_uint("num_latents", false);
@@ -290,7 +299,8 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
     std::error_code ec;
     if (!std::filesystem::exists(w_path, ec)) throw IoError(w_path, "not found");
     const SafetensorsReader r = SafetensorsReader::open(w_path);
-    if (r.contains("W_skip")) throw IoError(w_path, "skip connections (W_skip) are not supported");
+    if (r.contains("W_skip"))
+        throw IoError(w_path, "holds W_skip, a linear skip connection that libsae's decoder does not have: refused");
     auto expect = [&](const char* name, std::vector<std::int64_t> want) {
         const TensorInfo& t = r.info(name);
         if (t.shape != want)
