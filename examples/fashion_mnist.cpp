@@ -92,11 +92,13 @@ json finish_model(Model& model, const std::string& name, const sae::TrainResult&
   const fs::path dir = a.out / name;
   model.config().metadata = {{"dataset", "fashion-mnist"},
                              {"training", {{"steps", tr.steps}, {"tokens", tr.tokens}, {"seconds", tr.seconds}}}};
-  sae::save_sae(dir, model);
   std::string text;
   for (const auto& l : log) text += l + "\n";
-  sae::io::write_file_atomic(dir / "train_log.jsonl",
-                             std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+  sae::io::DirectoryWriter out(dir, sae::io::saelens_config_file, sae::io::saelens_owned_files());
+  sae::save_sae(out, model);  // the SAE and its log change together
+  out.write_file("train_log.jsonl",
+                 std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+  out.commit();
 
   const auto t0 = std::chrono::steady_clock::now();
   sae::interp::AnalyzeOptions ao;

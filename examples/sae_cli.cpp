@@ -13,6 +13,8 @@
 //
 // Progress goes to stderr; the last line of stdout is one JSON object with the results.
 // Errors are one line on stderr ("sae: error: ...") and a non-zero exit code.
+#include <new>
+
 #include "cli/bench.hpp"
 #include "cli/convert.hpp"
 #include "cli/encode.hpp"
@@ -52,6 +54,9 @@ int main(int argc, char** argv) {
   } catch (const sae::SettingsError& e) {  // a training setting that cannot work
     std::cerr << "sae: error: " << e.what() << " (see sae --help)" << std::endl;
     return 2;
+  } catch (const std::bad_alloc&) {  // past the up-front estimate (sae::check_training_memory)
+    std::cerr << "sae: error: out of memory (use a smaller --d-sae or --batch, or fewer --threads)" << std::endl;
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "sae: error: " << e.what() << std::endl;
     return 1;

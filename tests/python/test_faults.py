@@ -231,6 +231,13 @@ def main():
           p.returncode == 1 and "cannot be created" in p.stderr and ro in p.stderr and "step " not in p.stderr,
           f"rc={p.returncode} {p.stderr[-300:]}")
 
+    # 9: a run that cannot fit in memory is refused before anything is allocated.
+    p = run("train", "--data", toy, "--arch", "topk", "--batch", 256, "--steps", 2, "--k", 4, "--d-sae", 400000000,
+            "--out", os.path.join(TMP, "huge"), ok=False)
+    check("--d-sae far beyond memory: exit 2 with the estimate, nothing created",
+          p.returncode == 2 and "needs about" in p.stderr and "GiB available" in p.stderr
+          and not os.path.exists(os.path.join(TMP, "huge")), f"rc={p.returncode} {p.stderr[-300:]}")
+
     # 11: --resume of a copied run writes into the copy.
     orig = os.path.join(TMP, "orig")
     run("train", *common, "--k", 4, "--steps", 20, "--checkpoint-every", 10, "--out", orig)

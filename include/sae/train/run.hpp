@@ -12,14 +12,18 @@
 /// settings, data and seed give the same weights through either.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
+#include <iterator>
 #include <optional>
 #include <set>
 #include <span>
@@ -459,6 +463,73 @@ inline void check_train_settings(const TrainSettings& a) {
   if (a.checkpoint_every > 0) io::check_directory_writable(a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir);
 }
 
+/// Bytes a training run of @p a on @p data (architecture @p arch, d_in d, d_sae m, batch B)
+/// needs, estimated from what it allocates and measured peaks (sae train --steps 2,
+/// /usr/bin/time, d 256, m 4096/16384, B 1024/4096, one AVX-512 EPYC):
+///   - weights, gradients and Adam's two moments, with the kernels' transposed copies:
+///     ~40 bytes per d*m element (measured 39);
+///   - the batch's codes and their gradients: per B*m element 5 bytes for the dense variants
+///     (relu, jumprelu: measured 4.1-4.6), 2.2 for batchtopk (measured 2.0), 0.25 for topk
+///     (its fused encoder keeps tiles only);
+///   - the batch, reconstruction and gradients: 32 bytes per B*d; a float16 file converted
+///     into memory (4 bytes per value) or the streaming shuffle buffer (4*d per token);
+///   - ortsae: a (m/chunks)^2 Gram matrix per thread;
+///   - 64 MiB for the rest.
+/// The memory-mapped activations are page cache (reclaimable) and not counted.
+inline double estimate_training_bytes(const TrainSettings& a, const TrainData& data, Architecture arch) {
+  const double d = static_cast<double>(data.d_in()), m = static_cast<double>(a.d_sae),
+               B = static_cast<double>(a.opt.batch), N = static_cast<double>(data.tokens());
+  double per_bm = 0.25;
+  if (arch == Architecture::Standard || arch == Architecture::JumpReLU) per_bm = 5.0;
+  else if (arch == Architecture::BatchTopK || arch == Architecture::OrtSAE) per_bm = 2.2;
+  double bytes = 40.0 * d * m + per_bm * B * m + 32.0 * B * d + double(std::int64_t{64} << 20);
+  if (arch == Architecture::OrtSAE) {  // one c x c Gram matrix per thread, c = m / chunks
+    const double c = m / static_cast<double>(std::clamp<Index>(a.chunks, 1, a.d_sae));
+    bytes += 4.0 * c * c * std::max(1, num_threads());
+  }
+  if (!data.in_memory()) {
+    const bool whole = data.files() == 1 && !a.shuffle_buffer;
+    if (whole && data.dataset().file(0).dtype() != io::NpyDtype::F32) bytes += 4.0 * N * d;
+    if (!whole)
+      bytes += 4.0 * d * static_cast<double>(a.shuffle_buffer.value_or(StreamingOptions::default_shuffle_buffer(
+                              data.tokens(), data.d_in(), a.opt.batch)));
+  }
+  return bytes;
+}
+
+/// Bytes this process can still get: MemAvailable + SwapFree from /proc/meminfo, capped by a
+/// cgroup v2 limit (memory.max - memory.current) when there is one; 0 when unknown.
+inline double available_memory_bytes() {
+  auto read_kb = [](const std::string& text, const std::string& key) -> double {
+    const std::size_t at = text.find(key + ":");
+    return at == std::string::npos ? -1.0 : std::strtod(text.c_str() + at + key.size() + 1, nullptr);
+  };
+  std::ifstream in("/proc/meminfo");
+  const std::string info((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const double avail = read_kb(info, "MemAvailable"), swap = read_kb(info, "SwapFree");
+  if (avail < 0) return 0.0;
+  double bytes = 1024.0 * (avail + std::max(swap, 0.0));
+  std::ifstream mx("/sys/fs/cgroup/memory.max"), cur("/sys/fs/cgroup/memory.current");
+  std::string lim;
+  double used = 0;
+  if (mx >> lim && lim != "max" && cur >> used) bytes = std::min(bytes, std::strtod(lim.c_str(), nullptr) - used);
+  return bytes;
+}
+
+/// SettingsError when the run's estimated memory (estimate_training_bytes) exceeds what the
+/// machine has left (available_memory_bytes), before anything is allocated.
+inline void check_training_memory(const TrainSettings& a, const TrainData& data, Architecture arch) {
+  const double need = estimate_training_bytes(a, data, arch), have = available_memory_bytes();
+  if (have <= 0 || need <= have) return;
+  char msg[400];
+  std::snprintf(msg, sizeof msg,
+                "--d-sae %lld with --batch %lld on d_in %lld needs about %.1f GiB, and this machine has %.1f GiB "
+                "available: use a smaller --d-sae or --batch",
+                static_cast<long long>(a.d_sae), static_cast<long long>(a.opt.batch),
+                static_cast<long long>(data.d_in()), need / double(1 << 30), have / double(1 << 30));
+  throw SettingsError(msg);
+}
+
 /// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the settings
 /// (check_train_settings); also sets a.opt.lr (a.lr or default_lr) and a.opt.dead_tokens.
 inline SaeConfig training_config(TrainSettings& a, Index d_in) {
@@ -706,6 +777,7 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
     scale = data->scale(norm);
   }
   const SaeConfig cfg = training_config(a, data->d_in());
+  check_training_memory(a, *data, arch);
   const bool uses_k = architecture_uses_k(arch);
   std::string head = "sae train: " + std::string(architecture_name(arch)) + " d_in " + std::to_string(cfg.d_in) +
                      " d_sae " + std::to_string(cfg.d_sae);
