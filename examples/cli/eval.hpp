@@ -17,11 +17,9 @@ inline int run_eval(const EvalArgs& a) {
   sae::set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
   const sae::AnySae model = sae::load_sae(a.sae_dir);
-  const sae::Index d_in = std::visit([](const auto& m) { return m.d_in(); }, model);
+  const sae::Index d_in = model.d_in();
   const Activations X(a.data);
-  if (X.d_in() != d_in)
-    throw std::invalid_argument(a.data.string() + " has d_in=" + std::to_string(X.d_in()) + " but the SAE in " +
-                                a.sae_dir.string() + " has d_in=" + std::to_string(d_in));
+  model.check_d_in(X.d_in(), a.data.string(), a.sae_dir);
   std::optional<Activations> F;
   if (a.features) {
     F.emplace(*a.features);
@@ -38,12 +36,12 @@ inline int run_eval(const EvalArgs& a) {
   } catch (const sae::NumericalError& e) {
     throw sae::NumericalError(a.data.string() + ": " + e.what());
   }
-  if (F) r.mmcs = std::visit([&](const auto& m) { return sae::mmcs(m.params().W_dec, F->matrix()); }, model);
+  if (F) r.mmcs = sae::mmcs(model.params().W_dec, F->matrix());
   json j = r.to_json();
   j["sae"] = a.sae_dir.string();
   j["data"] = a.data.string();
   j["architecture"] =
-      std::visit([](const auto& m) { return std::string(sae::architecture_name(m.config().architecture)); }, model);
+      std::string(sae::architecture_name(model.config().architecture));
   j["seconds"] = seconds_since(t0);
   print_result(j);
   return 0;

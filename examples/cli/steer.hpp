@@ -31,11 +31,9 @@ inline int run_steer(const SteerArgs& a) {
 
   const sae::AnySae model = sae::load_sae(a.sae_dir);
   const sae::interp::NpyBatches X(a.data);
-  const sae::Index d_in = std::visit([](const auto& m) { return m.d_in(); }, model);
-  const sae::Index d_sae = std::visit([](const auto& m) { return m.d_sae(); }, model);
-  if (X.d_in() != d_in)
-    throw std::invalid_argument(a.data.string() + " has d_in=" + std::to_string(X.d_in()) + " but the SAE in " +
-                                a.sae_dir.string() + " has d_in=" + std::to_string(d_in));
+  const sae::Index d_in = model.d_in();
+  const sae::Index d_sae = model.d_sae();
+  model.check_d_in(X.d_in(), a.data.string(), a.sae_dir);
   if (a.latent < 0 || a.latent >= d_sae)
     throw UsageError("--latent " + std::to_string(a.latent) + " is outside [0, d_sae=" + std::to_string(d_sae) + ")");
   const sae::Index n = a.limit > 0 ? std::min(a.limit, X.tokens()) : X.tokens();

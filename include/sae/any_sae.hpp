@@ -17,9 +17,55 @@
 
 namespace sae {
 
-/// One of the float SAE variants as saved on disk (BatchTopK and OrtSAE are saved as
-/// JumpReLU); use std::visit to run templated code on it.
-using AnySae = std::variant<ReluSae<float>, TopKSae<float>, JumpReluSae<float>>;
+/// The float SAE variants as saved on disk (BatchTopK and OrtSAE are saved as JumpReLU).
+using AnySaeVariant = std::variant<ReluSae<float>, TopKSae<float>, JumpReluSae<float>>;
+
+/// One of the float SAE variants as saved on disk. What every variant has (sizes,
+/// configuration, parameters) is a plain member; templated code on the model itself runs
+/// through visit() (or std::visit: AnySae is a std::variant).
+class AnySae : public AnySaeVariant {
+ public:
+  using AnySaeVariant::AnySaeVariant;
+
+  /// The variant as a std::variant (for std::visit and std::get).
+  AnySaeVariant& variant() noexcept { return *this; }
+  const AnySaeVariant& variant() const noexcept { return *this; }
+
+  /// Runs f(model) on the variant held.
+  template <class F>
+  decltype(auto) visit(F&& f) {
+    return std::visit(std::forward<F>(f), variant());
+  }
+  template <class F>
+  decltype(auto) visit(F&& f) const {
+    return std::visit(std::forward<F>(f), variant());
+  }
+
+  Index d_in() const {
+    return visit([](const auto& m) { return m.d_in(); });
+  }
+  Index d_sae() const {
+    return visit([](const auto& m) { return m.d_sae(); });
+  }
+  const SaeConfig& config() const {
+    return visit([](const auto& m) -> const SaeConfig& { return m.config(); });
+  }
+  const Parameters<float>& params() const {
+    return visit([](const auto& m) -> const Parameters<float>& { return m.params(); });
+  }
+  /// std::invalid_argument "DATA has d_in=N but the SAE[ in PATH] has d_in=M" unless @p d is
+  /// this SAE's d_in (the one check every command makes before reading data).
+  void check_d_in(Index d, const std::string& data_name, const std::filesystem::path& sae_path = {}) const {
+    if (d == d_in()) return;
+    throw std::invalid_argument(data_name + " has d_in=" + std::to_string(d) + " but the SAE" +
+                                (sae_path.empty() ? "" : " in " + sae_path.string()) + " has d_in=" +
+                                std::to_string(d_in()));
+  }
+  /// Replaces the parameters (shapes must match; the variant's own checks apply).
+  void set_params(Parameters<float> p) {
+    visit([&](auto& m) { m.set_params(std::move(p)); });
+  }
+};
 
 /// A zero-initialised SAE of the variant cfg.architecture names.
 inline AnySae make_sae(const SaeConfig& cfg) {
@@ -66,7 +112,7 @@ inline AnySae load_sae(const std::filesystem::path& path, io::SaeFormat* format 
   if (format) *format = fmt;
   try {
     AnySae sae = make_sae(w.config);
-    std::visit([&](auto& m) { m.set_params(std::move(w.params)); }, sae);
+    sae.set_params(std::move(w.params));
     return sae;
   } catch (const std::invalid_argument& e) {
     throw io::IoError(path, e.what());
@@ -86,7 +132,7 @@ void save_sae(io::DirectoryWriter& dir, const Model& model) {
   io::save_saelens(dir, cfg, params);
 }
 inline void save_sae(const std::filesystem::path& dir, const AnySae& sae) {
-  std::visit([&](const auto& m) { save_sae(dir, m); }, sae);
+  sae.visit([&](const auto& m) { save_sae(dir, m); });
 }
 
 /// "f32"/"float32", "f16"/"float16" or "bf16"/"bfloat16" -> the storage dtype of save_sae_as;
@@ -103,14 +149,10 @@ inline io::StDtype parse_weights_dtype(const std::string& s) {
 /// metadata.converted_from when the source was not an SAELens directory.
 inline void save_sae_as(const std::filesystem::path& dir, const AnySae& sae, io::StDtype dtype,
                         io::SaeFormat from = io::SaeFormat::SAELens) {
-  std::visit(
-      [&](const auto& m) {
-        SaeConfig cfg = m.config();
-        if (!cfg.metadata.is_object()) cfg.metadata = nlohmann::json::object();
-        if (from != io::SaeFormat::SAELens) cfg.metadata["converted_from"] = io::sae_format_name(from);
-        io::save_saelens(dir, cfg, m.params(), dtype);
-      },
-      sae);
+  SaeConfig cfg = sae.config();
+  if (!cfg.metadata.is_object()) cfg.metadata = nlohmann::json::object();
+  if (from != io::SaeFormat::SAELens) cfg.metadata["converted_from"] = io::sae_format_name(from);
+  io::save_saelens(dir, cfg, sae.params(), dtype);
 }
 
 }  // namespace sae

@@ -30,18 +30,10 @@ struct PySae {
   sae::io::SaeFormat format = sae::io::SaeFormat::SAELens;
   std::string path;  ///< where it was loaded from ("" for a trained SAE)
 
-  Index d_in() const {
-    return std::visit([](const auto& m) { return m.d_in(); }, model);
-  }
-  Index d_sae() const {
-    return std::visit([](const auto& m) { return m.d_sae(); }, model);
-  }
-  const sae::SaeConfig& config() const {
-    return std::visit([](const auto& m) -> const sae::SaeConfig& { return m.config(); }, model);
-  }
-  const sae::Parameters<float>& params() const {
-    return std::visit([](const auto& m) -> const sae::Parameters<float>& { return m.params(); }, model);
-  }
+  Index d_in() const { return model.d_in(); }
+  Index d_sae() const { return model.d_sae(); }
+  const sae::SaeConfig& config() const { return model.config(); }
+  const sae::Parameters<float>& params() const { return model.params(); }
 };
 
 inline py::object json_to_python(const json& j) { return py::module_::import("json").attr("loads")(j.dump()); }

@@ -107,10 +107,8 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
     if (log) log(m);
   };
   if (s.batch <= 0) throw std::invalid_argument("--batch must be positive");
-  const Index d_in = std::visit([](const auto& m) { return m.d_in(); }, model);
-  if (X.d_in() != d_in)
-    throw std::invalid_argument(data_name + " has d_in=" + std::to_string(X.d_in()) + " but the SAE" +
-                                (s.sae_path.empty() ? "" : " in " + s.sae_path.string()) + " has d_in=" + std::to_string(d_in));
+  const Index d_in = model.d_in();
+  model.check_d_in(X.d_in(), data_name, s.sae_path);
   ReportOptions opt = s.opt;
   if (!s.images.empty()) {
     if (s.tokens) throw std::invalid_argument("--images and --tokens exclude each other");
@@ -173,10 +171,10 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
       data_name);
   const Analysis an = std::visit([&](const auto& m) { return analyze(m, X, ao); }, model);
 
-  const Mat<float>& W_dec = std::visit([](const auto& m) -> const Mat<float>& { return m.params().W_dec; }, model);
+  const Mat<float>& W_dec = model.params().W_dec;
   ReportInput in(an.tracker, W_dec);
   in.metrics = an.metrics;
-  const SaeConfig cfg = std::visit([](const auto& m) { return m.config(); }, model);
+  const SaeConfig cfg = model.config();
   in.summary = {{"SAE", s.sae_path.empty() ? std::string("(in memory)") : s.sae_path.string()},
                 {"architecture", std::string(architecture_name(cfg.architecture))},
                 {"d_in", cfg.d_in},
@@ -185,7 +183,7 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
   if (architecture_uses_k(cfg.architecture)) in.summary["k"] = cfg.k;
   if (s.tokens) in.summary["tokens table"] = s.tokens->string();
   if (s.unembed) in.summary["unembedding"] = s.unembed->string();
-  in.b_dec = std::visit([](const auto& m) { return Vec<float>(m.params().b_dec); }, model);
+  in.b_dec = Vec<float>(model.params().b_dec);
   in.example = [&](Index t) { return Vec<float>(X.token(t)); };
   if (s.labels) in.example_label = [&](Index t) { return labels[static_cast<std::size_t>(t)]; };
   if (table) {

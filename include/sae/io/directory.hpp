@@ -155,8 +155,11 @@ public:
         if (a == a.parent_path()) break;
       }
       for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-        if (::mkdir(it->c_str(), 0777) != 0 && errno != EEXIST)
-          throw IoError(dir_, "cannot create directory '" + it->string() + "': " + std::strerror(errno));
+        if (::mkdir(it->c_str(), 0777) != 0 && errno != EEXIST) {
+          const int err = errno;
+          cleanup_created();
+          throw IoError(dir_, "cannot create directory '" + it->string() + "': " + std::strerror(err));
+        }
         created_.push_back(*it);
       }
     }

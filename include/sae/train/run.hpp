@@ -723,7 +723,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   if (resume) result["resumed_from_step"] = resume->state.at("step");
   auto [cfg, params] = inference_form(model);
   AnySae sae = make_sae(cfg);
-  std::visit([&](auto& m) { m.set_params(std::move(params)); }, sae);
+  sae.set_params(std::move(params));
   return {std::move(sae), std::move(result)};
 }
 
