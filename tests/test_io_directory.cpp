@@ -140,3 +140,27 @@ TEST_CASE("DirectoryWriter: a dead writer's staging directory is recovered by th
   CHECK(sae_test::read_all(dir / "checkpoint" / "state") == "S");
   CHECK(sae_test::read_all(dir / "cfg.json") == "NEWER");
 }
+
+TEST_CASE("DirectoryWriter: a complete directory a dead writer left aside is put back first", "[io][atomic]") {
+  // A writer without RENAME_EXCHANGE moves DIR aside before renaming the new one in; killed in
+  // between, DIR is missing and the old SAE (with checkpoint/) sits under a staging name.
+  sae_test::TempDir tmp("dirw4");
+  const fs::path dir = tmp / "sae";
+  const fs::path aside = tmp / (".sae.tmp." + std::to_string(sae_test::dead_pid()) + ".2");
+  fs::create_directories(aside / "checkpoint");
+  sae_test::write_all(aside / "checkpoint" / "state", "S");
+  sae_test::write_all(aside / "cfg.json", "OLD");
+  // An incomplete one (no key file) is only removed.
+  const fs::path partial = tmp / (".sae.tmp." + std::to_string(sae_test::dead_pid()) + ".3");
+  fs::create_directories(partial);
+  sae_test::write_all(partial / "weights", "W");
+  {
+    sae::io::DirectoryWriter w(dir, "cfg.json");
+    CHECK(sae_test::read_all(dir / "cfg.json") == "OLD");  // back before anything is written
+    put(w, "cfg.json", "NEW");
+    w.commit();
+  }
+  CHECK(dir_names(tmp.path()) == std::vector<std::string>{"sae"});
+  CHECK(sae_test::read_all(dir / "cfg.json") == "NEW");
+  CHECK(sae_test::read_all(dir / "checkpoint" / "state") == "S");
+}

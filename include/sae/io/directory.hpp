@@ -63,8 +63,12 @@ inline int exchange(const std::filesystem::path& a, const std::filesystem::path&
 
 /// Removes the stale temporaries (is_stale_temp) of files named in @p dir, and the stale
 /// staging directories of @p target (PARENT/.NAME.tmp.*) after moving back any subdirectory a
-/// writer killed between the swap and the move left in one.
-inline void remove_stale(const std::filesystem::path& parent, const std::filesystem::path& target) {
+/// writer killed between the swap and the move left in one. When @p target is missing, a stale
+/// directory holding @p key_file (complete: the key file is committed last) becomes the target
+/// instead: the old content a writer without RENAME_EXCHANGE had moved aside, or a new one
+/// that was not yet renamed into place.
+inline void remove_stale(const std::filesystem::path& parent, const std::filesystem::path& target,
+                         const std::string& key_file) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const std::string base = "." + target.filename().string();
@@ -72,6 +76,9 @@ inline void remove_stale(const std::filesystem::path& parent, const std::filesys
   for (const auto& e : fs::directory_iterator(parent.empty() ? fs::path(".") : parent, ec))
     if (is_stale_temp(e.path().filename().string(), base)) stale.push_back(e.path());
   for (const fs::path& s : stale) {
+    if (!fs::exists(fs::symlink_status(target, ec)) && fs::is_regular_file(s / key_file, ec) &&
+        ::rename(s.c_str(), target.c_str()) == 0)
+      continue;
     if (fs::is_directory(target, ec))
       for (const auto& e : fs::directory_iterator(s, ec))
         if (e.is_directory(ec) && !e.is_symlink(ec) && !fs::exists(target / e.path().filename(), ec))
@@ -140,13 +147,7 @@ public:
     dir_ = dir;
     const fs::file_status st = fs::status(dir_, ec);
     if (fs::exists(st) && !fs::is_directory(st)) throw IoError(dir_, "exists and is not a directory");
-    existed_ = fs::is_directory(st);
     parent_ = dir_.parent_path();
-    // A mount point cannot be renamed: its files are replaced in place.
-    struct stat ds {}, ps {};
-    if (existed_ && ::stat(dir_.c_str(), &ds) == 0 && ::stat(parent_.empty() ? "." : parent_.c_str(), &ps) == 0 &&
-        ds.st_dev != ps.st_dev)
-      in_place_ = true;
     // Create the missing ancestors, remembering them so that a failure removes them again.
     {
       std::vector<fs::path> missing;
@@ -163,7 +164,13 @@ public:
         created_.push_back(*it);
       }
     }
-    detail_dir::remove_stale(parent_, dir_);
+    detail_dir::remove_stale(parent_, dir_, key_);  // may put DIR back
+    existed_ = fs::is_directory(dir_, ec);
+    // A mount point cannot be renamed: its files are replaced in place.
+    struct stat ds {}, ps {};
+    if (existed_ && ::stat(dir_.c_str(), &ds) == 0 && ::stat(parent_.empty() ? "." : parent_.c_str(), &ps) == 0 &&
+        ds.st_dev != ps.st_dev)
+      in_place_ = true;
     if (in_place_) return;
     staging_ = (parent_.empty() ? fs::path(".") : parent_) / ("." + dir_.filename().string() + temp_suffix());
     if (::mkdir(staging_.c_str(), 0777) != 0) {
