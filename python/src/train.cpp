@@ -71,7 +71,15 @@ py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std
       d["tokens_per_s"] = p.tokens_per_s;
       d["eta_seconds"] = p.eta_seconds;
       for (const auto& [term, v] : p.terms) d[py::str(term)] = v;
-      callback(d);
+      try {
+        callback(d);
+      } catch (py::error_already_set& e) {
+        // Ctrl-C while the callback's Python code runs arrives as KeyboardInterrupt here: it
+        // stops the run like Ctrl-C between steps (checkpoint, message), then is re-raised.
+        // Any other exception from the callback ends the run at once.
+        if (!e.matches(PyExc_KeyboardInterrupt)) throw;
+        pending.emplace(std::move(e));
+      }
     } else if (verbose) {
       write(line + "\n");
       flush();
@@ -85,6 +93,7 @@ py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std
   };
   hooks.stop = [&] {
     py::gil_scoped_acquire gil;
+    if (pending) return true;  // a KeyboardInterrupt the callback raised
     if (PyErr_CheckSignals() != 0) {
       pending.emplace();  // fetches (and clears) the error the signal handler raised
       return true;
@@ -104,6 +113,7 @@ py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std
     PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
     throw py::error_already_set();
   }
+  if (pending) throw *pending;  // Ctrl-C during the last step's callback: the run is saved, the interrupt stands
   auto* s = new PySae{std::move(run->sae), sae::io::SaeFormat::SAELens, {}};
   return py::make_tuple(py::cast(s, py::return_value_policy::take_ownership), json_to_python(run->result));
 }

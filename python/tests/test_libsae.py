@@ -174,6 +174,24 @@ def test_ctrl_c_stops_between_steps_with_checkpoint(data, tmp_path):
         libsae.train(data["X"], resume=tmp_path / "run", steps=10, verbose=False)
 
 
+def test_ctrl_c_inside_the_callback_stops_like_ctrl_c_between_steps(data, tmp_path, capsys):
+    # Ctrl-C that lands while the callback's Python code runs surfaces as KeyboardInterrupt
+    # raised by the callback: the same stop (checkpoint of that step, message), then re-raised.
+    def cb(p):
+        if p["step"] == 10:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        libsae.train(data["X"], arch="topk", d_sae=64, k=4, steps=1000, batch=256, log_every=5, callback=cb,
+                     out=tmp_path / "run", checkpoint_every=1000000)
+    err = capsys.readouterr().err
+    ckpt = tmp_path / "run" / "checkpoint" / "checkpoint.safetensors"
+    assert "interrupted after step 10" in err and str(ckpt) in err, err
+    assert ckpt.exists()
+    assert not (tmp_path / "run" / "cfg.json").exists()
+    resumed = libsae.train(data["X"], resume=tmp_path / "run", verbose=False)
+    assert resumed.result["resumed_from_step"] == 10
+
+
 def test_resume_finishes_like_uninterrupted_run(data, tmp_path):
     settings = dict(SMALL, steps=80)
     full = libsae.train(data["X"], arch="topk", **settings, verbose=False)
