@@ -208,6 +208,13 @@ inline SaeConfig config_from_json(nlohmann::json j, const std::filesystem::path&
   return c;
 }
 
+/// std::invalid_argument unless SAELens weights can be stored as @p dtype (F32, F16, BF16).
+inline void check_storable(StDtype dtype) {
+  if (dtype != StDtype::F32 && dtype != StDtype::F16 && dtype != StDtype::BF16)
+    throw std::invalid_argument(std::string("save_saelens: cannot store weights as ") + st_dtype_name(dtype) +
+                                " (use F32, F16 or BF16)");
+}
+
 }  // namespace detail_saelens
 
 /// The files of an SAE directory that belong to the SAE: replacing the SAE replaces or removes
@@ -222,9 +229,7 @@ inline std::vector<std::string> saelens_owned_files() {
 /// "float16", "bfloat16"). Throws IoError, or std::invalid_argument for another dtype.
 inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Parameters<float>& p,
                          StDtype dtype = StDtype::F32) {
-  if (dtype != StDtype::F32 && dtype != StDtype::F16 && dtype != StDtype::BF16)
-    throw std::invalid_argument(std::string("save_saelens: cannot store weights as ") + st_dtype_name(dtype) +
-                                " (use F32, F16 or BF16)");
+  detail_saelens::check_storable(dtype);
   p.check_shapes();
   if (p.d_in() != cfg.d_in || p.d_sae() != cfg.d_sae)
     throw IoError(w.path(), "parameters do not match the configuration's d_in/d_sae");
@@ -254,9 +259,7 @@ inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Paramet
 /// See the overload above for the arguments and errors.
 inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg, const Parameters<float>& p,
                          StDtype dtype = StDtype::F32) {
-  if (dtype != StDtype::F32 && dtype != StDtype::F16 && dtype != StDtype::BF16)
-    throw std::invalid_argument(std::string("save_saelens: cannot store weights as ") + st_dtype_name(dtype) +
-                                " (use F32, F16 or BF16)");
+  detail_saelens::check_storable(dtype);
   DirectoryWriter w(dir, saelens_config_file, saelens_owned_files());
   save_saelens(w, cfg, p, dtype);
   w.commit();
