@@ -4,6 +4,7 @@
 
 #include "helpers.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <vector>
@@ -123,6 +124,18 @@ TEST_CASE("DenseCodesWriter: streamed [N, m] codes read back as the dense codes;
   }
   CHECK(!std::filesystem::exists(dir / "short.npy"));
   CHECK(dir.entries() == 2);  // codes.npy, relu.npy: no temporary files left behind
+}
+
+TEST_CASE("NpyStreamWriter: the streamed file is byte for byte the one save_npy writes", "[interp][io]") {
+  sae_test::TempDir dir("interp_stream");
+  for (const Index rows : {0, 1, 5, 40}) {
+    const Mat<float> X = sae_test::random_matrix<float>(3, rows, 9);  // rows of 3 values, one per column
+    sae::interp::NpyStreamWriter w(dir / "s.npy", rows, 3);
+    for (Index t = 0; t < rows; t += 16) w.add(X.middleCols(t, std::min<Index>(16, rows - t)));
+    w.commit();
+    sae::io::save_npy_matrix(dir / "m.npy", X);
+    CHECK(sae_test::read_all(dir / "s.npy") == sae_test::read_all(dir / "m.npy"));
+  }
 }
 
 TEST_CASE("SparseCodesWriter: .npz with offsets, indices, values, shape reads back as the codes", "[interp][io]") {

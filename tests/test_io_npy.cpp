@@ -157,6 +157,49 @@ TEST_CASE("npy: 0-D, 1-D, 3-D and empty shapes", "[io][npy]") {
     }
 }
 
+TEST_CASE("npy: the writer's preamble is np.save's: version 1.0, data at a multiple of 64, 2.0 past 65535 bytes", "[io][npy]") {
+    TempDir tmp;
+    const std::vector<float> v(6, 1.0f);
+    auto numpy_preamble = [](const std::string& dict) {  // the bytes np.save writes (NumPy 1.24)
+        return std::string("\x93NUMPY\x01\x00\x76\x00", 10) + dict + std::string(127 - 10 - dict.size(), ' ') + "\n";
+    };
+    const std::size_t shape2[2] = {3, 2}, shape1[1] = {5};
+    sae::io::save_npy(tmp / "m.npy", v.data(), shape2);
+    CHECK(read_all(tmp / "m.npy").substr(0, 128) ==
+          numpy_preamble("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }"));
+    const std::vector<std::uint16_t> h(5, 0x3C00);
+    sae::io::save_npy_f16(tmp / "h.npy", h.data(), shape1);
+    CHECK(read_all(tmp / "h.npy").substr(0, 128) ==
+          numpy_preamble("{'descr': '<f2', 'fortran_order': False, 'shape': (5,), }"));
+    sae::io::save_npy(tmp / "s.npy", v.data(), std::span<const std::size_t>());
+    CHECK(read_all(tmp / "s.npy") ==
+          numpy_preamble("{'descr': '<f4', 'fortran_order': False, 'shape': (), }") + float_bytes({1.0f}));
+
+    // Headers of every length up to several multiples of 64: padded, '\n'-terminated, readable.
+    for (std::size_t big = 1; big < 1000000000000000000ull; big *= 10) {
+        const std::size_t shape[8] = {0, big, 0, big, 0, big, 0, big};  // empty: no data to write
+        sae::io::save_npy(tmp / "e.npy", nullptr, shape);
+        const std::string bytes = read_all(tmp / "e.npy");
+        INFO("dimensions of " << big);
+        CHECK(bytes.size() % 64 == 0);
+        CHECK(bytes.back() == '\n');
+        CHECK(NpyReader::open(tmp / "e.npy").shape() == std::vector<std::size_t>(shape, shape + 8));
+    }
+    // A header longer than 65535 bytes needs version 2.0 (u32 length), as NumPy does it.
+    const std::vector<std::size_t> many(30000, 1);
+    sae::io::save_npy(tmp / "v2.npy", v.data(), many);
+    const std::string bytes = read_all(tmp / "v2.npy");
+    REQUIRE(bytes.size() > 12);
+    CHECK(bytes.substr(0, 8) == std::string("\x93NUMPY\x02\x00", 8));
+    std::size_t hlen = 0;  // u32 little-endian
+    for (int i = 11; i >= 8; --i) hlen = (hlen << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
+    CHECK((12 + hlen) % 64 == 0);
+    CHECK(bytes.size() == 12 + hlen + 4);
+    const NpyReader r = NpyReader::open(tmp / "v2.npy");
+    CHECK(r.shape() == many);
+    CHECK(r.f32_data()[0] == 1.0f);
+}
+
 TEST_CASE("npy: hand-built headers (version 2.0, reordered keys, odd alignment) are read", "[io][npy]") {
     TempDir tmp;
     const std::vector<float> v = {0.5f, -1.0f, 2.0f, 3.5f, -4.25f, 1e-3f};

@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <span>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -127,6 +128,23 @@ TEST_CASE("npz: writer and reader round trip, stored and deflate", "[io][npz]") 
   }
   // Atomic: nothing but the two archives is left in the directory.
   REQUIRE(tmp.entries() == 2);
+}
+
+TEST_CASE("npz: a float32 member's .npy image is byte for byte the file save_npy writes", "[io][npz]") {
+  sae_test::TempDir tmp("npz_image");
+  const std::vector<float> v = {0.5f, -1.0f, 2.0f, 3.0f, 4.0f, -0.0f};
+  for (const std::vector<std::size_t>& shape : std::vector<std::vector<std::size_t>>{{3, 2}, {6}, {1, 2, 3}, {0, 4}}) {
+    std::size_t numel = 1;
+    for (std::size_t d : shape) numel *= d;
+    NpzWriter w;
+    w.add("a", shape, std::span<const float>(v.data(), numel));
+    w.write(tmp / "a.npz", true);
+    sae::io::save_npy(tmp / "a.npy", v.data(), shape);
+    const std::vector<std::byte> img = NpzReader::open(tmp / "a.npz").read_raw("a");
+    const std::string file = sae_test::read_all(tmp / "a.npy");
+    REQUIRE(img.size() == file.size());
+    CHECK(std::memcmp(img.data(), file.data(), file.size()) == 0);
+  }
 }
 
 TEST_CASE("npz: float16/float64 members convert, Fortran order is reordered", "[io][npz]") {

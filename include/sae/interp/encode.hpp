@@ -23,7 +23,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -184,7 +183,8 @@ class NpyStreamWriter {
  public:
   NpyStreamWriter(const std::filesystem::path& path, Index rows, Index cols) : file_(path), rows_(rows), cols_(cols) {
     if (rows < 0 || cols <= 0) throw io::IoError(path, "invalid array shape");
-    const std::string h = npy_header({static_cast<std::size_t>(rows), static_cast<std::size_t>(cols)});
+    const std::size_t shape[2] = {static_cast<std::size_t>(rows), static_cast<std::size_t>(cols)};
+    const std::string h = io::detail_npy::preamble(io::npy_descr(io::NpyDtype::F32), shape);
     file_.write(h.data(), h.size());
   }
 
@@ -222,24 +222,6 @@ class NpyStreamWriter {
 
   Index rows_written() const { return written_; }
   const std::filesystem::path& path() const { return file_.path(); }
-
-  /// The .npy v1.0 prefix for a C-order '<f4' array of @p shape, padded with spaces so the
-  /// data starts at a multiple of 64 bytes (what NumPy writes).
-  static std::string npy_header(std::initializer_list<std::size_t> shape) {
-    std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
-    std::size_t i = 0;
-    for (std::size_t s : shape) dict += (i++ ? ", " : "") + std::to_string(s);
-    dict += shape.size() == 1 ? ",), }" : "), }";
-    const std::size_t total = (10 + dict.size() + 1 + 63) / 64 * 64;
-    dict.append(total - 10 - dict.size() - 1, ' ');
-    dict += '\n';
-    std::string pre = "\x93NUMPY";
-    pre += '\x01';
-    pre += '\x00';
-    pre += static_cast<char>(dict.size() & 0xFF);
-    pre += static_cast<char>((dict.size() >> 8) & 0xFF);
-    return pre + dict;
-  }
 
  private:
   io::AtomicFile file_;

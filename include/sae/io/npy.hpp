@@ -10,6 +10,8 @@
 ///               the whole prefix a multiple of 64 bytes (old writers used 16; any alignment
 ///               is accepted when reading)
 ///   data        product(shape) * itemsize bytes, here C order (last index fastest).
+/// detail_npy::preamble() writes and detail_npy::parse_preamble() reads this prefix for every
+/// .npy image libsae handles (these files, .npz members, streamed code files).
 ///
 /// Layout: a C-order [N, d] array is byte for byte a column-major d x N matrix with one
 /// token per column; NpyReader::matrix() maps it without copying (see DESIGN.md section 3).
@@ -208,19 +210,14 @@ inline std::string format_shape(std::span<const std::size_t> shape) {
     return s;
 }
 
-/// Writes a complete .npy file atomically: version 1.0 (2.0 if the header needs more than
-/// 65535 bytes), header padded with spaces so the data starts at a multiple of 64.
-inline void write_npy(const std::filesystem::path& path, NpyDtype dtype, const void* data,
-                      std::span<const std::size_t> shape) {
-    std::size_t numel = 1;
-    for (std::size_t dim : shape)
-        if (!checked_mul(numel, dim, numel)) throw IoError(path, "shape product overflows");
-    std::size_t nbytes = 0;
-    if (!checked_mul(numel, npy_itemsize(dtype), nbytes)) throw IoError(path, "array size overflows");
-    if (data == nullptr && nbytes != 0) throw IoError(path, "null data pointer");
-
-    std::string dict = std::string("{'descr': '") + npy_descr(dtype) +
-                       "', 'fortran_order': False, 'shape': " + format_shape(shape) + ", }";
+/// The .npy writer's preamble (everything before the data) of a C-order array: magic, version
+/// 1.0 (2.0 if the header needs more than 65535 bytes), the little-endian header length, then
+/// the dict {'descr': DESCR, 'fortran_order': False, 'shape': SHAPE, } padded with spaces and
+/// ended by '\n' so that the data starts at a multiple of 64 bytes. The bytes NumPy's np.save
+/// writes for the same array.
+inline std::string preamble(std::string_view descr, std::span<const std::size_t> shape) {
+    std::string dict = "{'descr': '" + std::string(descr) + "', 'fortran_order': False, 'shape': " +
+                       format_shape(shape) + ", }";
     // Version 1.0 stores the header length in a u16; fall back to 2.0 (u32) if it is larger.
     const std::size_t unpadded = dict.size() + 1;  // + '\n'
     std::size_t prefix = 10;                        // magic + version + u16 length
@@ -233,19 +230,89 @@ inline void write_npy(const std::filesystem::path& path, NpyDtype dtype, const v
     dict.append(padded - prefix - unpadded, ' ');
     dict += '\n';
     const std::size_t hlen = dict.size();
-
     std::string pre = "\x93NUMPY";
     pre += static_cast<char>(major);
     pre += '\0';
-    if (major == 1) {
-        pre += static_cast<char>(hlen & 0xFF);
-        pre += static_cast<char>((hlen >> 8) & 0xFF);
+    for (std::size_t i = 0; i < prefix - 8; ++i) pre += static_cast<char>((hlen >> (8 * i)) & 0xFF);
+    return pre + dict;
+}
+
+/// What holds a .npy image, the word its error messages use: a file of its own (NpyReader) or
+/// a member of an .npz archive (NpzReader).
+enum class Holder { File, Member };
+
+/// A validated .npy preamble.
+struct Preamble {
+    Header header;
+    std::size_t data_offset = 0;  ///< where the data starts: magic, version, length and header
+};
+
+/// The one .npy preamble parser: checks the magic, the version (1.0, 2.0 or 3.0) and the header
+/// length of the image @p b, and parses the header dict (HeaderParser). Returns "" or the
+/// problem, e.g. "not a .npy file: bad magic" (File) / "not a .npy member: bad magic" (Member).
+inline std::string parse_preamble(std::span<const std::byte> b, Holder holder, Preamble& out) {
+    const std::string what = holder == Holder::File ? "file" : "member";
+    const std::size_t size = b.size();
+    const auto too_short = [&] { return "not a .npy " + what + ": too short (" + std::to_string(size) + " bytes)"; };
+    if (size < 10) return too_short();
+    static constexpr unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+    if (std::memcmp(b.data(), magic, 6) != 0) return "not a .npy " + what + ": bad magic";
+    const auto major = static_cast<unsigned>(b[6]);
+    const auto minor = static_cast<unsigned>(b[7]);
+    std::size_t prefix = 0;
+    if (major == 1 && minor == 0) {
+        prefix = 10;
+    } else if ((major == 2 || major == 3) && minor == 0) {
+        if (size < 12) return too_short();
+        prefix = 12;
     } else {
-        for (int i = 0; i < 4; ++i) pre += static_cast<char>((hlen >> (8 * i)) & 0xFF);
+        return "unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor);
     }
+    std::size_t hlen = 0;  // u16 (1.0) or u32 (2.0, 3.0), little-endian
+    for (std::size_t i = prefix; i-- > 8;) hlen = (hlen << 8) | static_cast<std::size_t>(b[i]);
+    if (hlen > size - prefix)
+        return std::string(holder == Holder::File ? "" : ".npy ") + "header length " + std::to_string(hlen) +
+               " is beyond the end of the " + what + " (" + std::to_string(size) + " bytes)";
+    const std::string_view text(reinterpret_cast<const char*>(b.data() + prefix), hlen);
+    out.data_offset = prefix + hlen;
+    return HeaderParser(text).parse(out.header);
+}
+
+/// Checks that the @p have bytes after the preamble are exactly the data of @p shape with
+/// @p itemsize bytes per element; sets @p numel. Returns "" or the problem (overflow, truncated,
+/// trailing bytes), worded for the holder.
+inline std::string check_data_size(std::span<const std::size_t> shape, std::size_t itemsize, std::size_t have,
+                                   Holder holder, std::size_t& numel) {
+    numel = 1;
+    for (std::size_t dim : shape)
+        if (!checked_mul(numel, dim, numel)) return "shape " + format_shape(shape) + " overflows the element count";
+    std::size_t nbytes = 0;
+    if (!checked_mul(numel, itemsize, nbytes)) return "shape " + format_shape(shape) + " overflows the byte count";
+    const std::string expected = std::to_string(nbytes), found = std::to_string(have);
+    if (holder == Holder::File) {
+        if (have < nbytes) return "truncated: expected " + expected + " bytes of data, found " + found;
+        if (have > nbytes)
+            return "size mismatch: expected " + expected + " bytes of data, found " + found +
+                   " (trailing bytes after the array)";
+    } else {
+        if (have < nbytes) return "truncated .npy data: expected " + expected + " bytes, found " + found;
+        if (have > nbytes) return ".npy size mismatch: expected " + expected + " bytes of data, found " + found;
+    }
+    return {};
+}
+
+/// Writes a complete .npy file atomically: preamble() then the data.
+inline void write_npy(const std::filesystem::path& path, NpyDtype dtype, const void* data,
+                      std::span<const std::size_t> shape) {
+    std::size_t numel = 1;
+    for (std::size_t dim : shape)
+        if (!checked_mul(numel, dim, numel)) throw IoError(path, "shape product overflows");
+    std::size_t nbytes = 0;
+    if (!checked_mul(numel, npy_itemsize(dtype), nbytes)) throw IoError(path, "array size overflows");
+    if (data == nullptr && nbytes != 0) throw IoError(path, "null data pointer");
+    const std::string pre = preamble(npy_descr(dtype), shape);
     AtomicFile file(path);
     file.write(pre.data(), pre.size());
-    file.write(dict.data(), dict.size());
     file.write(data, nbytes);
     file.commit();
 }
@@ -335,39 +402,12 @@ private:
 
     [[noreturn]] void fail(const std::string& problem) const { throw IoError(path(), problem); }
 
-    static std::uint32_t le(const std::byte* p, int n) {
-        std::uint32_t v = 0;
-        for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<std::uint32_t>(p[i]);
-        return v;
-    }
-
     void parse() {
-        const std::byte* base = file_.data();
-        const std::size_t size = file_.size();
-        static constexpr unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-        if (size < 10)
-            fail("not a .npy file: too short (" + std::to_string(size) + " bytes)");
-        if (std::memcmp(base, magic, 6) != 0) fail("not a .npy file: bad magic");
-        const auto major = static_cast<unsigned>(base[6]);
-        const auto minor = static_cast<unsigned>(base[7]);
-        std::size_t prefix = 0, hlen = 0;
-        if (major == 1 && minor == 0) {
-            prefix = 10;
-            hlen = le(base + 8, 2);
-        } else if ((major == 2 || major == 3) && minor == 0) {
-            if (size < 12) fail("not a .npy file: too short (" + std::to_string(size) + " bytes)");
-            prefix = 12;
-            hlen = le(base + 8, 4);
-        } else {
-            fail("unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor));
-        }
-        if (hlen > size - prefix)
-            fail("header length " + std::to_string(hlen) + " is beyond the end of the file (" +
-                 std::to_string(size) + " bytes)");
-        const std::string_view text(reinterpret_cast<const char*>(base + prefix), hlen);
-        detail_npy::Header h;
-        const std::string err = detail_npy::HeaderParser(text).parse(h);
-        if (!err.empty()) fail(err);
+        using detail_npy::Holder;
+        const std::span<const std::byte> bytes(file_.data(), file_.size());
+        detail_npy::Preamble pre;
+        if (std::string err = detail_npy::parse_preamble(bytes, Holder::File, pre); !err.empty()) fail(err);
+        detail_npy::Header& h = pre.header;
 
         const std::string& d = h.descr;
         if (d == "<f4" || d == "=f4") dtype_ = NpyDtype::F32;
@@ -380,20 +420,13 @@ private:
         if (h.fortran_order)
             fail("fortran_order True is not supported (save a C-order array, e.g. np.ascontiguousarray)");
 
-        std::size_t numel = 1;
-        for (std::size_t dim : h.shape)
-            if (!detail_npy::checked_mul(numel, dim, numel))
-                fail("shape " + detail_npy::format_shape(h.shape) + " overflows the element count");
-        std::size_t nbytes = 0;
-        if (!detail_npy::checked_mul(numel, npy_itemsize(dtype_), nbytes))
-            fail("shape " + detail_npy::format_shape(h.shape) + " overflows the byte count");
-        offset_ = prefix + hlen;
-        const std::size_t have = size - offset_;
-        if (have < nbytes)
-            fail("truncated: expected " + std::to_string(nbytes) + " bytes of data, found " + std::to_string(have));
-        if (have > nbytes)
-            fail("size mismatch: expected " + std::to_string(nbytes) + " bytes of data, found " +
-                 std::to_string(have) + " (trailing bytes after the array)");
+        offset_ = pre.data_offset;
+        std::size_t numel = 0;
+        if (std::string err = detail_npy::check_data_size(h.shape, npy_itemsize(dtype_), bytes.size() - offset_,
+                                                          Holder::File, numel);
+            !err.empty())
+            fail(err);
+        const std::size_t nbytes = numel * npy_itemsize(dtype_);
 
         shape_ = std::move(h.shape);
         numel_ = numel;
@@ -405,7 +438,7 @@ private:
             fail("shape " + detail_npy::format_shape(shape_) + " is too large");
 
         if (numel_ == 0) return;  // f32_/f16_ stay nullptr
-        const std::byte* p = base + offset_;
+        const std::byte* p = bytes.data() + offset_;
         const std::size_t align = npy_itemsize(dtype_);
         if (reinterpret_cast<std::uintptr_t>(p) % align != 0) {
             // Non-standard header length: copy once into aligned storage.

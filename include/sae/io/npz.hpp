@@ -172,54 +172,24 @@ struct NpyView {
     const std::byte* data = nullptr;
 };
 
-/// Parses an in-memory .npy image; returns "" or an error text.
+/// Parses an in-memory .npy image (detail_npy::parse_preamble); returns "" or an error text.
 inline std::string parse_npy(std::span<const std::byte> b, NpyView& v) {
-    const std::size_t size = b.size();
-    if (size < 10) return "not a .npy member: too short (" + std::to_string(size) + " bytes)";
-    if (std::memcmp(b.data(), "\x93NUMPY", 6) != 0) return "not a .npy member: bad magic";
-    const auto major = static_cast<unsigned>(b[6]);
-    const auto minor = static_cast<unsigned>(b[7]);
-    std::size_t prefix = 0, hlen = 0;
-    if (major == 1 && minor == 0) {
-        prefix = 10;
-        hlen = rd16(b.data() + 8);
-    } else if ((major == 2 || major == 3) && minor == 0) {
-        if (size < 12) return "not a .npy member: too short (" + std::to_string(size) + " bytes)";
-        prefix = 12;
-        hlen = rd32(b.data() + 8);
-    } else {
-        return "unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor);
-    }
-    if (hlen > size - prefix)
-        return ".npy header length " + std::to_string(hlen) + " is beyond the end of the member (" +
-               std::to_string(size) + " bytes)";
-    detail_npy::Header h;
-    std::string err = detail_npy::HeaderParser(
-                          std::string_view(reinterpret_cast<const char*>(b.data() + prefix), hlen))
-                          .parse(h);
-    if (!err.empty()) return err;
+    using detail_npy::Holder;
+    detail_npy::Preamble pre;
+    if (std::string err = detail_npy::parse_preamble(b, Holder::Member, pre); !err.empty()) return err;
+    detail_npy::Header& h = pre.header;
     if (!parse_descr(h.descr, v.kind, v.itemsize)) {
         if (!h.descr.empty() && h.descr[0] == '>')
             return "big-endian dtype '" + printable(h.descr) + "' is not supported";
         return "unsupported dtype '" + printable(h.descr) + "'";
     }
     v.fortran = h.fortran_order;
-    std::size_t numel = 1;
-    for (std::size_t d : h.shape)
-        if (!checked_mul(numel, d, numel))
-            return "shape " + detail_npy::format_shape(h.shape) + " overflows the element count";
-    std::size_t nbytes = 0;
-    if (!checked_mul(numel, v.itemsize, nbytes))
-        return "shape " + detail_npy::format_shape(h.shape) + " overflows the byte count";
-    const std::size_t have = size - prefix - hlen;
-    if (have < nbytes)
-        return "truncated .npy data: expected " + std::to_string(nbytes) + " bytes, found " + std::to_string(have);
-    if (have > nbytes)
-        return ".npy size mismatch: expected " + std::to_string(nbytes) + " bytes of data, found " +
-               std::to_string(have);
+    if (std::string err = detail_npy::check_data_size(h.shape, v.itemsize, b.size() - pre.data_offset,
+                                                      Holder::Member, v.numel);
+        !err.empty())
+        return err;
     v.shape = std::move(h.shape);
-    v.numel = numel;
-    v.data = b.data() + prefix + hlen;
+    v.data = b.data() + pre.data_offset;
     return {};
 }
 
@@ -592,7 +562,7 @@ public:
         };
         for (const Entry& e : entries_) {
             const std::string fname = e.name + ".npy";
-            const std::string npy_header = make_npy_header(e);
+            const std::string npy_header = detail_npy::preamble(e.descr, e.shape);
             const std::size_t usize = npy_header.size() + e.bytes.size();
             if (usize >= 0xFFFFFFFFu) too_big("member '" + fname + "'");
             std::uint32_t crc = crc32_update(0, npy_header.data(), npy_header.size());
@@ -703,27 +673,6 @@ private:
                                         " has " + std::to_string(numel) + " elements but " +
                                         std::to_string(count) + " were given");
         entries_.push_back(Entry{std::move(name), std::move(shape), descr, {bytes.begin(), bytes.end()}});
-    }
-
-    static std::string make_npy_header(const Entry& e) {
-        std::string dict = "{'descr': '" + e.descr + "', 'fortran_order': False, 'shape': " +
-                           detail_npy::format_shape(e.shape) + ", }";
-        std::size_t prefix = 10;
-        unsigned char major = 1;
-        const std::size_t unpadded = dict.size() + 1;
-        if ((prefix + unpadded + 63) / 64 * 64 - prefix > 0xFFFF) {
-            prefix = 12;
-            major = 2;
-        }
-        const std::size_t padded = (prefix + unpadded + 63) / 64 * 64;
-        dict.append(padded - prefix - unpadded, ' ');
-        dict += '\n';
-        std::string out = "\x93NUMPY";
-        out += static_cast<char>(major);
-        out += '\0';
-        if (major == 1) detail_npz::put16(out, static_cast<std::uint32_t>(dict.size()));
-        else detail_npz::put32(out, static_cast<std::uint32_t>(dict.size()));
-        return out + dict;
     }
 
 #if SAE_NPZ_HAVE_ZLIB
