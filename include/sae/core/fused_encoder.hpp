@@ -9,8 +9,9 @@
 ///       write each token's heap, sorted by latent index
 ///
 /// Cost: the product's 2 d m B flops plus one read of each pre-activation while its tile is hot;
-/// the read skips 16 values at a time whose maximum is below the token's current c-th largest
-/// value, so after the first few hundred latents almost every value costs one vector compare.
+/// the read compares 16 (AVX-512), 8 (AVX2) or TopCHeap::kGroup = 32 (otherwise) values at a
+/// time with the token's current c-th largest value, so after the first few hundred latents
+/// almost every value costs one vector compare.
 /// Memory: one mc x bt tile and bt heaps of c entries per thread (FusedScratch), reused across
 /// steps.
 #pragma once
@@ -45,11 +46,9 @@ struct TopCHeap {
   Index cap;
   Index size = 0;
 
-#ifndef SAE_TOPC_GROUP
-  static constexpr Index kGroup = 32;  ///< values skipped per vector compare
-#else
-  static constexpr Index kGroup = SAE_TOPC_GROUP;
-#endif
+  /// Values one compare may skip where offer_run has no AVX path (double, or a build without
+  /// AVX2/AVX-512): a group whose maximum is <= floor() goes nowhere near the heap.
+  static constexpr Index kGroup = 32;
 
   /// The smallest value a new entry must exceed (0 until full: only positive values count).
   Scalar floor() const { return size < cap ? Scalar(0) : val[0]; }
@@ -216,9 +215,11 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
 }
 
 /// The result of fused_top_c computed the plain way: the pre-activations of 256 tokens at a time
-/// with one (multi-threaded) product into @p Z, then per token a partial sort of its positive
-/// values by (value descending, latent ascending). The reference the fused kernel is tested
-/// against, and the path StepState::fused = false takes.
+/// with one Eigen product into @p Z (multi-threaded by Eigen under OpenMP; never the BLAS), plus
+/// the bias, then per token, tokens spread over the threads, a partial sort of its positive
+/// values by (value descending, latent ascending), the kept ones written sorted by latent. The
+/// reference the fused kernel is tested against, and the path EncoderState::fused = false takes
+/// (StepState::encoder.fused).
 template <class Scalar, class DerivedX>
 void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X, Index cap,
                  Mat<Scalar>& Z, Scalar* values, std::int32_t* indices, Index* count) {

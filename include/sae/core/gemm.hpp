@@ -5,9 +5,14 @@
 /// speed is the speed of training. Which GEMM is fastest depends on the CPU: with 2 threads an
 /// AVX-512 EPYC runs Eigen's product at ~300 GFLOP/s and OpenBLAS at ~245, an AVX2 EPYC the
 /// other way round (~95 vs ~175). So when libsae is built with a BLAS (CMake option
-/// SAE_USE_BLAS, which defines SAE_HAVE_BLAS) the backend is chosen by measuring both on the
-/// first encoder tile (encoder_backend()); the environment variable SAE_GEMM=eigen|blas or
-/// set_encoder_backend() fixes it instead.
+/// SAE_USE_BLAS, on by default, defines SAE_HAVE_BLAS when one is found) CMake measures both
+/// when it configures the build tree: cmake/gemm_probe.cpp times the fused encoder's tiles
+/// (measure_tiled at d = 768, m = 4096, B = 2048) with each, and the BLAS becomes the compiled-in
+/// default (SAE_GEMM_DEFAULT_BLAS=1, default_backend()) only when it is more than 10% faster.
+/// The result is cached in the build tree (SAE_GEMM_DEFAULT_MEASURED); the cache option
+/// SAE_GEMM_DEFAULT=eigen|blas skips the measurement. Nothing is measured at run time:
+/// encoder_backend() is what set_encoder_backend() fixed, else the environment variable
+/// SAE_GEMM=eigen|blas, else that default.
 ///
 /// Results differ between the two backends in the last bits (different summation orders), so a
 /// run that must be bit-reproducible across processes (a resumed checkpoint) pins the backend
@@ -128,6 +133,7 @@ inline double now_seconds() {
 /// without its selection: token blocks spread over the threads, each thread multiplying every
 /// latent chunk of W (d x m) with its block of X (d x n) into its own tile. The bound the
 /// fused encoder can reach on this shape. Random operands, allocates W, X and the tiles.
+/// Used by the configure-time probe (cmake/gemm_probe.cpp) and `sae bench`.
 template <class Scalar>
 double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& tiling, int reps = 2) {
   const Mat<Scalar> W = Mat<Scalar>::Random(d, m), X = Mat<Scalar>::Random(d, n);
@@ -154,7 +160,8 @@ double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& t
          std::max(seconds, 1e-9) * 1e-9;
 }
 
-/// Throughput of @p backend computing the whole m x n product at once with all threads.
+/// Throughput of @p backend computing the whole m x n product at once with all threads
+/// (`sae bench` reports it beside measure_tiled).
 template <class Scalar>
 double measure_whole(Backend backend, Index d, Index m, Index n, int reps = 2) {
   const Mat<Scalar> W = Mat<Scalar>::Random(d, m), X = Mat<Scalar>::Random(d, n);
@@ -196,8 +203,8 @@ inline void set_encoder_backend(Backend b) {
 }
 
 /// The backend this build defaults to: the faster of the two as measured when the build was
-/// configured (CMake's GEMM probe defines SAE_GEMM_DEFAULT_BLAS=1 when the BLAS won by 10% or
-/// more), Eigen without a BLAS.
+/// configured (CMake's GEMM probe defines SAE_GEMM_DEFAULT_BLAS=1 when the BLAS was more than
+/// 10% faster, or SAE_GEMM_DEFAULT=blas does), Eigen without a BLAS.
 inline constexpr Backend default_backend() {
 #if defined(SAE_HAVE_BLAS) && defined(SAE_GEMM_DEFAULT_BLAS) && SAE_GEMM_DEFAULT_BLAS
   return Backend::Blas;
