@@ -90,8 +90,8 @@ template <class Model>
 json finish_model(Model& model, const std::string& name, const sae::TrainResult& tr, const std::vector<std::string>& log,
                   const sae::Mat<float>& X_test, const std::vector<std::uint8_t>& y_test, const Args& a) {
   const fs::path dir = a.out / name;
-  model.config().metadata = {{"dataset", "fashion-mnist"},
-                             {"training", {{"steps", tr.steps}, {"tokens", tr.tokens}, {"seconds", tr.seconds}}}};
+  model.set_metadata({{"dataset", "fashion-mnist"},
+                      {"training", {{"steps", tr.steps}, {"tokens", tr.tokens}, {"seconds", tr.seconds}}}});
   std::string text;
   for (const auto& l : log) text += l + "\n";
   sae::io::DirectoryWriter out(dir, sae::io::saelens_config_file, sae::io::saelens_owned_files());
@@ -107,13 +107,13 @@ json finish_model(Model& model, const std::string& name, const sae::TrainResult&
   sae::interp::ReportInput in(an.tracker, model.params().W_dec);
   in.metrics = an.metrics;
   in.summary = {{"SAE", dir.string()},
-                {"architecture", std::string(sae::architecture_name(model.config().architecture))},
+                {"architecture", model.config().architecture},
                 {"d_in", model.d_in()},
                 {"d_sae", model.d_sae()},
                 {"data", "Fashion-MNIST test images (10,000), pixels in [0, 1]"},
                 {"training", std::to_string(tr.steps) + " steps of " + std::to_string(a.batch) + " images, " +
                                  sae::interp::svg::num(tr.seconds, 3) + " s"}};
-  if (sae::architecture_uses_k(model.config().architecture)) in.summary["k"] = model.config().k;
+  if (model.config().k > 0) in.summary["k"] = model.config().k;
   in.b_dec = model.params().b_dec;
   in.example = [&](sae::Index t) { return sae::Vec<float>(X_test.col(t)); };
   in.example_label = [&](sae::Index t) { return std::string(kClassNames[y_test[static_cast<std::size_t>(t)]]); };
@@ -142,7 +142,7 @@ json finish_model(Model& model, const std::string& name, const sae::TrainResult&
   const auto dense = an.tracker.density().dense_latents(0.1);
   std::cerr << name << ": test fvu " << m.fvu << "  l0 " << m.l0 << "  dead " << m.dead_fraction << "  -> "
             << report.string() << " (" << seconds_since(t0) << " s)\n";
-  return {{"architecture", std::string(sae::architecture_name(model.config().architecture))},
+  return {{"architecture", model.config().architecture},
           {"dir", dir.string()},
           {"report", report.string()},
           {"train_seconds", tr.seconds},
@@ -213,7 +213,6 @@ int main(int argc, char** argv) {
     json results = json::array();
 
     {
-      cfg.architecture = sae::Architecture::TopK;
       cfg.k = a.k;
       sae::TopKSae<float> model(cfg);
       std::vector<std::string> log;
@@ -224,7 +223,6 @@ int main(int argc, char** argv) {
       // The library's threshold and kernel-width defaults (epsilon = theta_0 = 0.3) fit here:
       // at initialisation a pre-activation is a random projection of x - b_dec, about
       // ||x - mean|| / sqrt(784) ~ 0.3 for these images, the scale those defaults were set for.
-      cfg.architecture = sae::Architecture::JumpReLU;
       cfg.k = 0;
       sae::JumpReluTargetSae<float> model(cfg);
       // The reconstruction loss is a squared norm, ~100x larger on these images (mean

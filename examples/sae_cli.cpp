@@ -1,8 +1,9 @@
 // sae: the libsae command-line tool. One subcommand per header in examples/cli/.
 //
 //   sae synth  --out toy.npy [--d-in 64] [--features 256] [--samples 100000] [--active-prob 0.016] [--seed 7]
-//   sae train  --data X.npy --arch relu|topk --d-sae M [--k K] [--l1 C] [--steps S] [--batch B]
+//   sae train  --data X.npy --arch A --d-sae M [--k K] [variant options] [--steps S] [--batch B]
 //              [--lr LR] [--seed N] [--threads T] --out DIR
+//   sae variants   (the variants --arch accepts and their options, as a markdown table)
 //   sae eval   --sae DIR --data X.npy [--features F.npy] [--limit N]
 //   sae encode --sae DIR --data X.npy --out codes.npy|codes.npz [--batch B] [--limit N]
 //   sae steer  --sae DIR --data X.npy --latent J (--scale S | --clamp V | --add A) --out Y.npy
@@ -38,6 +39,13 @@ int main(int argc, char** argv) {
   sae_cli::add_steer(app, chosen);
   sae_cli::add_report(app, chosen);
   sae_cli::add_bench(app, chosen);
+  app.add_subcommand("variants", "The SAE variants (--arch) and their options, as a markdown table")
+      ->callback([&chosen] {
+        chosen = [] {
+          std::cout << sae::variants_markdown_table();
+          return 0;
+        };
+      });
 
   try {
     app.parse(argc, argv);

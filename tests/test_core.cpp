@@ -291,7 +291,7 @@ TEST_CASE("SaeConfig: cfg.json round trip and errors", "[core][config]") {
   c.d_in = 64;
   c.d_sae = 512;
   c.k = 4;
-  c.architecture = sae::Architecture::TopK;
+  c.architecture = std::string(sae::TopKVariant::name);
   c.apply_b_dec_to_input = false;
   c.metadata = {{"hook_name", "blocks.3.hook_resid_post"}};
   const nlohmann::json j = c.to_json();
@@ -303,7 +303,7 @@ TEST_CASE("SaeConfig: cfg.json round trip and errors", "[core][config]") {
   CHECK(r.d_in == 64);
   CHECK(r.d_sae == 512);
   CHECK(r.k == 4);
-  CHECK(r.architecture == sae::Architecture::TopK);
+  CHECK(r.architecture == std::string(sae::TopKVariant::name));
   CHECK_FALSE(r.apply_b_dec_to_input);
   CHECK(r.metadata.at("hook_name") == "blocks.3.hook_resid_post");
   nlohmann::json bad = j;

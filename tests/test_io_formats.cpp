@@ -219,7 +219,7 @@ TEST_CASE("SAELens saved as F16/BF16 loads within dtype precision; cfg.json dtyp
   sae::SaeConfig cfg;
   cfg.d_in = 8;
   cfg.d_sae = 16;
-  cfg.architecture = sae::Architecture::JumpReLU;
+  cfg.architecture = std::string(sae::JumpReLUVariant::name);
   const auto p = jump_params(8, 16, 41);
   for (auto [dt, name, tol] : {std::tuple{sae::io::StDtype::F16, "float16", 1e-3f},
                                std::tuple{sae::io::StDtype::BF16, "bfloat16", 8e-3f}}) {

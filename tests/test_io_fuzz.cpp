@@ -335,7 +335,7 @@ TEST_CASE("fuzz: mutated files of every format load or throw IoError, never cras
     sae::SaeConfig cfg;
     cfg.d_in = d;
     cfg.d_sae = m;
-    cfg.architecture = sae::Architecture::JumpReLU;
+    cfg.architecture = std::string(sae::JumpReLUVariant::name);
     cfg.metadata = {{"hook_name", "blocks.0.hook_resid_post"}};
     const fs::path dir = tmp / "saelens";
     sae::io::save_saelens(dir, cfg, pj, sae::io::StDtype::BF16);

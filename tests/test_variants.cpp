@@ -265,7 +265,7 @@ TEST_CASE("JumpReLU: thresholds stay >= 0 after an update; saved and loaded with
   sae::save_sae(tmp / "jr", model);
   const auto loaded = std::get<sae::JumpReluSae<float>>(sae::load_sae(tmp / "jr"));
   REQUIRE(loaded.params().threshold == model.params().threshold);
-  REQUIRE(loaded.config().architecture == sae::Architecture::JumpReLU);
+  REQUIRE(loaded.config().architecture == std::string(sae::JumpReLUVariant::name));
 }
 
 TEST_CASE("Orthogonality: value is gamma/m sum_i max_j cos, gradient matches finite differences", "[core][ortho][gradients]") {

@@ -25,7 +25,7 @@ struct BenchArgs {
   std::int64_t warmup = 1;
   int threads = 0;
   std::uint64_t seed = 0;
-  sae::Index chunks = sae::Orthogonality{}.chunks;
+  nlohmann::json options = nlohmann::json::object();  ///< the variant's own options, as `sae train`
   std::string gemm = "auto";
   bool no_bound = false;
 };
@@ -107,7 +107,7 @@ inline int run_bench(const BenchArgs& b) {
   a.arch = b.arch;
   a.d_sae = b.d_sae;
   a.k = b.k;
-  a.chunks = b.chunks;
+  a.options = b.options;
   a.opt.batch = b.batch;
   a.opt.steps = b.warmup + b.steps;
   a.opt.seed = b.seed;
@@ -118,8 +118,8 @@ inline int run_bench(const BenchArgs& b) {
   sae::set_num_threads(a.threads);
   if (b.gemm != "auto") sae::gemm::set_encoder_backend(sae::gemm::parse_backend(b.gemm));
   const int threads = sae::num_threads();
-  const bool uses_k = sae::architecture_uses_k(cfg.architecture);
-  std::cerr << "sae bench: " << sae::architecture_name(cfg.architecture) << " d_in " << cfg.d_in << " d_sae "
+  const bool uses_k = cfg.k > 0;
+  std::cerr << "sae bench: " << cfg.architecture << " d_in " << cfg.d_in << " d_sae "
             << cfg.d_sae;
   if (uses_k) std::cerr << " k " << cfg.k;
   std::cerr << ", batch " << b.batch << ", " << b.warmup << " warm-up + " << b.steps << " timed steps, " << threads
@@ -166,7 +166,7 @@ inline int run_bench(const BenchArgs& b) {
   const sae::gemm::Backend used = sae::gemm::encoder_backend();
 
   json result = {{"arch", b.arch},
-                 {"architecture", std::string(sae::architecture_name(cfg.architecture))},
+                 {"architecture", cfg.architecture},
                  {"d_in", cfg.d_in},
                  {"d_sae", cfg.d_sae},
                  {"k", cfg.k},
@@ -234,8 +234,7 @@ inline CLI::App* add_bench(CLI::App& app, Command& chosen) {
       "bench",
       "Training throughput and memory of one variant on random data (the `sae train` model and loop), and the "
       "encoder-GEMM bound of this machine");
-  c->add_option("--arch", b->arch, "Architecture: relu (= standard), topk, batchtopk, jumprelu or ortsae")
-      ->capture_default_str()->check(CLI::IsMember({"relu", "standard", "topk", "batchtopk", "jumprelu", "ortsae"}));
+  add_arch_option(c, b->arch);
   c->add_option("--d-in", b->d_in, "Input dimension d")->capture_default_str();
   c->add_option("--d-sae", b->d_sae, "Number of latents m")->capture_default_str();
   c->add_option("--k", b->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")
@@ -247,7 +246,7 @@ inline CLI::App* add_bench(CLI::App& app, Command& chosen) {
       ->capture_default_str();
   c->add_option("--threads", b->threads, "Threads (default: all cores / OMP_NUM_THREADS)");
   c->add_option("--seed", b->seed, "Seed of the random data and the initialisation")->capture_default_str();
-  c->add_option("--chunks", b->chunks, "OrtSAE: random chunks of latents per step")->capture_default_str();
+  add_variant_options(c, b->options);
   c->add_option("--gemm", b->gemm, "Encoder GEMM backend: auto (measured, or $SAE_GEMM), eigen or blas")
       ->capture_default_str()->check(CLI::IsMember({"auto", "eigen", "blas"}));
   c->add_flag("--no-bound", b->no_bound, "Skip measuring the encoder-GEMM bound");

@@ -26,10 +26,10 @@ inline int run_convert(const ConvertArgs& a) {
   sae::save_sae_as(a.out, model, dtype, format);
   json j;
   const sae::SaeConfig& cfg = model.config();
-  j["architecture"] = std::string(sae::architecture_name(cfg.architecture));
+  j["architecture"] = cfg.architecture;
   j["d_in"] = cfg.d_in;
   j["d_sae"] = cfg.d_sae;
-  if (sae::architecture_uses_k(cfg.architecture)) j["k"] = cfg.k;
+  if (cfg.k > 0) j["k"] = cfg.k;
   j["apply_b_dec_to_input"] = cfg.apply_b_dec_to_input;
   j["in"] = a.in.string();
   j["format"] = sae::io::sae_format_name(format);

@@ -40,8 +40,7 @@ inline int run_eval(const EvalArgs& a) {
   json j = r.to_json();
   j["sae"] = a.sae_dir.string();
   j["data"] = a.data.string();
-  j["architecture"] =
-      std::string(sae::architecture_name(model.config().architecture));
+  j["architecture"] = model.config().architecture;
   j["seconds"] = seconds_since(t0);
   print_result(j);
   return 0;

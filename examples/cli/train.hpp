@@ -40,37 +40,54 @@ inline int run_train(TrainArgs a) {
   }
 }
 
+/// `--arch`, its choices the variants' names and aliases (sae/variants/list.hpp).
+inline CLI::Option* add_arch_option(CLI::App* c, std::string& arch) {
+  return c->add_option("--arch", arch, "Architecture: " + sae::variant_names(", "))
+      ->capture_default_str()
+      ->check(CLI::IsMember(sae::variant_name_list()));
+}
+
+/// Every variant's own options (sae::all_variant_options: `--l1`, `--chunks` ...) as flags that
+/// store what is given into @p options by key; the library checks the values
+/// (sae::check_option), so the CLI and libsae.train refuse the same things.
+inline void add_variant_options(CLI::App* c, nlohmann::json& options) {
+  for (const sae::DeclaredOption& d : sae::all_variant_options()) {
+    std::string users;
+    for (const auto& u : d.used_by) users += (users.empty() ? "" : ", ") + u;
+    const std::string help = std::string(d.spec.help) + " (" + users + ")";
+    const std::string key = d.spec.key;
+    CLI::Option* o = nullptr;
+    switch (d.spec.type) {
+      case sae::OptionType::Real:
+      case sae::OptionType::OptionalReal:
+        o = c->add_option_function<double>(d.spec.flag(), [&options, key](const double& v) { options[key] = v; }, help);
+        break;
+      case sae::OptionType::Integer:
+        o = c->add_option_function<std::int64_t>(d.spec.flag(), [&options, key](const std::int64_t& v) { options[key] = v; },
+                                                 help);
+        break;
+      case sae::OptionType::IntegerList:
+        o = c->add_option_function<std::vector<std::int64_t>>(
+                 d.spec.flag(), [&options, key](const std::vector<std::int64_t>& v) { options[key] = v; }, help)
+                ->delimiter(',');
+        break;
+    }
+    if (!d.spec.default_value.is_null() && !(d.spec.default_value.is_array() && d.spec.default_value.empty()))
+      o->default_str(d.spec.default_value.dump());
+  }
+}
+
 inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<TrainArgs>();
   auto* c = app.add_subcommand("train", "Train an SAE on activations from .npy files, save an SAELens directory");
   c->add_option("--data", a->data,
                 "Activations: .npy files [tokens, d_in] (float32 or float16) and/or directories of them")
       ->check(CLI::ExistingPath);
-  c->add_option("--arch", a->arch, "Architecture: relu (= standard), topk, batchtopk, jumprelu or ortsae")
-      ->capture_default_str()->check(CLI::IsMember({"relu", "standard", "topk", "batchtopk", "jumprelu", "ortsae"}));
+  add_arch_option(c, a->arch);
   c->add_option("--d-sae", a->d_sae, "Number of latents")->check(CLI::PositiveNumber);
   c->add_option("--k", a->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")->capture_default_str()
       ->check(CLI::PositiveNumber);
-  c->add_option("--l1", a->l1, "L1 coefficient (relu)")->capture_default_str()->check(finite_non_negative);
-  c->add_option("--l1-warmup", a->l1_warmup, "Steps of linear L1 warm-up (relu; default steps/20)")->check(CLI::NonNegativeNumber);
-  c->add_option("--l0", a->l0, "L0 coefficient lambda (jumprelu; default 1e-2, or 1.0 with --target-l0)")
-      ->check(finite_non_negative);
-  c->add_option("--target-l0", a->target_l0, "jumprelu: penalise lambda*(L0/target - 1)^2 instead of lambda*L0")
-      ->check(finite_positive);
-  c->add_option("--l0-warmup", a->l0_warmup, "Steps of linear L0-coefficient warm-up (jumprelu; default steps/20)")
-      ->check(CLI::NonNegativeNumber);
-  c->add_option("--bandwidth", a->bandwidth, "JumpReLU straight-through kernel width epsilon")->capture_default_str()
-      ->check(finite_positive);
-  c->add_option("--threshold-init", a->threshold_init, "JumpReLU initial threshold")->capture_default_str()
-      ->check(finite_non_negative);
-  c->add_option("--ortho", a->ortho, "OrtSAE orthogonality coefficient gamma")->capture_default_str()
-      ->check(finite_non_negative);
-  c->add_option("--chunks", a->chunks, "OrtSAE: random chunks of latents per step (cost m^2 d / K)")->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--aux-k", a->aux_k, "AuxK: dead latents used to reconstruct the residual (default d_in/2)")
-      ->check(CLI::NonNegativeNumber);
-  c->add_option("--aux-coeff", a->aux_coeff, "AuxK coefficient alpha (0 disables)")->capture_default_str()
-      ->check(finite_non_negative);
+  add_variant_options(c, a->options);
   c->add_option("--dead-tokens", a->dead_tokens, "Tokens without firing after which a latent is dead")
       ->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--steps", a->opt.steps, "Training steps")->capture_default_str()->check(CLI::PositiveNumber);

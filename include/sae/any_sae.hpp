@@ -14,11 +14,13 @@
 #include "core/sparse_autoencoder.hpp"
 #include "io/formats.hpp"
 #include "io/saelens.hpp"
+#include "variants/list.hpp"
 
 namespace sae {
 
-/// The float SAE variants as saved on disk (BatchTopK and OrtSAE are saved as JumpReLU).
-using AnySaeVariant = std::variant<ReluSae<float>, TopKSae<float>, JumpReluSae<float>>;
+/// The float SAE variants as saved on disk: the listed variants saved under their own name
+/// (variants/list.hpp; BatchTopK, OrtSAE and Matryoshka are saved as JumpReLU).
+using AnySaeVariant = SavedSaeVariant;
 
 /// One of the float SAE variants as saved on disk. What every variant has (sizes,
 /// configuration, parameters) is a plain member; templated code on the model itself runs
@@ -67,17 +69,17 @@ class AnySae : public AnySaeVariant {
   }
 };
 
-/// A zero-initialised SAE of the variant cfg.architecture names.
+/// A zero-initialised SAE of the variant cfg.architecture names (variants/list.hpp).
+/// std::invalid_argument for an unknown name or a training architecture (saved as jumprelu).
 inline AnySae make_sae(const SaeConfig& cfg) {
-  switch (cfg.architecture) {
-    case Architecture::Standard: return ReluSae<float>(cfg);
-    case Architecture::TopK: return TopKSae<float>(cfg);
-    case Architecture::JumpReLU: return JumpReluSae<float>(cfg);
-    case Architecture::BatchTopK:
-    case Architecture::OrtSAE: break;
-  }
-  throw std::invalid_argument("architecture '" + std::string(architecture_name(cfg.architecture)) +
-                              "' is a training architecture; libsae saves it as 'jumprelu' with its threshold");
+  return with_variant(cfg.architecture, [&]<class V>(std::type_identity<V>) -> AnySae {
+    if constexpr (V::saved_as_itself) {
+      return typename V::template Model<float>(cfg);
+    } else {
+      throw std::invalid_argument("architecture '" + cfg.architecture +
+                                  "' is a training architecture; libsae saves it as 'jumprelu' with its threshold");
+    }
+  });
 }
 
 /// The configuration and float parameters that represent @p model on disk and at inference:
@@ -88,11 +90,11 @@ template <class Model>
 std::pair<SaeConfig, Parameters<float>> inference_form(const Model& model) {
   SaeConfig cfg = model.config();
   Parameters<float> p = model.params().template cast<float>();
-  if constexpr (Model::activation_type::architecture == Architecture::BatchTopK) {
-    cfg.metadata["training_architecture"] = std::string(architecture_name(cfg.architecture));
+  if constexpr (std::is_same_v<typename Model::activation_type, BatchTopK>) {
+    cfg.metadata["training_architecture"] = cfg.architecture;
     cfg.metadata["k"] = cfg.k;
     cfg.metadata["batchtopk_threshold"] = model.activation().threshold;
-    cfg.architecture = Architecture::JumpReLU;
+    cfg.architecture = std::string(JumpReLUVariant::name);
     cfg.k = 0;
     p.threshold = Vec<float>::Constant(p.d_sae(), static_cast<float>(model.activation().threshold));
   }

@@ -29,44 +29,18 @@ inline std::string saelens_version_tag() {
   return std::string(saelens_cfg_schema_version) + "+libsae." + version_string;
 }
 
-/// The activation family of an SAE, named as SAELens names it in cfg.json.
-///
-/// BatchTopK and OrtSAE are training architectures: they are saved as "jumprelu" with one
-/// threshold for every latent (as SAELens saves BatchTopK), so inference needs no batch; the
-/// training architecture and k go into cfg.json's metadata.
-enum class Architecture {
-  Standard,   ///< ReLU + L1 ("standard")
-  TopK,       ///< per-token top-k ("topk")
-  BatchTopK,  ///< top k*B over the batch ("batchtopk"), saved as jumprelu
-  JumpReLU,   ///< z * 1[z > theta_j] with a learned threshold ("jumprelu")
-  OrtSAE,     ///< BatchTopK + decoder orthogonality penalty ("ortsae"), saved as jumprelu
-};
-
-inline std::string_view architecture_name(Architecture a) {
-  switch (a) {
-    case Architecture::Standard: return "standard";
-    case Architecture::TopK: return "topk";
-    case Architecture::BatchTopK: return "batchtopk";
-    case Architecture::JumpReLU: return "jumprelu";
-    case Architecture::OrtSAE: return "ortsae";
-  }
-  return "unknown";
+/// The SAELens cfg.json architectures libsae reads as they are ("relu" is accepted for
+/// "standard"). These are the file format's names: libsae's own variants, and which of them
+/// are saved under their own name, are in sae/variants/list.hpp (a test checks that every
+/// variant saved under its own name is one of these). Other SAELens forms are folded or refused
+/// where the file is read (io/saelens.hpp).
+inline bool saelens_inference_architecture(std::string_view a) {
+  return a == "standard" || a == "relu" || a == "topk" || a == "jumprelu";
 }
 
-/// True for architectures that use k (active latents per token, or per token on average).
-inline bool architecture_uses_k(Architecture a) {
-  return a == Architecture::TopK || a == Architecture::BatchTopK || a == Architecture::OrtSAE;
-}
-
-/// Parses standard|relu|topk|batchtopk|jumprelu|ortsae; throws std::invalid_argument otherwise.
-inline Architecture parse_architecture(std::string_view s) {
-  if (s == "standard" || s == "relu") return Architecture::Standard;
-  if (s == "topk") return Architecture::TopK;
-  if (s == "batchtopk") return Architecture::BatchTopK;
-  if (s == "jumprelu") return Architecture::JumpReLU;
-  if (s == "ortsae") return Architecture::OrtSAE;
-  throw std::invalid_argument("unknown architecture '" + std::string(s) +
-                              "' (expected standard|relu|topk|batchtopk|jumprelu|ortsae)");
+/// SAELens's cfg.json architectures that take `k` (the file format's rule).
+inline bool saelens_architecture_uses_k(std::string_view a) {
+  return a == "topk" || a == "batchtopk" || a == "matryoshka_batchtopk";
 }
 
 /// Shape and kind of one SAE.
@@ -76,8 +50,10 @@ inline Architecture parse_architecture(std::string_view s) {
 struct SaeConfig {
   std::int64_t d_in = 0;                        ///< d
   std::int64_t d_sae = 0;                       ///< m
-  Architecture architecture = Architecture::TopK;
-  std::int64_t k = 0;                           ///< active latents per token (TopK only)
+  /// The architecture's name: a libsae variant's (sae/variants/list.hpp lists them; the model
+  /// sets it) or, read from cfg.json, SAELens's. Empty until a model or a file sets it.
+  std::string architecture;
+  std::int64_t k = 0;                           ///< active latents per token (TopK family; 0: unused)
   bool apply_b_dec_to_input = true;             ///< encode x - b_dec (true) or x (false)
   std::string normalize_activations = "none";   ///< SAELens field; libsae folds scaling into weights
   std::string dtype = "float32";                ///< storage dtype of the weights file
@@ -88,7 +64,7 @@ struct SaeConfig {
     if (d_in <= 0) throw std::invalid_argument("d_in must be positive, got " + std::to_string(d_in));
     if (d_sae <= 0)
       throw std::invalid_argument("d_sae must be positive, got " + std::to_string(d_sae));
-    if (architecture_uses_k(architecture) && (k <= 0 || k > d_sae))
+    if (k < 0 || k > d_sae)
       throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(d_sae) + "], got " +
                                   std::to_string(k));
   }
@@ -96,7 +72,7 @@ struct SaeConfig {
   /// The SAELens v6 cfg.json object.
   nlohmann::json to_json() const {
     nlohmann::json j;
-    j["architecture"] = std::string(architecture_name(architecture));
+    j["architecture"] = architecture;
     j["d_in"] = d_in;
     j["d_sae"] = d_sae;
     j["dtype"] = dtype;
@@ -104,8 +80,8 @@ struct SaeConfig {
     j["apply_b_dec_to_input"] = apply_b_dec_to_input;
     j["normalize_activations"] = normalize_activations;
     j["reshape_activations"] = "none";
-    if (architecture_uses_k(architecture)) j["k"] = k;
-    if (architecture == Architecture::TopK) j["rescale_acts_by_decoder_norm"] = false;
+    if (k > 0) j["k"] = k;
+    if (architecture == "topk") j["rescale_acts_by_decoder_norm"] = false;  // SAELens's TopK field
     nlohmann::json md = metadata.is_object() ? metadata : nlohmann::json::object();
     md["sae_lens_version"] = saelens_version_tag();  // see saelens_cfg_schema_version
     if (!md.contains("sae_lens_training_version")) md["sae_lens_training_version"] = nullptr;
@@ -138,12 +114,10 @@ struct SaeConfig {
       if (!it->is_string()) fail("field 'architecture' must be a string");
       arch = it->get<std::string>();
     }
-    try {
-      c.architecture = parse_architecture(arch);
-    } catch (const std::invalid_argument& e) {
-      fail(e.what());
-    }
-    c.k = get_int("k", architecture_uses_k(c.architecture), 0);
+    if (!saelens_inference_architecture(arch))
+      fail("unknown architecture '" + arch + "' (expected standard|relu|topk|jumprelu)");
+    c.architecture = arch;
+    c.k = get_int("k", saelens_architecture_uses_k(arch), 0);
     if (auto it = j.find("apply_b_dec_to_input"); it != j.end() && !it->is_null()) {
       if (!it->is_boolean()) fail("field 'apply_b_dec_to_input' must be a boolean");
       c.apply_b_dec_to_input = it->get<bool>();

@@ -201,7 +201,7 @@ py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::
     if (f) r.mmcs = sae::mmcs(s.params().W_dec, f->matrix());
     j = r.to_json();
   }
-  j["architecture"] = std::string(sae::architecture_name(s.config().architecture));
+  j["architecture"] = s.config().architecture;
   j["sae"] = s.path.empty() ? json(nullptr) : json(s.path);
   j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return json_to_python(j);
@@ -302,7 +302,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("d_in", &PySae::d_in)
       .def_property_readonly("d_sae", &PySae::d_sae)
       .def_property_readonly("architecture",
-                             [](const PySae& s) { return std::string(sae::architecture_name(s.config().architecture)); })
+                             [](const PySae& s) { return s.config().architecture; })
       .def_property_readonly("format", [](const PySae& s) { return std::string(sae::io::sae_format_name(s.format)); })
       .def_property_readonly("cfg", [](const PySae& s) { return json_to_python(s.config().to_json()); })
       .def_property_readonly("W_enc",

@@ -139,7 +139,8 @@ def main():
 
     # ---- the rest of the family: trains, saves in SAELens form, and sae eval reads it back
     for arch, extra in (("batchtopk", ["--k", 3]), ("ortsae", ["--k", 3, "--ortho", 0.5, "--chunks", 4]),
-                        ("jumprelu", ["--l0", 0.01]), ("jumprelu", ["--target-l0", 5])):
+                        ("jumprelu", ["--l0", 0.01]), ("jumprelu", ["--target-l0", 5]),
+                        ("matryoshka_batchtopk", ["--k", 3, "--matryoshka-widths", "6,24,48"])):
         d = os.path.join(TMP, f"{arch}_{len(extra)}")
         p = run("train", "--data", data, "--arch", arch, "--d-sae", 48, "--steps", 150, "--batch", 256, *extra, "--out", d)
         j = last_json(p)
@@ -156,6 +157,16 @@ def main():
         ref, _ = independent_eval(d, X)
         for key in ("l0", "fvu", "dead_fraction"):
             check(f"eval {arch} {extra}: {key} agrees with numpy", rel_close(e[key], ref[key]), f"sae {e[key]} numpy {ref[key]}")
+
+    # ---- the variants table in docs/variants.md is the one the list generates
+    table = run("variants").stdout
+    docs = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "variants.md")).read()
+    begin = docs.index("\n", docs.index("<!-- variants:begin")) + 1
+    check("variants: docs/variants.md holds `sae variants`'s table", docs[begin:docs.index("<!-- variants:end")] == table,
+          table)
+    check("variants: every variant listed", all(f"`{a}`" in table for a in
+                                                ("standard", "relu", "topk", "batchtopk", "jumprelu", "ortsae",
+                                                 "matryoshka_batchtopk")), table)
 
     # ---- errors: one line on stderr, non-zero exit, nothing written
     def check_error(name, *args, contains=()):
@@ -177,6 +188,8 @@ def main():
                 contains=("--l0",))
     check_error("k larger than d_sae", "train", "--data", data, "--arch", "topk", "--d-sae", 8, "--k", 9, "--out", os.path.join(TMP, "z"),
                 contains=("--k",))
+    check_error("matryoshka widths not ending at d_sae", "train", "--data", data, "--arch", "matryoshka", "--d-sae", 8,
+                "--matryoshka-widths", "2,4", "--out", os.path.join(TMP, "x"), contains=("--matryoshka-widths", "d_sae=8"))
     check("error: failed runs wrote nothing", not any(os.path.exists(os.path.join(TMP, n)) for n in ("x", "y", "z")))
     bad = os.path.join(TMP, "bad.npy")
     with open(bad, "wb") as f:

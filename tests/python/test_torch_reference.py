@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every SAE variant's training step against an independent PyTorch implementation.
 
-For relu, topk, batchtopk, jumprelu, jumprelu-target and ortsae this script makes random float32
+For relu, topk, batchtopk, jumprelu, jumprelu-target, ortsae and matryoshka_batchtopk this script makes random float32
 weights and a batch, runs libsae's training step(s) through tests/tools/sae_one_step, and
 recomputes the same step(s) in float64 PyTorch written from the formulas (DESIGN.md section 1),
 not from libsae's loops:
@@ -54,8 +54,9 @@ D, M, B = 12, 40, 64
 RTOL = 1e-4      # float32 libsae vs float64 reference, relative to the tensor's largest entry
 MARGIN = 3e-5    # minimum distance of every discrete decision from its edge (see docstring)
 CONDITIONING = 100  # minimum |g| / (float32 rounding of g) of every nonzero first-step gradient entry
-UNIT_NORM = {"topk", "batchtopk", "jumprelu", "jumprelu-target", "ortsae"}
-SPARSE = {"topk", "batchtopk", "ortsae"}       # these carry AuxK
+UNIT_NORM = {"topk", "batchtopk", "jumprelu", "jumprelu-target", "ortsae", "matryoshka_batchtopk"}
+SPARSE = {"topk", "batchtopk", "ortsae", "matryoshka_batchtopk"}       # these carry AuxK
+BATCH = {"batchtopk", "ortsae", "matryoshka_batchtopk"}  # the k*B largest of the batch
 JUMP = {"jumprelu", "jumprelu-target"}
 failures = []
 
@@ -178,7 +179,7 @@ def loss_terms(P, X, o, dead, margins):
             k = o["k"]
             margins.append(cut_gap(torch.sort(r.detach(), dim=1, descending=True).values, k).min())
             mask = topk_mask(r.detach(), k, 1)
-        else:  # batchtopk, ortsae: the k*B largest of the whole batch
+        else:  # BATCH: the k*B largest of the whole batch
             kb = o["k"] * Bn
             flat = r.detach().flatten()
             margins.append(cut_gap(torch.sort(flat, descending=True).values, kb))
@@ -186,6 +187,10 @@ def loss_terms(P, X, o, dead, margins):
         f = r * mask
     x_hat = f @ P["W_dec"] + P["b_dec"]
     terms = {"mse_loss": ((x_hat - X) ** 2).sum(1).mean()}
+    if arch == "matryoshka_batchtopk":  # every inner prefix of latents reconstructs on its own
+        widths = o["matryoshka_widths"]
+        terms["inner_mse_loss"] = sum(((f[:, :w] @ P["W_dec"][:w] + P["b_dec"] - X) ** 2).sum(1).mean()
+                                      for w in widths[:-1])
     if arch == "relu":
         terms["l1_loss"] = o["l1"] / Bn * (f * P["W_dec"].norm(dim=1)).sum()
     if arch in JUMP:
@@ -266,7 +271,7 @@ def reference(init, X, o, steps):
                 P["W_dec"] /= P["W_dec"].norm(dim=1, keepdim=True)
             if o["arch"] in JUMP:
                 P["threshold"].clamp_(min=0.0)
-            if o["arch"] in ("batchtopk", "ortsae"):
+            if o["arch"] in BATCH:
                 f = info["f"]
                 mn = float(f[f > 0].min())
                 theta_bt = mn if theta_bt is None else theta_bt + 0.01 * (mn - theta_bt)
@@ -325,6 +330,8 @@ def run_tool(o, w, X, dead_mask, tag):
     for key in ("k", "l1", "l0", "target_l0", "bandwidth", "ortho", "chunks", "aux_k", "aux_coeff",
                 "lr", "beta1", "beta2", "eps", "apply_b_dec", "steps"):
         args += ["--" + key.replace("_", "-"), repr(o[key])]
+    if o.get("matryoshka_widths"):
+        args += ["--matryoshka-widths", ",".join(str(w) for w in o["matryoshka_widths"])]
     if dead_mask is not None:
         mp = os.path.join(TMP, f"{tag}.dead.npy")
         np.save(mp, dead_mask)
@@ -397,7 +404,7 @@ def run_case(tag, worst, **kw):
         after = got.get(name, np.zeros(0))
         devs.append(compare(f"{tag}: {name} update after {o['steps']} step(s)", after - before if after.shape == before.shape else after, p - before))
         compare(f"{tag}: {name} after {o['steps']} step(s)", after, p, RTOL / 10)
-    if arch in ("batchtopk", "ortsae"):
+    if arch in BATCH:
         devs.append(compare(f"{tag}: batchtopk threshold (moving average)", out.get("batchtopk_threshold", np.nan),
                             ref["batchtopk_threshold"], 1e-5))
     worst[tag] = max(devs)
@@ -420,6 +427,9 @@ def main():
     run_case("jumprelu-target 3 steps", worst, arch="jumprelu-target", steps=3, beta1=0.8, beta2=0.95, eps=1e-3)
     run_case("ortsae", worst, arch="ortsae", aux_k=4)
     run_case("ortsae 3 steps", worst, arch="ortsae", aux_k=4, steps=3)
+    run_case("matryoshka", worst, arch="matryoshka_batchtopk", aux_k=4, matryoshka_widths=[5, 17, M])
+    run_case("matryoshka 3 steps no-b_dec", worst, arch="matryoshka_batchtopk", matryoshka_widths=[8, M], steps=3,
+             apply_b_dec=0)
     print("# worst relative deviation per case: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0

@@ -2,10 +2,10 @@
 // writes the gradients of the first step and the weights after the last, so an independent
 // implementation (tests/python/test_torch_reference.py, PyTorch) can check every number.
 //
-//   sae_one_step --arch relu|topk|batchtopk|jumprelu|jumprelu-target|ortsae
+//   sae_one_step --arch relu|topk|batchtopk|jumprelu|jumprelu-target|ortsae|matryoshka_batchtopk
 //                --weights W.safetensors --data X.npy --out OUT.safetensors
 //                [--k K] [--l1 C] [--l0 C] [--target-l0 T] [--bandwidth EPS] [--ortho G] [--chunks K]
-//                [--aux-k N] [--aux-coeff A] [--dead-mask M.npy] [--dead-tokens N]
+//                [--aux-k N] [--aux-coeff A] [--dead-mask M.npy] [--dead-tokens N] [--matryoshka-widths W1,W2,..]
 //                [--lr LR] [--beta1 B1] [--beta2 B2] [--eps E] [--apply-b-dec 0|1] [--steps S]
 //
 // W.safetensors holds SAELens-layout tensors W_enc [d, m], W_dec [m, d], b_enc [m], b_dec [d]
@@ -20,6 +20,8 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -29,6 +31,7 @@ struct Args {
   sae::Index k = 4, aux_k = 0, chunks = 1;
   double l1 = 0.1, l0 = 0.01, target_l0 = 4, bandwidth = 0.05, ortho = 0.25, aux_coeff = 1.0 / 32;
   std::int64_t dead_tokens = 10'000'000, steps = 1;
+  std::vector<std::int64_t> widths;  // matryoshka_batchtopk
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   int apply_b_dec = 1;
 };
@@ -99,7 +102,7 @@ int run(Model& model, const Args& a) {
     adam.step(model.params(), grads, a.lr);
     model.after_update(s);
   }
-  if constexpr (requires { model.activation().threshold_started; }) out["batchtopk_threshold"] = model.activation().threshold;
+  if constexpr (std::is_same_v<Act, sae::BatchTopK>) out["batchtopk_threshold"] = model.activation().threshold;
   sae::io::SafetensorsWriter w;
   std::vector<sae::Mat<float>> keep;
   keep.reserve(2);
@@ -115,7 +118,9 @@ int run(Model& model, const Args& a) {
 int main(int argc, char** argv) {
   CLI::App app{"sae_one_step: training steps from given weights (for reference checks)"};
   Args a;
-  app.add_option("--arch", a.arch)->required()->check(CLI::IsMember({"relu", "topk", "batchtopk", "jumprelu", "jumprelu-target", "ortsae"}));
+  std::vector<std::string> archs = sae::variant_name_list();
+  archs.push_back("jumprelu-target");  // jumprelu with --target-l0
+  app.add_option("--arch", a.arch)->required()->check(CLI::IsMember(archs));
   app.add_option("--weights", a.weights)->required();
   app.add_option("--data", a.data)->required();
   app.add_option("--out", a.out)->required();
@@ -128,6 +133,7 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", a.chunks);
   app.add_option("--aux-k", a.aux_k);
   app.add_option("--aux-coeff", a.aux_coeff);
+  app.add_option("--matryoshka-widths", a.widths)->delimiter(',');
   app.add_option("--dead-mask", a.dead_mask);
   app.add_option("--dead-tokens", a.dead_tokens);
   app.add_option("--lr", a.lr);
@@ -140,41 +146,26 @@ int main(int argc, char** argv) {
   sae::set_num_threads(1);
   try {
     const auto r = sae::io::SafetensorsReader::open(a.weights);
+    // The model `sae train` builds for the variant (sae/variants/list.hpp), with this tool's
+    // coefficients and no coefficient warm-up.
+    sae::TrainSettings t;
+    t.arch = a.arch == "jumprelu-target" ? "jumprelu" : a.arch;
+    t.d_sae = r.info("W_enc").shape.at(1);
+    t.k = a.k;
+    t.dead_tokens = a.dead_tokens;
+    t.opt.steps = a.steps;
+    t.options = {{"l1", a.l1}, {"l1_warmup", 0}, {"l0", a.l0}, {"l0_warmup", 0}, {"bandwidth", a.bandwidth},
+                 {"ortho", a.ortho}, {"chunks", a.chunks}, {"aux_k", a.aux_k}, {"aux_coeff", a.aux_coeff}};
+    if (a.arch == "jumprelu-target") t.options["target_l0"] = a.target_l0;
+    if (!a.widths.empty()) t.options["matryoshka_widths"] = a.widths;
     sae::SaeConfig cfg;
     cfg.d_in = r.info("W_enc").shape.at(0);
-    cfg.d_sae = r.info("W_enc").shape.at(1);
-    cfg.k = a.k;
+    cfg.d_sae = t.d_sae;
+    cfg.architecture = sae::canonical_variant_name(t.arch);
+    cfg.k = sae::variant_name_uses_k(t.arch) ? a.k : 0;
     cfg.apply_b_dec_to_input = a.apply_b_dec != 0;
-    if (a.arch == "relu") {
-      sae::ReluSae<float> m(cfg);
-      m.loss().get<sae::L1Sparsity>().coefficient = a.l1;
-      return run(m, a);
-    }
-    if (a.arch == "topk") {
-      sae::TopKSae<float> m(cfg);
-      return run(m, a);
-    }
-    if (a.arch == "batchtopk") {
-      sae::BatchTopKSae<float> m(cfg);
-      return run(m, a);
-    }
-    if (a.arch == "jumprelu") {
-      sae::JumpReluSae<float> m(cfg);
-      m.activation().bandwidth = a.bandwidth;
-      m.loss().get<sae::L0Sparsity>().coefficient = a.l0;
-      return run(m, a);
-    }
-    if (a.arch == "jumprelu-target") {
-      sae::JumpReluTargetSae<float> m(cfg);
-      m.activation().bandwidth = a.bandwidth;
-      m.loss().get<sae::TargetL0>().coefficient = a.l0;
-      m.loss().get<sae::TargetL0>().target = a.target_l0;
-      return run(m, a);
-    }
-    sae::OrtSae<float> m(cfg);
-    m.loss().get<sae::Orthogonality>().coefficient = a.ortho;
-    m.loss().get<sae::Orthogonality>().chunks = a.chunks;
-    return run(m, a);
+    nlohmann::json tr;
+    return sae::with_training_model(t, cfg, tr, [&](auto& m) { return run(m, a); });
   } catch (const std::exception& e) {
     std::cerr << "sae_one_step: error: " << e.what() << std::endl;
     return 1;

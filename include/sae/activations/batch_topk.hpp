@@ -16,6 +16,7 @@
 #include "../config.hpp"
 #include "../core/fused_encoder.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/sparse_codes.hpp"
 #include "../detail/omp.hpp"
 
@@ -43,7 +44,8 @@ struct BatchTopK {
   static constexpr bool unit_norm_decoder = true;
   static constexpr double decoder_init_norm = 1.0;
   static constexpr bool has_threshold = false;
-  static constexpr Architecture architecture = Architecture::BatchTopK;
+  static constexpr std::string_view family = "batchtopk";
+  static constexpr bool uses_k = true;
 
   Index k = 0;                 ///< mean active latents per token
   double threshold = 0.0;      ///< theta, inference threshold (0 until the first training step)
@@ -51,6 +53,16 @@ struct BatchTopK {
   bool threshold_started = false;
 
   void configure(const SaeConfig& cfg) { k = static_cast<Index>(cfg.k); }
+
+  /// The inference threshold and whether it has started, in the checkpoint's "activation".
+  void save_state(PolicyState& s) const {
+    s.put("threshold", threshold);
+    s.values["threshold_started"] = threshold_started;
+  }
+  void load_state(const PolicyState& s) {
+    threshold = s.get("threshold");
+    threshold_started = s.values.at("threshold_started").get<bool>();
+  }
 
   /// Inference on one block: every latent with z > max(theta, 0), in latent order.
   template <class Scalar>

@@ -12,6 +12,7 @@
 #include "../config.hpp"
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../detail/omp.hpp"
 
 namespace sae {
@@ -50,12 +51,17 @@ struct JumpReLU {
   static constexpr bool unit_norm_decoder = true;
   static constexpr double decoder_init_norm = 1.0;
   static constexpr bool has_threshold = true;
-  static constexpr Architecture architecture = Architecture::JumpReLU;
+  static constexpr std::string_view family = "jumprelu";
+  static constexpr bool uses_k = false;
 
   double bandwidth = 0.3;           ///< epsilon, width of the STE rectangle kernel
   double initial_threshold = 0.3;   ///< theta_0 for every latent at initialisation
 
   void configure(const SaeConfig&) {}
+
+  /// No state of its own in a checkpoint.
+  void save_state(PolicyState&) const {}
+  void load_state(const PolicyState&) {}
 
   /// F = relu(Z) H(Z - theta) in Z's own buffer (m x B), recording in @p below each token's latents
   /// with theta - eps/2 < z <= theta: the straight-through window below the threshold, whose

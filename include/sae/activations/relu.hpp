@@ -8,6 +8,7 @@
 #include "../config.hpp"
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 
 namespace sae {
 
@@ -22,7 +23,8 @@ namespace sae {
 ///   static constexpr bool unit_norm_decoder = false;    // keep ||W_dec[:, j]|| = 1 during training?
 ///   static constexpr double decoder_init_norm = 0.1;    // norm of the initial decoder columns
 ///   static constexpr bool has_threshold = false;        // owns Parameters::threshold (JumpReLU)?
-///   static constexpr Architecture architecture = ...;   // name used in cfg.json
+///   static constexpr std::string_view family = "...";  // cfg.json name of the family
+///   static constexpr bool uses_k = false;               // reads SaeConfig::k?
 ///   void configure(const SaeConfig&);                    // read k etc. from the config
 ///   // F = act(Z) in place, tile by tile (or, with a third argument, over the whole matrix,
 ///   // recording what backward needs in a kernels::LatentList, as JumpReLU does)
@@ -43,9 +45,11 @@ namespace sae {
 /// A sparse activation (TopK family) instead has `sparse = true`,
 /// `select_top(B, m, top_c, codes)` (topk.hpp) or `select(Zblock, first_token, codes, p)`, and
 /// `backward(codes, grad_values)`, and optionally `select_batch(...)` for a training-time
-/// selection across the batch (batch_topk.hpp). Either kind may define
+/// selection across the batch (batch_topk.hpp). Both kinds have
 /// `after_update(Parameters&, const Codes&)`, called by the trainer after every optimizer step
-/// (to keep a threshold positive, or to track one).
+/// (to keep a threshold positive, or to track one), and `save_state(PolicyState&) const` /
+/// `load_state(const PolicyState&)` for what a checkpoint must keep (an empty body when
+/// nothing). The concepts in core/policies.hpp check all of it where the model is declared.
 ///
 /// Backward: dL/dz = dL/df * 1[z > 0].
 struct ReLU {
@@ -53,9 +57,14 @@ struct ReLU {
   static constexpr bool unit_norm_decoder = false;
   static constexpr double decoder_init_norm = 0.1;
   static constexpr bool has_threshold = false;
-  static constexpr Architecture architecture = Architecture::Standard;
+  static constexpr std::string_view family = "standard";
+  static constexpr bool uses_k = false;
 
   void configure(const SaeConfig&) {}
+
+  /// No state of its own in a checkpoint.
+  void save_state(PolicyState&) const {}
+  void load_state(const PolicyState&) {}
 
   /// F = max(Z, 0) in Z's own buffer. @p ZF is a tile of the m x B matrix (the model calls it
   /// tile by tile, inside the encoder's tile loop, while the tile is in cache).
@@ -75,6 +84,10 @@ struct ReLU {
   /// Nothing to add after a chunk of latents (ReLU has no parameters of its own).
   template <class Scalar>
   void finish_backward(Index, Index, const Scalar*, const Parameters<Scalar>&, Parameters<Scalar>&) const {}
+
+  /// Nothing to do after an optimizer step.
+  template <class Scalar, class Codes>
+  void after_update(Parameters<Scalar>&, const Codes&) const {}
 };
 
 }  // namespace sae

@@ -12,6 +12,7 @@
 
 #include "../config.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/sparse_codes.hpp"
 
 namespace sae {
@@ -36,11 +37,16 @@ struct TopK {
   static constexpr bool unit_norm_decoder = true;
   static constexpr double decoder_init_norm = 1.0;
   static constexpr bool has_threshold = false;
-  static constexpr Architecture architecture = Architecture::TopK;
+  static constexpr std::string_view family = "topk";
+  static constexpr bool uses_k = true;
 
   Index k = 0;
 
   void configure(const SaeConfig& cfg) { k = static_cast<Index>(cfg.k); }
+
+  /// No state of its own in a checkpoint.
+  void save_state(PolicyState&) const {}
+  void load_state(const PolicyState&) {}
 
   /// All B tokens at once: @p top_c(cap, values, indices, count) writes each token's up to cap
   /// largest positive pre-activations, sorted by latent, into fixed slots (the fused encoder,
@@ -72,6 +78,9 @@ struct TopK {
   template <class Scalar>
   void backward(const SparseCodes<Scalar>&, std::vector<Scalar>&) const {}
 
+  /// Nothing to do after an optimizer step.
+  template <class Scalar>
+  void after_update(Parameters<Scalar>&, const SparseCodes<Scalar>&) const {}
 };
 
 }  // namespace sae

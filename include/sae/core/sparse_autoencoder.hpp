@@ -11,24 +11,22 @@
 
 #include <Eigen/Core>
 
-#include "../activations/batch_topk.hpp"
-#include "../activations/jumprelu.hpp"
-#include "../activations/relu.hpp"
-#include "../activations/topk.hpp"
 #include "../config.hpp"
 #include "../detail/random.hpp"
-#include "../losses/aux_k.hpp"
 #include "../losses/combined_loss.hpp"
-#include "../losses/l0_sparsity.hpp"
-#include "../losses/l1_sparsity.hpp"
-#include "../losses/orthogonality.hpp"
-#include "../losses/reconstruction.hpp"
 #include "kernels.hpp"
 #include "parameters.hpp"
+#include "policies.hpp"
 #include "sparse_codes.hpp"
 #include "step_state.hpp"
 
 namespace sae {
+
+/// The architecture name (cfg.json, checkpoints, reports) of SparseAutoencoder<Activation, Loss>:
+/// the activation's family, unless a variant whose loss makes it another architecture
+/// specialises this (OrtSAE = BatchTopK + Orthogonality, variants/ortsae.hpp).
+template <class Activation, class Loss>
+inline constexpr std::string_view architecture_name_of = Activation::family;
 
 /// A sparse autoencoder with d = d_in inputs and m = d_sae latents.
 ///
@@ -41,9 +39,12 @@ namespace sae {
 /// Activation policy (relu.hpp documents the interface), @p Loss a CombinedLoss of LossTerms,
 /// @p Scalar float (training) or double (gradient checks).
 ///
+/// The core includes no policy: the variants (activation + loss) are named in
+/// sae/variants/, one header each, and listed once in sae/variants/list.hpp.
+///
 /// Threading: encode/decode/forward_backward use OpenMP and Eigen's threads internally
 /// (set_num_threads); one model must not run two of them concurrently on the same StepState.
-template <class Activation, class Loss, class Scalar = float>
+template <ActivationPolicy Activation, class Loss, class Scalar = float>
 class SparseAutoencoder {
  public:
   using scalar_type = Scalar;
@@ -59,26 +60,29 @@ class SparseAutoencoder {
 
   SparseAutoencoder() = default;
 
-  /// The architecture this combination of policies is (OrtSAE = BatchTopK + Orthogonality).
-  static constexpr Architecture architecture() {
-    if constexpr (Activation::architecture == Architecture::BatchTopK && Loss::template has<Orthogonality>())
-      return Architecture::OrtSAE;
-    else
-      return Activation::architecture;
-  }
+  /// The architecture this combination of policies is (architecture_name_of).
+  static constexpr std::string_view architecture() { return architecture_name_of<Activation, Loss>; }
 
   /// Zero parameters of the configured shape; call initialize() before training.
-  /// Throws std::invalid_argument if cfg is unusable or names another architecture.
+  /// Sets cfg.architecture to architecture(), and cfg.k to 0 unless the activation uses k.
+  /// Throws std::invalid_argument if cfg is unusable.
   explicit SparseAutoencoder(SaeConfig cfg, Activation act = {}, Loss loss = {})
       : cfg_(std::move(cfg)), act_(std::move(act)), loss_(std::move(loss)) {
-    cfg_.architecture = architecture();
+    cfg_.architecture = std::string(architecture());
+    if (!Activation::uses_k) cfg_.k = 0;
     cfg_.validate();
+    if (Activation::uses_k && cfg_.k <= 0)
+      throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(cfg_.d_sae) + "], got " +
+                                  std::to_string(cfg_.k));
     act_.configure(cfg_);
     params_ = Parameters<Scalar>(cfg_.d_in, cfg_.d_sae, Activation::has_threshold);
   }
 
+  /// The configuration (read-only: k and the architecture are fixed at construction, and the
+  /// activation holds its own copy of what it reads; the metadata may change).
   const SaeConfig& config() const { return cfg_; }
-  SaeConfig& config() { return cfg_; }
+  /// Replaces cfg.json's metadata (training settings, provenance).
+  void set_metadata(nlohmann::json metadata) { cfg_.metadata = std::move(metadata); }
   const Parameters<Scalar>& params() const { return params_; }
   Parameters<Scalar>& params() { return params_; }
   const Activation& activation() const { return act_; }
@@ -98,7 +102,7 @@ class SparseAutoencoder {
     if (p.has_threshold() != Activation::has_threshold)
       throw std::invalid_argument(std::string("parameters ") + (p.has_threshold() ? "have" : "lack") +
                                   " a threshold, which architecture '" +
-                                  std::string(architecture_name(Activation::architecture)) +
+                                  std::string(architecture()) +
                                   (Activation::has_threshold ? "' needs" : "' does not use"));
     params_ = std::move(p);
   }
@@ -203,7 +207,7 @@ class SparseAutoencoder {
   /// the step's codes in @p s.
   void after_update(const State& s) {
     if constexpr (Activation::unit_norm_decoder) normalize_decoder();
-    if constexpr (requires { act_.after_update(params_, s.codes); }) act_.after_update(params_, s.codes);
+    act_.after_update(params_, s.codes);
     loss_.after_update(s.codes);
   }
 
@@ -279,29 +283,5 @@ class SparseAutoencoder {
   Loss loss_;
   Parameters<Scalar> params_;
 };
-
-/// ReLU SAE with the decoder-norm-weighted L1 penalty (SAELens "standard").
-template <class Scalar = float>
-using ReluSae = SparseAutoencoder<ReLU, CombinedLoss<Reconstruction, L1Sparsity>, Scalar>;
-
-/// TopK SAE (Gao et al. 2024), unit-norm decoder, with the AuxK dead-latent loss.
-template <class Scalar = float>
-using TopKSae = SparseAutoencoder<TopK, CombinedLoss<Reconstruction, AuxK>, Scalar>;
-
-/// BatchTopK SAE (Bussmann et al. 2024) with AuxK; saved as JumpReLU with its threshold.
-template <class Scalar = float>
-using BatchTopKSae = SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, AuxK>, Scalar>;
-
-/// JumpReLU SAE (Rajamanoharan et al. 2024) with the plain L0 penalty lambda * L0.
-template <class Scalar = float>
-using JumpReluSae = SparseAutoencoder<JumpReLU, CombinedLoss<Reconstruction, L0Sparsity>, Scalar>;
-
-/// JumpReLU SAE with the target-L0 penalty lambda * (L0 / L0_target - 1)^2.
-template <class Scalar = float>
-using JumpReluTargetSae = SparseAutoencoder<JumpReLU, CombinedLoss<Reconstruction, TargetL0>, Scalar>;
-
-/// OrtSAE (Korznikov et al. 2025): BatchTopK + AuxK + chunked decoder orthogonality penalty.
-template <class Scalar = float>
-using OrtSae = SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, AuxK, Orthogonality>, Scalar>;
 
 }  // namespace sae

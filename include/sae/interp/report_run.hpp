@@ -176,11 +176,11 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
   in.metrics = an.metrics;
   const SaeConfig cfg = model.config();
   in.summary = {{"SAE", s.sae_path.empty() ? std::string("(in memory)") : s.sae_path.string()},
-                {"architecture", std::string(architecture_name(cfg.architecture))},
+                {"architecture", cfg.architecture},
                 {"d_in", cfg.d_in},
                 {"d_sae", cfg.d_sae},
                 {"data", data_name}};
-  if (architecture_uses_k(cfg.architecture)) in.summary["k"] = cfg.k;
+  if (cfg.k > 0) in.summary["k"] = cfg.k;
   if (s.tokens) in.summary["tokens table"] = s.tokens->string();
   if (s.unembed) in.summary["unembedding"] = s.unembed->string();
   in.b_dec = Vec<float>(model.params().b_dec);

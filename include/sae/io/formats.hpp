@@ -168,7 +168,7 @@ LoadedWeights load_gemma_like(const std::filesystem::path& path, const Source& s
     SaeConfig& c = out.config;
     c.d_in = static_cast<std::int64_t>(d);
     c.d_sae = static_cast<std::int64_t>(m);
-    c.architecture = Architecture::JumpReLU;
+    c.architecture = "jumprelu";  // Gemma Scope: SAELens's jumprelu
     c.k = 0;
     c.apply_b_dec_to_input = false;
     c.normalize_activations = "none";
@@ -318,7 +318,7 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
     SaeConfig& c = out.config;
     c.d_in = d_in;
     c.d_sae = m;
-    c.architecture = Architecture::TopK;
+    c.architecture = "topk";  // sparsify: SAELens's topk
     c.k = k;
     c.apply_b_dec_to_input = true;
     c.dtype = "float32";

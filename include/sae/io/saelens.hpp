@@ -142,9 +142,9 @@ inline void check_inference_semantics(const nlohmann::json& j, const SaeConfig& 
     throw IoError(path, "unknown normalize_activations '" + n + "' (expected none or expected_average_only_in)");
   if (auto it = j.find("rescale_acts_by_decoder_norm"); it != j.end() && !it->is_null()) {
     if (!it->is_boolean()) throw IoError(path, "field 'rescale_acts_by_decoder_norm' must be a boolean");
-    if (it->get<bool>() && c.architecture != Architecture::TopK)
+    if (it->get<bool>() && c.architecture != "topk")
       throw IoError(path, "rescale_acts_by_decoder_norm is defined for topk SAEs only, not '" +
-                              std::string(architecture_name(c.architecture)) + "'");
+                              c.architecture + "'");
   }
 }
 
@@ -350,7 +350,7 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   for (const char* name : gated ? std::vector<const char*>{"b_gate", "b_mag", "r_mag"} : std::vector<const char*>{"b_enc"})
     expect(name, {m});
   expect("b_dec", {d});
-  const bool with_threshold = out.config.architecture == Architecture::JumpReLU;
+  const bool with_threshold = out.config.architecture == "jumprelu";
   // Old JumpReLU training checkpoints store log_threshold; threshold = exp(log_threshold).
   const bool log_threshold = with_threshold && !r.contains("threshold") && r.contains("log_threshold");
   if (with_threshold && !gated) expect(log_threshold ? "log_threshold" : "threshold", {m});

@@ -12,6 +12,7 @@
 
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/sparse_codes.hpp"
 #include "../core/step_state.hpp"
 #include "../detail/omp.hpp"
@@ -130,6 +131,15 @@ struct AuxK {
   template <class Scalar>
   void after_update(const SparseCodes<Scalar>& codes) {
     kernels::update_since_fired(codes, since_fired);
+  }
+
+  /// since_fired, as the checkpoint tensor loss.auxk_loss.since_fired.
+  void save_state(PolicyState& s) const {
+    if (!since_fired.empty()) s.counts["since_fired"] = since_fired;
+  }
+  void load_state(const PolicyState& s) {
+    auto it = s.counts.find("since_fired");
+    since_fired = it == s.counts.end() ? std::vector<std::int64_t>{} : it->second;
   }
 };
 

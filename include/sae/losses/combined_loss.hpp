@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/step_state.hpp"
 
 namespace sae {
@@ -28,7 +29,7 @@ struct LossReport {
 /// CombinedLoss<Reconstruction, L1Sparsity> loss;
 /// loss.get<L1Sparsity>().coefficient = 5e-3;
 /// @endcode
-template <class... Terms>
+template <LossTerm... Terms>
 struct CombinedLoss {
   static constexpr std::size_t size = sizeof...(Terms);
   using Report = LossReport<size>;
@@ -68,7 +69,7 @@ struct CombinedLoss {
  private:
   template <class T, class Codes>
   static void after_update_one(T& term, const Codes& codes) {
-    if constexpr (requires { term.after_update(codes); }) term.after_update(codes);
+    term.after_update(codes);
   }
 
   template <class Scalar, class Codes, class DerivedX, std::size_t... I>

@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/step_state.hpp"
 #include "../optim/schedule.hpp"
 #include "../detail/omp.hpp"
@@ -65,7 +66,7 @@ double l0_and_threshold_gradient(const Mat<Scalar>& F, const kernels::LatentList
 ///
 /// Under Adam the update size does not grow with lambda, so large lambdas saturate
 /// (SAELens#719); TargetL0 below gives a knob that moves L0 directly.
-struct L0Sparsity {
+struct L0Sparsity : StatelessTerm {
   static constexpr const char* name = "l0_loss";
 
   double coefficient = 1e-2;      ///< lambda
@@ -88,7 +89,7 @@ struct L0Sparsity {
 /// pulls the batch L0 (as in L0Sparsity) towards a target from either side, so the knob moves
 /// L0 even where Adam's normalisation makes lambda * L0 saturate (the dictionary_learning
 /// JumpReLU trainer's form). dL/dtheta = 2 lambda (L0/T - 1)/T * dL0/dtheta.
-struct TargetL0 {
+struct TargetL0 : StatelessTerm {
   static constexpr const char* name = "target_l0_loss";
 
   double coefficient = 1.0;       ///< lambda

@@ -9,6 +9,7 @@
 
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/step_state.hpp"
 #include "../optim/schedule.hpp"
 
@@ -23,7 +24,7 @@ namespace sae {
 ///
 ///     dL/df_tj      = lambda_s / B * n_j
 ///     dL/dW_dec[:,j] = lambda_s / B * s_j * W_dec[:, j] / n_j
-struct L1Sparsity {
+struct L1Sparsity : StatelessTerm {
   static constexpr const char* name = "l1_loss";
 
   double coefficient = 0.3;           ///< lambda (for data of mean squared norm about 1)

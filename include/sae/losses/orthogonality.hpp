@@ -13,6 +13,7 @@
 #include <Eigen/Core>
 
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/step_state.hpp"
 #include "../detail/omp.hpp"
 #include "../detail/random.hpp"
@@ -30,7 +31,7 @@ namespace sae {
 ///
 /// Each latent i contributes gamma/m * cos(i, j*_i) and pushes its own direction and its
 /// nearest neighbour's apart. Chunks are disjoint, so chunks are processed in parallel.
-struct Orthogonality {
+struct Orthogonality : StatelessTerm {
   static constexpr const char* name = "ortho_loss";
 
   double coefficient = 0.25;   ///< gamma

@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../core/step_state.hpp"
 
 namespace sae {
@@ -26,9 +27,16 @@ namespace sae {
 ///   template <class Scalar, class Codes, class DerivedX>
 ///   double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
 ///                     StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const;
+///   // After each optimizer step, from the step's codes (AuxK counts dead latents here), and
+///   // what a checkpoint keeps of it (core/policies.hpp, PolicyState)
+///   template <class Codes> void after_update(const Codes& codes);
+///   void save_state(PolicyState&) const;
+///   void load_state(const PolicyState&);
 /// };
 /// @endcode
-struct Reconstruction {
+/// A term without state derives from StatelessTerm, which writes the last three as no-ops.
+/// The LossTerm concept (core/policies.hpp) checks them where a CombinedLoss is declared.
+struct Reconstruction : StatelessTerm {
   static constexpr const char* name = "mse_loss";
 
   template <class Scalar, class Codes, class DerivedX>

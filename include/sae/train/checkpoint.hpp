@@ -10,13 +10,16 @@
 ///     model.b_enc [d_sae], model.b_dec [d_in], model.threshold [d_sae] (JumpReLU only)
 ///     adam.m.<tensor>, adam.v.<tensor>           Adam's moments, same shapes
 ///     trainer.since_fired [d_sae] I64             tokens since each latent fired (reports)
-///     loss.<term>.since_fired [d_sae] I64         stateful loss terms (AuxK's dead-latent counts)
+///     loss.<term>.<key> [d_sae] I64               a loss term's per-latent counts (PolicyState::counts;
+///                                                 AuxK's loss.auxk_loss.since_fired)
+///     activation.<key> [d_sae] I64                the activation's (none has any yet)
 ///
 /// and `__metadata__` = {"format": "libsae-checkpoint", "state": JSON text} with the JSON
 ///
 ///     {"format": "libsae-checkpoint", "version": 1, "architecture", "d_in", "d_sae", "scalar",
 ///      "step", "tokens", "adam": {"t", "beta1", "beta2", "eps"},
-///      "activation": {"threshold", "threshold_started"}  (BatchTopK's inference threshold),
+///      "activation": {...}  (the activation's PolicyState values: BatchTopK's inference threshold),
+///      "loss": {"<term>": {...}}  (a loss term's PolicyState values, when it has any),
 ///      "window": {...} (progress sums since the last report), "extra": {caller's JSON}}
 ///
 /// (every double also as its IEEE bit pattern, `<name>_bits`, which is what is read back).
@@ -32,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <span>
 #include <string>
@@ -43,6 +47,7 @@
 
 #include "../config.hpp"
 #include "../core/parameters.hpp"
+#include "../core/policies.hpp"
 #include "../io/error.hpp"
 #include "../io/safetensors.hpp"
 #include "../optim/adam.hpp"
@@ -134,21 +139,33 @@ void save_checkpoint(const std::filesystem::path& file, const Model& model,
       w.add_raw(name, io::StDtype::I64, {static_cast<std::int64_t>(c.size())}, dc::bytes(c.data(), c.size()));
   };
   add_counts("trainer.since_fired", st.since_fired);
+  // The policies' own state (core/policies.hpp): values into the JSON, counts as tensors.
+  auto add_state = [&](const PolicyState& ps, const std::string& prefix) {
+    for (const auto& [key, c] : ps.counts) add_counts(prefix + key, c);
+    return ps.values;
+  };
+  // The writer keeps spans of the counts until write(): the states live until then.
+  std::deque<PolicyState> states;
+  nlohmann::json loss_values = nlohmann::json::object();
   std::apply(
       [&](const auto&... term) {
         (
             [&] {
-              if constexpr (requires { term.since_fired; })
-                add_counts(std::string("loss.") + term.name + ".since_fired", term.since_fired);
+              PolicyState& ps = states.emplace_back();
+              term.save_state(ps);
+              nlohmann::json v = add_state(ps, std::string("loss.") + term.name + ".");
+              if (!v.empty()) loss_values[term.name] = std::move(v);
             }(),
             ...);
       },
       model.loss().terms);
+  PolicyState& act_state = states.emplace_back();
+  model.activation().save_state(act_state);
 
   nlohmann::json j;
   j["format"] = "libsae-checkpoint";
   j["version"] = checkpoint_format_version;
-  j["architecture"] = std::string(architecture_name(Model::architecture()));
+  j["architecture"] = std::string(Model::architecture());
   j["d_in"] = model.d_in();
   j["d_sae"] = model.d_sae();
   j["scalar"] = dc::scalar_name<Scalar>();
@@ -159,12 +176,8 @@ void save_checkpoint(const std::filesystem::path& file, const Model& model,
   dc::put(a, "beta1", st.adam.options().beta1);
   dc::put(a, "beta2", st.adam.options().beta2);
   dc::put(a, "eps", st.adam.options().eps);
-  nlohmann::json act = nlohmann::json::object();
-  if constexpr (requires { model.activation().threshold_started; }) {
-    dc::put(act, "threshold", model.activation().threshold);
-    act["threshold_started"] = model.activation().threshold_started;
-  }
-  j["activation"] = act;
+  j["activation"] = add_state(act_state, "activation.");
+  if (!loss_values.empty()) j["loss"] = std::move(loss_values);
   nlohmann::json& win = j["window"];
   dc::put(win, "loss", st.window.loss);
   dc::put(win, "l0", st.window.l0);
@@ -219,7 +232,7 @@ nlohmann::json load_checkpoint(const std::filesystem::path& file, Model& model,
   const nlohmann::json j = read_checkpoint_state(file);
   const io::SafetensorsReader r = io::SafetensorsReader::open(file);
   auto fail = [&](const std::string& what) { throw io::IoError(file, what); };
-  const std::string arch(architecture_name(Model::architecture()));
+  const std::string arch(Model::architecture());
   try {
     if (j.at("architecture").get<std::string>() != arch || j.at("d_in").get<std::int64_t>() != model.d_in() ||
         j.at("d_sae").get<std::int64_t>() != model.d_sae() || j.at("scalar").get<std::string>() != dc::scalar_name<Scalar>())
@@ -279,26 +292,32 @@ nlohmann::json load_checkpoint(const std::filesystem::path& file, Model& model,
     for (const auto& b : win.at("terms_bits")) out.window.terms.push_back(dc::from_bits(b.get<std::uint64_t>()));
 
     // Everything read and checked: now change the model and the state.
+    // A policy's state: its JSON values and every I64 tensor named PREFIX<key>.
+    auto read_state = [&](const nlohmann::json& values, const std::string& prefix) {
+      PolicyState ps;
+      ps.values = values;
+      for (const auto& [name, info] : r.tensors())
+        if (name.rfind(prefix, 0) == 0) read_counts(name, ps.counts[name.substr(prefix.size())]);
+      return ps;
+    };
     auto loss_state = model.loss().terms;
+    const nlohmann::json no_values = nlohmann::json::object();
+    const nlohmann::json& loss_values = j.contains("loss") ? j.at("loss") : no_values;
     std::apply(
         [&](auto&... term) {
           (
               [&] {
-                if constexpr (requires { term.since_fired; })
-                  read_counts(std::string("loss.") + term.name + ".since_fired", term.since_fired);
+                term.load_state(read_state(loss_values.contains(term.name) ? loss_values.at(term.name) : no_values,
+                                           std::string("loss.") + term.name + "."));
               }(),
               ...);
         },
         loss_state);
-    const nlohmann::json& act = j.at("activation");
-    if constexpr (requires { model.activation().threshold_started; }) {
-      const double th = get(act, "threshold");
-      const bool started = act.at("threshold_started").get<bool>();
-      model.activation().threshold = th;
-      model.activation().threshold_started = started;
-    }
+    auto act_state = model.activation();
+    act_state.load_state(read_state(j.at("activation"), "activation."));
     model.set_params(std::move(p));
     model.loss().terms = std::move(loss_state);
+    model.activation() = std::move(act_state);
     out.adam = Adam<Scalar>(ao, model.params());
     out.adam.first_moment() = std::move(m);
     out.adam.second_moment() = std::move(v);

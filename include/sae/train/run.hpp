@@ -41,111 +41,48 @@
 #include "../io/atomic_file.hpp"
 #include "../io/directory.hpp"
 #include "../io/error.hpp"
+#include "../variants/list.hpp"
 #include "../version.hpp"
 #include "batches.hpp"
 #include "checkpoint.hpp"
+#include "settings.hpp"
 #include "streaming.hpp"
 #include "trainer.hpp"
 
 namespace sae {
 
-/// Every setting of a training run (`sae train --flag` is the field of the same name with '-'
-/// as '_'). Defaults are the measured ones of docs/variants.md.
-struct TrainSettings {
-  std::vector<std::filesystem::path> data;  ///< .npy files and/or directories of them
-  std::filesystem::path out;                ///< SAE directory to write (empty: keep in memory only)
-  std::string arch = "topk";                ///< relu|standard|topk|batchtopk|jumprelu|ortsae
-  Index d_sae = 0;                          ///< m
-  Index k = 32;                             ///< active latents per token (TopK family)
-  double l1 = 0.3;                          ///< relu: L1 coefficient
-  std::int64_t l1_warmup = -1;              ///< relu: coefficient warm-up steps (-1: steps/20)
-  std::optional<double> l0;                 ///< jumprelu: lambda (default 1e-2, or 1.0 with target_l0)
-  std::optional<double> target_l0;          ///< jumprelu: penalise lambda (L0/target - 1)^2
-  std::int64_t l0_warmup = -1;              ///< jumprelu: coefficient warm-up steps (-1: steps/20)
-  double bandwidth = JumpReLU{}.bandwidth;  ///< jumprelu: straight-through kernel width
-  double threshold_init = JumpReLU{}.initial_threshold;
-  double ortho = Orthogonality{}.coefficient;  ///< ortsae: gamma
-  Index chunks = Orthogonality{}.chunks;       ///< ortsae: random latent chunks per step
-  Index aux_k = 0;                             ///< AuxK dead latents (0: d_in / 2)
-  double aux_coeff = AuxK{}.coefficient;
-  std::int64_t dead_tokens = AuxK{}.dead_tokens;
-  std::optional<double> lr;                 ///< peak lr (default default_lr(d_sae))
-  TrainOptions opt;                         ///< steps, batch, warmup, decay, seed, log_every
-  int threads = 0;                          ///< 0: all cores / OMP_NUM_THREADS
-  std::string gemm = "auto";                ///< encoder GEMM: auto, eigen or blas
-  std::optional<std::int64_t> shuffle_buffer;  ///< tokens; unset with one file: full shuffle
-  std::string normalize = "none";           ///< none, expected-norm, unit-mean-square
-  std::int64_t checkpoint_every = 0;        ///< steps between checkpoints (0: none)
-  std::filesystem::path checkpoint_dir;     ///< default OUT/checkpoint
-  std::filesystem::path resume;             ///< run directory or checkpoint file to continue
-  /// Settings given explicitly ("lr", "--lr", "checkpoint-every" ...): resuming refuses to
-  /// change any but the ones resume_settings_allowed() names.
-  std::set<std::string> given;
-};
-
-/// "--checkpoint-every" / "checkpoint-every" / "checkpoint_every" -> "checkpoint_every".
-inline std::string setting_key(std::string name) {
-  name.erase(0, name.find_first_not_of('-'));
-  for (char& c : name)
-    if (c == '-') c = '_';
-  return name;
-}
-
-/// Settings that may change when resuming; every other one comes from the checkpoint.
-inline const std::set<std::string>& resume_settings_allowed() {
-  static const std::set<std::string> s = {"resume",         "threads", "checkpoint_every", "checkpoint_dir",
-                                          "out",            "data",    "log_every",        "gemm"};
-  return s;
-}
-
-/// Default peak learning rate: 2e-4 / sqrt(m / 2^14) (the 1/sqrt(m) scaling of Gao et al.
-/// 2024, Fig. 3, as dictionary_learning uses it), which gives 1.1e-3 at m = 512.
-inline double default_lr(Index d_sae) { return 2e-4 / std::sqrt(static_cast<double>(d_sae) / 16384.0); }
-
-/// Default lambda for JumpReLU: 1e-2 for lambda * L0 and 1.0 for the target-L0 penalty
-/// (measured on data of mean squared norm about 1; see docs/variants.md).
-inline double default_l0(const TrainSettings& a) { return a.target_l0 ? 1.0 : 1e-2; }
-
-/// The settings a checkpoint records (everything that shapes the run; not `given`/`resume`).
+/// The settings a checkpoint records (everything that shapes the run; not `given`/`resume`),
+/// flat: the variant options of every variant (the run's, given or default; others' as given),
+/// beside the common settings. These keys are also libsae.train's keywords.
 inline nlohmann::json train_settings_to_json(const TrainSettings& a) {
   using nlohmann::json;
   json d = json::array();
   for (const auto& p : a.data) d.push_back(p.string());
-  auto opt_num = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
-  return {{"data", d}, {"out", a.out.string()}, {"arch", a.arch}, {"d_sae", a.d_sae}, {"k", a.k},
-          {"l1", a.l1}, {"l1_warmup", a.l1_warmup}, {"l0", opt_num(a.l0)}, {"target_l0", opt_num(a.target_l0)},
-          {"l0_warmup", a.l0_warmup}, {"bandwidth", a.bandwidth}, {"threshold_init", a.threshold_init},
-          {"ortho", a.ortho}, {"chunks", a.chunks}, {"aux_k", a.aux_k}, {"aux_coeff", a.aux_coeff},
-          {"dead_tokens", a.dead_tokens}, {"lr", opt_num(a.lr)}, {"steps", a.opt.steps}, {"batch", a.opt.batch},
-          {"warmup", a.opt.warmup_steps}, {"decay", a.opt.decay_steps}, {"seed", a.opt.seed},
-          {"log_every", a.opt.log_every}, {"threads", a.threads},
-          {"shuffle_buffer", a.shuffle_buffer ? json(*a.shuffle_buffer) : json(nullptr)},
-          {"normalize", a.normalize}, {"checkpoint_every", a.checkpoint_every},
-          {"checkpoint_dir", a.checkpoint_dir.string()}};
+  json j = {{"data", d}, {"out", a.out.string()}, {"arch", a.arch}, {"d_sae", a.d_sae}, {"k", a.k},
+            {"dead_tokens", a.dead_tokens}, {"lr", a.lr ? json(*a.lr) : json(nullptr)}, {"steps", a.opt.steps},
+            {"batch", a.opt.batch}, {"warmup", a.opt.warmup_steps}, {"decay", a.opt.decay_steps},
+            {"seed", a.opt.seed}, {"log_every", a.opt.log_every}, {"threads", a.threads},
+            {"shuffle_buffer", a.shuffle_buffer ? json(*a.shuffle_buffer) : json(nullptr)},
+            {"normalize", a.normalize}, {"checkpoint_every", a.checkpoint_every},
+            {"checkpoint_dir", a.checkpoint_dir.string()}};
+  for (const DeclaredOption& o : all_variant_options()) {
+    const auto it = a.options.find(o.spec.key);
+    j[o.spec.key] = it != a.options.end() ? *it : o.spec.default_value;
+  }
+  return j;
 }
 
-/// Inverse of train_settings_to_json (throws nlohmann::json::exception on a missing field).
+/// Inverse of train_settings_to_json (throws nlohmann::json::exception on a missing common
+/// field; a variant option missing from an older checkpoint takes its default).
 inline TrainSettings train_settings_from_json(const nlohmann::json& j) {
   TrainSettings a;
   for (const auto& p : j.at("data")) a.data.emplace_back(p.get<std::string>());
-  auto opt_num = [&](const char* k) { return j.at(k).is_null() ? std::optional<double>() : j.at(k).get<double>(); };
   a.out = j.at("out").get<std::string>();
   a.arch = j.at("arch").get<std::string>();
   a.d_sae = j.at("d_sae").get<Index>();
   a.k = j.at("k").get<Index>();
-  a.l1 = j.at("l1").get<double>();
-  a.l1_warmup = j.at("l1_warmup").get<std::int64_t>();
-  a.l0 = opt_num("l0");
-  a.target_l0 = opt_num("target_l0");
-  a.l0_warmup = j.at("l0_warmup").get<std::int64_t>();
-  a.bandwidth = j.at("bandwidth").get<double>();
-  a.threshold_init = j.at("threshold_init").get<double>();
-  a.ortho = j.at("ortho").get<double>();
-  a.chunks = j.at("chunks").get<Index>();
-  a.aux_k = j.at("aux_k").get<Index>();
-  a.aux_coeff = j.at("aux_coeff").get<double>();
   a.dead_tokens = j.at("dead_tokens").get<std::int64_t>();
-  a.lr = opt_num("lr");
+  if (!j.at("lr").is_null()) a.lr = j.at("lr").get<double>();
   a.opt.steps = j.at("steps").get<std::int64_t>();
   a.opt.batch = j.at("batch").get<Index>();
   a.opt.warmup_steps = j.at("warmup").get<std::int64_t>();
@@ -157,6 +94,8 @@ inline TrainSettings train_settings_from_json(const nlohmann::json& j) {
   a.normalize = j.at("normalize").get<std::string>();
   a.checkpoint_every = j.at("checkpoint_every").get<std::int64_t>();
   a.checkpoint_dir = j.at("checkpoint_dir").get<std::string>();
+  for (const DeclaredOption& o : all_variant_options())
+    if (const auto it = j.find(o.spec.key); it != j.end()) a.options[o.spec.key] = *it;
   return a;
 }
 
@@ -422,35 +361,27 @@ inline std::string gemm_backend_name() { return gemm::backend_name(gemm::encoder
 
 }  // namespace detail
 
-/// A training setting that cannot work (a bad value, or values that contradict each other):
-/// the `sae` tool exits with status 2 for it, as for a flag it cannot parse.
-struct SettingsError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
-
 /// Checks the settings that do not depend on the data (one sentence per problem, naming the
 /// flag): SettingsError; io::IoError when `out` names an existing file.
 inline void check_train_settings(const TrainSettings& a) {
   auto fail = [](const std::string& why) { throw SettingsError(why); };
-  Architecture arch{};
   try {
-    arch = parse_architecture(a.arch);
+    with_variant(a.arch, [&]<class V>(std::type_identity<V>) {
+      V::check(resolve_options<V>(a.options), a);
+    });
     parse_normalization(a.normalize);
     if (a.gemm != "auto") gemm::parse_backend(a.gemm);
   } catch (const std::invalid_argument& e) {
     fail(e.what());
   }
   if (a.d_sae <= 0) fail("--d-sae must be positive");
-  if (architecture_uses_k(arch) && (a.k <= 0 || a.k > a.d_sae))
+  if (variant_name_uses_k(a.arch) && (a.k <= 0 || a.k > a.d_sae))
     fail("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
   if (a.opt.batch <= 0) fail("--batch must be positive");
   if (a.opt.steps <= 0) fail("--steps must be positive");
   if (a.threads < 0) fail("--threads must be >= 0 (0: all cores)");
   if (a.lr && !(*a.lr > 0 && std::isfinite(*a.lr))) fail("--lr must be a positive number");
-  if (!(a.bandwidth > 0)) fail("--bandwidth must be positive");
-  if (a.target_l0 && !(*a.target_l0 > 0)) fail("--target-l0 must be positive");
-  if (a.chunks < 1) fail("--chunks must be at least 1");
-  if (a.aux_k < 0) fail("--aux-k must be >= 0 (0: d_in / 2)");
+  if (a.dead_tokens <= 0) fail("--dead-tokens must be positive");
   if (a.shuffle_buffer && *a.shuffle_buffer <= 0) fail("--shuffle-buffer must be positive");
   if (a.checkpoint_every < 0) fail("--checkpoint-every must be >= 0");
   if (a.checkpoint_every > 0 && a.out.empty() && a.checkpoint_dir.empty())
@@ -463,7 +394,7 @@ inline void check_train_settings(const TrainSettings& a) {
   if (a.checkpoint_every > 0) io::check_directory_writable(a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir);
 }
 
-/// Bytes a training run of @p a on @p data (architecture @p arch, d_in d, d_sae m, batch B)
+/// Bytes a training run of @p a on @p data (variant a.arch, d_in d, d_sae m, batch B)
 /// needs, estimated from what it allocates and measured peaks (sae train --steps 2,
 /// /usr/bin/time, d 256, m 4096/16384, B 1024/4096, one AVX-512 EPYC):
 ///   - weights, gradients and Adam's two moments, with the kernels' transposed copies:
@@ -473,20 +404,17 @@ inline void check_train_settings(const TrainSettings& a) {
 ///     (its fused encoder keeps tiles only);
 ///   - the batch, reconstruction and gradients: 32 bytes per B*d; a float16 file converted
 ///     into memory (4 bytes per value) or the streaming shuffle buffer (4*d per token);
-///   - ortsae: a (m/chunks)^2 Gram matrix per thread;
+///   - what the variant adds (extra_bytes: OrtSAE's (m/chunks)^2 Gram matrix per thread);
 ///   - 64 MiB for the rest.
 /// The memory-mapped activations are page cache (reclaimable) and not counted.
-inline double estimate_training_bytes(const TrainSettings& a, const TrainData& data, Architecture arch) {
+inline double estimate_training_bytes(const TrainSettings& a, const TrainData& data) {
   const double d = static_cast<double>(data.d_in()), m = static_cast<double>(a.d_sae),
                B = static_cast<double>(a.opt.batch), N = static_cast<double>(data.tokens());
-  double per_bm = 0.25;
-  if (arch == Architecture::Standard || arch == Architecture::JumpReLU) per_bm = 5.0;
-  else if (arch == Architecture::BatchTopK || arch == Architecture::OrtSAE) per_bm = 2.2;
-  double bytes = 40.0 * d * m + per_bm * B * m + 32.0 * B * d + double(std::int64_t{64} << 20);
-  if (arch == Architecture::OrtSAE) {  // one c x c Gram matrix per thread, c = m / chunks
-    const double c = m / static_cast<double>(std::clamp<Index>(a.chunks, 1, a.d_sae));
-    bytes += 4.0 * c * c * std::max(1, num_threads());
-  }
+  double bytes = 32.0 * B * d + double(std::int64_t{64} << 20) + 40.0 * d * m;
+  with_variant(a.arch, [&]<class V>(std::type_identity<V>) {  // the variant's codes and extras
+    bytes += V::code_bytes_per_bm * B * m +
+             V::extra_bytes(resolve_options<V>(a.options), data.d_in(), a.d_sae, a.opt.batch, num_threads());
+  });
   if (!data.in_memory()) {
     const bool whole = data.files() == 1 && !a.shuffle_buffer;
     if (whole && data.dataset().file(0).dtype() != io::NpyDtype::F32) bytes += 4.0 * N * d;
@@ -518,8 +446,8 @@ inline double available_memory_bytes() {
 
 /// SettingsError when the run's estimated memory (estimate_training_bytes) exceeds what the
 /// machine has left (available_memory_bytes), before anything is allocated.
-inline void check_training_memory(const TrainSettings& a, const TrainData& data, Architecture arch) {
-  const double need = estimate_training_bytes(a, data, arch), have = available_memory_bytes();
+inline void check_training_memory(const TrainSettings& a, const TrainData& data) {
+  const double need = estimate_training_bytes(a, data), have = available_memory_bytes();
   if (have <= 0 || need <= have) return;
   char msg[400];
   std::snprintf(msg, sizeof msg,
@@ -537,8 +465,8 @@ inline SaeConfig training_config(TrainSettings& a, Index d_in) {
   SaeConfig cfg;
   cfg.d_in = d_in;
   cfg.d_sae = a.d_sae;
-  cfg.architecture = parse_architecture(a.arch);
-  cfg.k = architecture_uses_k(cfg.architecture) ? a.k : 0;
+  cfg.architecture = canonical_variant_name(a.arch);
+  cfg.k = variant_name_uses_k(a.arch) ? a.k : 0;
   a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
   a.opt.dead_tokens = a.dead_tokens;
   return cfg;
@@ -549,76 +477,9 @@ inline SaeConfig training_config(TrainSettings& a, Index d_in) {
 /// and returns @p f(model). Shared by run_training and `sae bench`.
 template <class F>
 auto with_training_model(const TrainSettings& a, const SaeConfig& cfg, nlohmann::json& tr, F&& f) {
-  auto set_aux = [&](auto& model) {
-    auto& aux = model.loss().template get<AuxK>();
-    aux.k_aux = a.aux_k;
-    aux.coefficient = a.aux_coeff;
-    aux.dead_tokens = a.dead_tokens;
-    tr["aux_k"] = a.aux_k > 0 ? a.aux_k : std::max<Index>(1, cfg.d_in / 2);
-    tr["aux_coeff"] = a.aux_coeff;
-    tr["dead_tokens"] = a.dead_tokens;
-  };
-  auto set_jumprelu = [&](auto& model) {
-    model.activation().bandwidth = a.bandwidth;
-    model.activation().initial_threshold = a.threshold_init;
-    tr["bandwidth"] = a.bandwidth;
-    tr["threshold_init"] = a.threshold_init;
-  };
-  const std::int64_t coeff_warmup = a.opt.steps / 20;
-  switch (cfg.architecture) {
-    case Architecture::Standard: {
-      ReluSae<float> model(cfg);
-      auto& l1 = model.loss().template get<L1Sparsity>();
-      l1.coefficient = a.l1;
-      l1.warmup_steps = a.l1_warmup >= 0 ? a.l1_warmup : coeff_warmup;
-      tr["l1_coefficient"] = l1.coefficient;
-      tr["l1_warmup_steps"] = l1.warmup_steps;
-      return f(model);
-    }
-    case Architecture::TopK: {
-      TopKSae<float> model(cfg);
-      set_aux(model);
-      return f(model);
-    }
-    case Architecture::BatchTopK: {
-      BatchTopKSae<float> model(cfg);
-      set_aux(model);
-      return f(model);
-    }
-    case Architecture::OrtSAE: {
-      OrtSae<float> model(cfg);
-      set_aux(model);
-      auto& o = model.loss().template get<Orthogonality>();
-      o.coefficient = a.ortho;
-      o.chunks = a.chunks;
-      tr["ortho"] = a.ortho;
-      tr["chunks"] = a.chunks;
-      return f(model);
-    }
-    case Architecture::JumpReLU: {
-      const double lam = a.l0.value_or(default_l0(a));
-      const std::int64_t warm = a.l0_warmup >= 0 ? a.l0_warmup : coeff_warmup;
-      tr["l0_coefficient"] = lam;
-      tr["l0_warmup_steps"] = warm;
-      if (a.target_l0) {
-        JumpReluTargetSae<float> model(cfg);
-        set_jumprelu(model);
-        auto& t = model.loss().template get<TargetL0>();
-        t.coefficient = lam;
-        t.target = *a.target_l0;
-        t.warmup_steps = warm;
-        tr["target_l0"] = *a.target_l0;
-        return f(model);
-      }
-      JumpReluSae<float> model(cfg);
-      set_jumprelu(model);
-      auto& l0 = model.loss().template get<L0Sparsity>();
-      l0.coefficient = lam;
-      l0.warmup_steps = warm;
-      return f(model);
-    }
-  }
-  throw std::invalid_argument("unsupported architecture");
+  return with_variant(a.arch, [&]<class V>(std::type_identity<V>) {
+    return V::with_model(cfg, a, resolve_options<V>(a.options), tr, f);
+  });
 }
 
 namespace detail {
@@ -692,7 +553,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   meta["training"]["gemm_backend"] = gemm_backend_name();
   if (resume) meta["training"]["resumed_from_step"] = resume->state.at("step");
   if (scale != 1.0) fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
-  model.config().metadata = meta;
+  model.set_metadata(meta);
   if (!a.out.empty()) {
     // The SAE and its log change together (io::DirectoryWriter); checkpoint/ is kept.
     io::DirectoryWriter out(a.out, io::saelens_config_file, io::saelens_owned_files());
@@ -705,7 +566,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
     say(h, "sae train: saved " + a.out.string());
   }
   json result = {{"out", a.out.empty() ? json(nullptr) : json(a.out.string())},
-                 {"architecture", std::string(architecture_name(model.config().architecture))},
+                 {"architecture", model.config().architecture},
                  {"d_in", model.d_in()},
                  {"d_sae", model.d_sae()},
                  {"k", model.config().k},
@@ -757,7 +618,6 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
   check_train_settings(a);
   set_num_threads(a.threads);
   if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
-  const Architecture arch = parse_architecture(a.arch);
   const Normalization norm = parse_normalization(a.normalize);
   double scale = 1.0;
   if (resume) {
@@ -777,9 +637,9 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
     scale = data->scale(norm);
   }
   const SaeConfig cfg = training_config(a, data->d_in());
-  check_training_memory(a, *data, arch);
-  const bool uses_k = architecture_uses_k(arch);
-  std::string head = "sae train: " + std::string(architecture_name(arch)) + " d_in " + std::to_string(cfg.d_in) +
+  check_training_memory(a, *data);
+  const bool uses_k = cfg.k > 0;
+  std::string head = "sae train: " + cfg.architecture + " d_in " + std::to_string(cfg.d_in) +
                      " d_sae " + std::to_string(cfg.d_sae);
   if (uses_k) head += " k " + std::to_string(cfg.k);
   char lr[32];
@@ -808,7 +668,7 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
   if (norm != Normalization::None)
     meta["activation_normalization"] = {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}};
   json& tr = meta["training"];
-  tr = {{"architecture", std::string(architecture_name(arch))}, {"steps", a.opt.steps},
+  tr = {{"architecture", cfg.architecture}, {"steps", a.opt.steps},
         {"batch", a.opt.batch}, {"lr", a.opt.lr}, {"seed", a.opt.seed},
         {"warmup_steps", a.opt.schedule().warmup_steps}, {"decay_steps", a.opt.schedule().decay_steps}};
   if (data->files() > 1 || a.shuffle_buffer) tr["shuffle_buffer"] = a.shuffle_buffer ? json(*a.shuffle_buffer) : json("default");
