@@ -140,7 +140,8 @@ struct Slots {
   std::vector<std::int32_t> indices;
   std::vector<Index> count;
   explicit Slots(Index cap)
-      : values(static_cast<std::size_t>(kB * cap)), indices(static_cast<std::size_t>(kB * cap)),
+      : values(static_cast<std::size_t>(kB * cap)),
+        indices(static_cast<std::size_t>(kB * cap)),
         count(static_cast<std::size_t>(kB)) {}
 };
 
@@ -187,8 +188,7 @@ void BM_PlainTopC(benchmark::State& st) {
   Slots out(kK);
   Mat<float> Z;
   auto run = [&] {
-    sae::kernels::plain_top_c(f.p(), f.state.c, f.X, kK, Z, out.values.data(), out.indices.data(),
-                              out.count.data());
+    sae::kernels::plain_top_c(f.p(), f.state.c, f.X, kK, Z, out.values.data(), out.indices.data(), out.count.data());
   };
   run();  // warm-up: sizes the block buffer
   for (auto _ : st) {
@@ -284,7 +284,8 @@ void BM_EncoderBackward(benchmark::State& st) {
   sae::Parameters<float> grads(kD, kM);
   Vec<float> dz_sum(kM);
   const bool b_dec_in = f.model.config().apply_b_dec_to_input;
-  sae::kernels::encoder_backward(f.p(), b_dec_in, f.state.codes, f.state.groups, f.X, f.state.grad_codes, grads, dz_sum);
+  sae::kernels::encoder_backward(f.p(), b_dec_in, f.state.codes, f.state.groups, f.X, f.state.grad_codes, grads,
+                                 dz_sum);
   for (auto _ : st) {
     sae::kernels::encoder_backward(f.p(), b_dec_in, f.state.codes, f.state.groups, f.X, f.state.grad_codes, grads,
                                    dz_sum);

@@ -76,9 +76,9 @@ sae::TrainResult train_model(Model& model, const char* name, const sae::Mat<floa
                   static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu,
                   100.0 * p.dead_fraction, p.tokens_per_s / 1e3);
     std::cerr << line << std::endl;
-    json j = {{"step", p.step},       {"tokens", p.tokens},   {"loss", p.loss},
-              {"l0", p.l0},           {"fvu", p.fvu},         {"dead_fraction", p.dead_fraction},
-              {"lr", p.lr},           {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}};
+    json j = {{"step", p.step}, {"tokens", p.tokens},   {"loss", p.loss},
+              {"l0", p.l0},     {"fvu", p.fvu},         {"dead_fraction", p.dead_fraction},
+              {"lr", p.lr},     {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}};
     for (const auto& [term, v] : p.terms) j[term] = v;
     log.push_back(j.dump());
   });
@@ -87,8 +87,9 @@ sae::TrainResult train_model(Model& model, const char* name, const sae::Mat<floa
 /// Saves the SAE and its log, evaluates it on the test images, writes its report; returns
 /// the figures for the summary.
 template <class Model>
-json finish_model(Model& model, const std::string& name, const sae::TrainResult& tr, const std::vector<std::string>& log,
-                  const sae::Mat<float>& X_test, const std::vector<std::uint8_t>& y_test, const Args& a) {
+json finish_model(Model& model, const std::string& name, const sae::TrainResult& tr,
+                  const std::vector<std::string>& log, const sae::Mat<float>& X_test,
+                  const std::vector<std::uint8_t>& y_test, const Args& a) {
   const fs::path dir = a.out / name;
   model.set_metadata({{"dataset", "fashion-mnist"},
                       {"training", {{"steps", tr.steps}, {"tokens", tr.tokens}, {"seconds", tr.seconds}}}});
@@ -188,7 +189,8 @@ int main(int argc, char** argv) {
     const sae::Mat<float> X_train = sae::io::read_idx_images(idx_file(a.data_dir, "train-images-idx3-ubyte"), &h, &w);
     const sae::Mat<float> X_test = sae::io::read_idx_images(idx_file(a.data_dir, "t10k-images-idx3-ubyte"));
     const std::vector<std::uint8_t> y_test = sae::io::read_idx_labels(idx_file(a.data_dir, "t10k-labels-idx1-ubyte"));
-    if (h != 28 || w != 28 || X_test.rows() != X_train.rows() || static_cast<sae::Index>(y_test.size()) != X_test.cols())
+    if (h != 28 || w != 28 || X_test.rows() != X_train.rows() ||
+        static_cast<sae::Index>(y_test.size()) != X_test.cols())
       throw std::runtime_error("unexpected Fashion-MNIST shapes");
     for (auto y : y_test)
       if (y > 9) throw std::runtime_error("test label " + std::to_string(y) + " is not a class 0-9");
@@ -202,8 +204,9 @@ int main(int argc, char** argv) {
     {
       std::string labels;
       for (auto y : y_test) labels += std::string(kClassNames[y]) + "\n";
-      sae::io::write_file_atomic(a.out / "test_labels.txt", std::span<const std::byte>(
-                                                                reinterpret_cast<const std::byte*>(labels.data()), labels.size()));
+      sae::io::write_file_atomic(
+          a.out / "test_labels.txt",
+          std::span<const std::byte>(reinterpret_cast<const std::byte*>(labels.data()), labels.size()));
     }
 
     sae::SaeConfig cfg;

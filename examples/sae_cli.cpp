@@ -26,7 +26,8 @@
 #include "cli/train.hpp"
 
 int main(int argc, char** argv) {
-  CLI::App app{"sae: train, evaluate and inspect sparse autoencoders (libsae " + std::string(sae::version_string) + ")"};
+  CLI::App app{"sae: train, evaluate and inspect sparse autoencoders (libsae " + std::string(sae::version_string) +
+               ")"};
   app.set_version_flag("--version", std::string(sae::version_string));
   app.require_subcommand(1, 1);
 

@@ -82,8 +82,8 @@ class TempDir {
   std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
   /// Number of directory entries (e.g. to check no temporary files were left behind).
   std::size_t entries() const {
-    return static_cast<std::size_t>(std::distance(std::filesystem::directory_iterator(path_),
-                                                  std::filesystem::directory_iterator()));
+    return static_cast<std::size_t>(
+        std::distance(std::filesystem::directory_iterator(path_), std::filesystem::directory_iterator()));
   }
 
  private:

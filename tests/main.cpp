@@ -21,8 +21,8 @@ int main(int argc, char* argv[]) {
     return rc;
   }
 
-  std::cerr << "libsae " << sae::version_string << ", Eigen " << EIGEN_WORLD_VERSION << '.'
-            << EIGEN_MAJOR_VERSION << '.' << EIGEN_MINOR_VERSION << '\n';
+  std::cerr << "libsae " << sae::version_string << ", Eigen " << EIGEN_WORLD_VERSION << '.' << EIGEN_MAJOR_VERSION
+            << '.' << EIGEN_MINOR_VERSION << '\n';
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
 #else

@@ -67,8 +67,10 @@ void configure(Model& model) {
     aux.dead_tokens = 256;  // latents die within a few steps, so AuxK's state matters
     aux.k_aux = 4;
   }
-  if constexpr (Model::loss_type::template has<sae::L1Sparsity>()) model.loss().template get<sae::L1Sparsity>().warmup_steps = 10;
-  if constexpr (Model::loss_type::template has<sae::L0Sparsity>()) model.loss().template get<sae::L0Sparsity>().warmup_steps = 10;
+  if constexpr (Model::loss_type::template has<sae::L1Sparsity>())
+    model.loss().template get<sae::L1Sparsity>().warmup_steps = 10;
+  if constexpr (Model::loss_type::template has<sae::L0Sparsity>())
+    model.loss().template get<sae::L0Sparsity>().warmup_steps = 10;
   if constexpr (Model::loss_type::template has<sae::TargetL0>()) model.loss().template get<sae::TargetL0>().target = 3;
 }
 
@@ -94,7 +96,8 @@ bool check_resume(const sae::SaeConfig& cfg, MakeSource make_source, const char*
   sae::TrainState<Scalar> ref_state;
   {
     auto src = make_source();
-    sae::train_from(ref, *src, opts, ref_state, [](const sae::TrainProgress&) {}, [](const sae::TrainState<Scalar>&) {});
+    sae::train_from(
+        ref, *src, opts, ref_state, [](const sae::TrainProgress&) {}, [](const sae::TrainState<Scalar>&) {});
     Model plain(cfg);
     configure(plain);
     auto src2 = make_source();
@@ -110,12 +113,12 @@ bool check_resume(const sae::SaeConfig& cfg, MakeSource make_source, const char*
     configure(model);
     auto src = make_source();
     sae::TrainState<Scalar> st;
-    REQUIRE_THROWS_AS(sae::train_from(model, *src, opts, st, [](const sae::TrainProgress&) {},
-                                      [&](const sae::TrainState<Scalar>& s) {
-                                        if (s.step % 7 == 0)
-                                          sae::save_checkpoint(file, model, s, {{"position", src->position()}});
-                                        if (s.step == 24) throw Interrupted{};
-                                      }),
+    REQUIRE_THROWS_AS(sae::train_from(
+                          model, *src, opts, st, [](const sae::TrainProgress&) {},
+                          [&](const sae::TrainState<Scalar>& s) {
+                            if (s.step % 7 == 0) sae::save_checkpoint(file, model, s, {{"position", src->position()}});
+                            if (s.step == 24) throw Interrupted{};
+                          }),
                       Interrupted);
   }
   REQUIRE(dir.entries() == 1);  // only the checkpoint, no temporary files
@@ -138,8 +141,9 @@ bool check_resume(const sae::SaeConfig& cfg, MakeSource make_source, const char*
   auto src = make_source();
   src->seek(extra.at("position").get<std::int64_t>());
   std::vector<std::int64_t> reported;
-  sae::train_from(model, *src, opts, st, [&](const sae::TrainProgress& p) { reported.push_back(p.step); },
-                  [](const sae::TrainState<Scalar>&) {});
+  sae::train_from(
+      model, *src, opts, st, [&](const sae::TrainProgress& p) { reported.push_back(p.step); },
+      [](const sae::TrainState<Scalar>&) {});
   REQUIRE(reported == std::vector<std::int64_t>{24, 28, 32, 36, 40});
   const Snapshot<Model> got(model, st);
   REQUIRE(got.step == 40);
@@ -151,15 +155,16 @@ bool check_resume(const sae::SaeConfig& cfg, MakeSource make_source, const char*
   // Negative control: forgetting AuxK's counters changes the weights, so the test can see them.
   if constexpr (Model::loss_type::template has<sae::AuxK>()) {
     if (aux_matters) {
-    Model f2(cfg);
-    configure(f2);
-    sae::TrainState<Scalar> st3;
-    const nlohmann::json e3 = sae::load_checkpoint(file, f2, st3);
-    f2.loss().template get<sae::AuxK>().since_fired.clear();
-    auto src3 = make_source();
-    src3->seek(e3.at("position").get<std::int64_t>());
-    sae::train_from(f2, *src3, opts, st3, [](const sae::TrainProgress&) {}, [](const sae::TrainState<Scalar>&) {});
-    REQUIRE(bytes_of(f2.params()) != want.params);
+      Model f2(cfg);
+      configure(f2);
+      sae::TrainState<Scalar> st3;
+      const nlohmann::json e3 = sae::load_checkpoint(file, f2, st3);
+      f2.loss().template get<sae::AuxK>().since_fired.clear();
+      auto src3 = make_source();
+      src3->seek(e3.at("position").get<std::int64_t>());
+      sae::train_from(
+          f2, *src3, opts, st3, [](const sae::TrainProgress&) {}, [](const sae::TrainState<Scalar>&) {});
+      REQUIRE(bytes_of(f2.params()) != want.params);
     }
   }
   return aux_matters;
@@ -175,7 +180,8 @@ sae::SaeConfig small_config() {
 
 }  // namespace
 
-TEST_CASE("Checkpoint: interrupted and resumed training is bit-identical for every architecture", "[train][io][checkpoint]") {
+TEST_CASE("Checkpoint: interrupted and resumed training is bit-identical for every architecture",
+          "[train][io][checkpoint]") {
   sae::SyntheticOptions o;
   o.d_in = 16;
   o.features = 32;
@@ -207,7 +213,8 @@ TEST_CASE("Checkpoint: interrupted and resumed training is bit-identical for eve
   check_resume<sae::BatchTopKSae<float>>(cfg, streaming, "batchtopk, streaming 4 files");
 }
 
-TEST_CASE("Checkpoint: a NaN in the input stops training and keeps the last good checkpoint", "[train][io][checkpoint]") {
+TEST_CASE("Checkpoint: a NaN in the input stops training and keeps the last good checkpoint",
+          "[train][io][checkpoint]") {
   const Index N = 2000, B = 50;
   Mat<float> X = sae_test::random_matrix<float>(8, N, 3);
   // The first token of batch 13 (1-based step 13) becomes NaN.
@@ -232,12 +239,14 @@ TEST_CASE("Checkpoint: a NaN in the input stops training and keeps the last good
   sae::TrainState<float> st;
   std::string saved_at_10;
   try {
-    sae::train_from(model, src, opts, st, [](const sae::TrainProgress&) {}, [&](const sae::TrainState<float>& s) {
-      if (s.step % 5 == 0) {
-        sae::save_checkpoint(file, model, s);
-        if (s.step == 10) saved_at_10 = sae_test::read_all(file);
-      }
-    });
+    sae::train_from(
+        model, src, opts, st, [](const sae::TrainProgress&) {},
+        [&](const sae::TrainState<float>& s) {
+          if (s.step % 5 == 0) {
+            sae::save_checkpoint(file, model, s);
+            if (s.step == 10) saved_at_10 = sae_test::read_all(file);
+          }
+        });
     FAIL("no error");
   } catch (const sae::NumericalError& e) {
     REQUIRE_THAT(e.what(), Catch::Contains("step 13: input activation is nan at acts.npy row " + std::to_string(bad) +
@@ -269,21 +278,27 @@ TEST_CASE("Checkpoint: mismatched, damaged and foreign files are reported with t
   TempDir dir("ckpt_bad");
   const auto file = dir / sae::checkpoint_file_name;
   sae::TrainState<float> st;
-  sae::train_from(model, src, opts, st, [](const sae::TrainProgress&) {},
-                  [&](const sae::TrainState<float>& s) { sae::save_checkpoint(file, model, s, {{"note", "x"}}); });
+  sae::train_from(
+      model, src, opts, st, [](const sae::TrainProgress&) {},
+      [&](const sae::TrainState<float>& s) {
+        sae::save_checkpoint(file, model, s, {{"note", "x"}});
+      });
   REQUIRE(sae::find_checkpoint(dir.path()) == file);
   REQUIRE(sae::find_checkpoint(file) == file);
 
   sae::TrainState<float> s2;
   sae::BatchTopKSae<float> other_arch(cfg);
-  sae_test::require_io_error(file, [&] { sae::load_checkpoint(file, other_arch, s2); }, "checkpoint is for a topk SAE");
+  sae_test::require_io_error(
+      file, [&] { sae::load_checkpoint(file, other_arch, s2); }, "checkpoint is for a topk SAE");
   sae::SaeConfig wide = cfg;
   wide.d_sae = 64;
   sae::TopKSae<float> other_shape(wide);
-  sae_test::require_io_error(file, [&] { sae::load_checkpoint(file, other_shape, s2); }, "d_sae=48");
+  sae_test::require_io_error(
+      file, [&] { sae::load_checkpoint(file, other_shape, s2); }, "d_sae=48");
   sae::TopKSae<double> other_scalar(cfg);
   sae::TrainState<double> sd;
-  sae_test::require_io_error(file, [&] { sae::load_checkpoint(file, other_scalar, sd); }, "float32");
+  sae_test::require_io_error(
+      file, [&] { sae::load_checkpoint(file, other_scalar, sd); }, "float32");
 
   // Truncated: the safetensors reader reports it; an SAE weights file is not a checkpoint.
   const std::string good = sae_test::read_all(file);
@@ -291,8 +306,10 @@ TEST_CASE("Checkpoint: mismatched, damaged and foreign files are reported with t
   sae_test::require_io_error(dir / "cut.safetensors", [&] { sae::read_checkpoint_state(dir / "cut.safetensors"); });
   sae::save_sae(dir / "sae", model);
   const auto weights = dir / "sae" / "sae_weights.safetensors";
-  sae_test::require_io_error(weights, [&] { sae::read_checkpoint_state(weights); }, "not a libsae checkpoint");
-  sae_test::require_io_error(dir / "nothing", [&] { sae::find_checkpoint(dir / "nothing"); }, "no checkpoint found");
+  sae_test::require_io_error(
+      weights, [&] { sae::read_checkpoint_state(weights); }, "not a libsae checkpoint");
+  sae_test::require_io_error(
+      dir / "nothing", [&] { sae::find_checkpoint(dir / "nothing"); }, "no checkpoint found");
 
   // A good load changes the model; a failed one changes nothing.
   sae::TopKSae<float> fresh(cfg);
@@ -303,7 +320,8 @@ TEST_CASE("Checkpoint: mismatched, damaged and foreign files are reported with t
   REQUIRE(fs.adam.steps_taken() == 3);
 
   // Stale temporary files of a killed writer are cleaned up; a live process's stay.
-  const std::string dead = std::string(sae::checkpoint_file_name) + ".tmp." + std::to_string(sae_test::dead_pid()) + ".0";
+  const std::string dead =
+      std::string(sae::checkpoint_file_name) + ".tmp." + std::to_string(sae_test::dead_pid()) + ".0";
   const std::string live = std::string(sae::checkpoint_file_name) + ".tmp." + std::to_string(::getppid()) + ".0";
   sae_test::write_all(dir / dead, "partial");
   sae_test::write_all(dir / live, "partial");

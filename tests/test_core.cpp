@@ -68,16 +68,18 @@ TEST_CASE("TopK: selection across token blocks equals selection token by token",
     const auto one = model.encode(X.col(t));
     const std::vector<std::int32_t> a(all.indices.begin() + all.offsets[t], all.indices.begin() + all.offsets[t + 1]);
     REQUIRE(a == one.indices);
-    for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(all.values[all.offsets[t] + i] == Approx(one.values[i]).epsilon(1e-12));
+    for (std::size_t i = 0; i < a.size(); ++i)
+      REQUIRE(all.values[all.offsets[t] + i] == Approx(one.values[i]).epsilon(1e-12));
   }
 }
 
-TEST_CASE("TopK: ties keep the lower latent index; tokens with fewer than k positives keep only those", "[core][topk]") {
+TEST_CASE("TopK: ties keep the lower latent index; tokens with fewer than k positives keep only those",
+          "[core][topk]") {
   sae::TopK act;
   act.k = 2;
   Mat<double> Z(5, 3);
-  Z.col(0) << 1.0, 3.0, 3.0, 3.0, 0.5;   // tie among 1, 2, 3 -> keep 1, 2
-  Z.col(1) << -1.0, 0.0, 2.0, -3.0, 0.0; // one positive value
+  Z.col(0) << 1.0, 3.0, 3.0, 3.0, 0.5;      // tie among 1, 2, 3 -> keep 1, 2
+  Z.col(1) << -1.0, 0.0, 2.0, -3.0, 0.0;    // one positive value
   Z.col(2) << -1.0, -2.0, -3.0, 0.0, -0.5;  // none
   // select_top's candidates from the fused encoder's heap over these pre-activations (bias 0)
   const sae::Vec<double> zero = sae::Vec<double>::Zero(5);
@@ -109,11 +111,13 @@ TEMPLATE_TEST_CASE("ReLU: codes are max(z, 0) of W_enc^T (x - b_dec) + b_enc", "
   const Mat<double> Z = naive_preactivations(model.params(), X, apply_b_dec);
   for (Index t = 0; t < B; ++t)
     for (Index j = 0; j < m; ++j)
-      REQUIRE(static_cast<double>(F(j, t)) ==
-              Approx(std::max(Z(j, t), 0.0)).epsilon(sae_test::Tol<Scalar>::rel).margin(sae_test::Tol<Scalar>::abs * 10));
+      REQUIRE(
+          static_cast<double>(F(j, t)) ==
+          Approx(std::max(Z(j, t), 0.0)).epsilon(sae_test::Tol<Scalar>::rel).margin(sae_test::Tol<Scalar>::abs * 10));
 }
 
-TEMPLATE_TEST_CASE("SparseCodes: sparse decode equals dense decode of the same codes", "[core][decode]", float, double) {
+TEMPLATE_TEST_CASE("SparseCodes: sparse decode equals dense decode of the same codes", "[core][decode]", float,
+                   double) {
   using Scalar = TestType;
   const Index d = 9, m = 50, B = 23, k = 5;
   auto cfg = sae_test::config(d, m, k);
@@ -172,7 +176,8 @@ TEST_CASE("Encoder bias folding: W_enc^T x + (b_enc - W_enc^T b_dec) equals W_en
   REQUIRE((Z - ref).cwiseAbs().maxCoeff() < 1e-12);
 }
 
-TEMPLATE_TEST_CASE("Adam: two steps match the update written coefficient by coefficient", "[core][optim]", float, double) {
+TEMPLATE_TEST_CASE("Adam: two steps match the update written coefficient by coefficient", "[core][optim]", float,
+                   double) {
   using Scalar = TestType;
   const Index d = 3, m = 4;
   sae::AdamOptions o;
@@ -202,8 +207,9 @@ TEMPLATE_TEST_CASE("Adam: two steps match the update written coefficient by coef
   };
   for (Index i = 0; i < d * m; ++i) {
     INFO("W_enc[" << i << "]");
-    REQUIRE(static_cast<double>(p.W_enc.data()[i]) ==
-            Approx(ref(p0.W_enc.data()[i], g1.W_enc.data()[i], g2.W_enc.data()[i])).epsilon(sae_test::Tol<Scalar>::rel));
+    REQUIRE(
+        static_cast<double>(p.W_enc.data()[i]) ==
+        Approx(ref(p0.W_enc.data()[i], g1.W_enc.data()[i], g2.W_enc.data()[i])).epsilon(sae_test::Tol<Scalar>::rel));
   }
   for (Index i = 0; i < d; ++i)
     REQUIRE(static_cast<double>(p.b_dec[i]) ==
@@ -219,7 +225,7 @@ TEST_CASE("LrSchedule: linear warm-up, constant, linear decay", "[core][optim]")
   CHECK(s(0) == Approx(0.25));
   CHECK(s(3) == Approx(1.0));
   CHECK(s(10) == Approx(1.0));
-  CHECK(s(15) == Approx(1.0));   // S - D = 15: decay factor (20 - 15) / 5 = 1
+  CHECK(s(15) == Approx(1.0));  // S - D = 15: decay factor (20 - 15) / 5 = 1
   CHECK(s(16) == Approx(0.8));
   CHECK(s(19) == Approx(0.2));
   sae::LrSchedule flat;
@@ -228,7 +234,8 @@ TEST_CASE("LrSchedule: linear warm-up, constant, linear decay", "[core][optim]")
   for (int i = 0; i < 10; ++i) CHECK(flat(i) == 0.5);
 }
 
-TEST_CASE("Decoder constraint: projected gradient is orthogonal to each column; renormalised columns have unit norm", "[core]") {
+TEST_CASE("Decoder constraint: projected gradient is orthogonal to each column; renormalised columns have unit norm",
+          "[core]") {
   const Index d = 6, m = 9;
   auto cfg = sae_test::config(d, m, 2);
   sae::TopKSae<double> model(cfg);
@@ -248,7 +255,8 @@ TEST_CASE("Decoder constraint: projected gradient is orthogonal to each column; 
   for (Index j = 0; j < m; ++j) REQUIRE(model.params().W_dec.col(j).norm() == Approx(1.0).epsilon(1e-14));
 }
 
-TEST_CASE("Initialisation: unit (TopK) or 0.1-norm (ReLU) decoder columns, W_enc = W_dec, b_dec = sample mean", "[core]") {
+TEST_CASE("Initialisation: unit (TopK) or 0.1-norm (ReLU) decoder columns, W_enc = W_dec, b_dec = sample mean",
+          "[core]") {
   const Index d = 10, m = 30;
   const Mat<float> sample = sae_test::random_matrix<float>(d, 100, 60);
   auto cfg = sae_test::config(d, m, 3);
@@ -308,7 +316,8 @@ TEST_CASE("SaeConfig: cfg.json round trip and errors", "[core][config]") {
   CHECK(r.metadata.at("hook_name") == "blocks.3.hook_resid_post");
   nlohmann::json bad = j;
   bad.erase("d_sae");
-  REQUIRE_THROWS_WITH(sae::SaeConfig::from_json(bad, "x/cfg.json"), Catch::Contains("x/cfg.json") && Catch::Contains("d_sae"));
+  REQUIRE_THROWS_WITH(sae::SaeConfig::from_json(bad, "x/cfg.json"),
+                      Catch::Contains("x/cfg.json") && Catch::Contains("d_sae"));
   bad = j;
   bad["architecture"] = "gated";
   REQUIRE_THROWS_WITH(sae::SaeConfig::from_json(bad), Catch::Contains("gated"));

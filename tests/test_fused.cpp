@@ -44,8 +44,11 @@ TEMPLATE_TEST_CASE("fused_top_c equals the plain path and a brute-force selectio
     Index d, m, B, cap, block, chunk;
   };
   // partial token blocks, latent chunks that are not multiples of 16, cap = 1 and cap = m
-  const Case cases[] = {{8, 100, 37, 5, 16, 33}, {16, 300, 70, 12, 32, 64}, {5, 40, 9, 40, 4, 7},
-                        {12, 257, 130, 1, 256, 2048}, {24, 1000, 64, 40, 64, 200}};
+  const Case cases[] = {{8, 100, 37, 5, 16, 33},
+                        {16, 300, 70, 12, 32, 64},
+                        {5, 40, 9, 40, 4, 7},
+                        {12, 257, 130, 1, 256, 2048},
+                        {24, 1000, 64, 40, 64, 200}};
   for (const auto& cs : cases) {
     CAPTURE(cs.d, cs.m, cs.B, cs.cap, cs.block, cs.chunk);
     auto p = sae_test::random_params<Scalar>(cs.d, cs.m, 11 + static_cast<std::uint64_t>(cs.m));

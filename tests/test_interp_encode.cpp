@@ -64,7 +64,8 @@ TEST_CASE("NpyBatches: float32 batches are views of the file, float16 batches ar
 
   const std::size_t shape1[1] = {static_cast<std::size_t>(d * N)};
   sae::io::save_npy(dir / "one_d.npy", X.data(), shape1);
-  sae_test::require_io_error(dir / "one_d.npy", [&] { sae::interp::NpyBatches b(dir / "one_d.npy"); }, "2-D");
+  sae_test::require_io_error(
+      dir / "one_d.npy", [&] { sae::interp::NpyBatches b(dir / "one_d.npy"); }, "2-D");
   CHECK_THROWS_AS(f32.for_each(0, [](Index, const auto&) {}), std::invalid_argument);
 }
 
@@ -83,12 +84,13 @@ TEST_CASE("encode_batches: batch after batch equals one encode of all tokens", "
                               });
   CHECK(calls == 4);
   CHECK((got.array() == want.array()).all());
-  CHECK_THROWS_AS(sae::interp::encode_batches(model, sae::interp::MatrixBatches(Mat<float>(Mat<float>::Zero(d + 1, 3))), 4,
-                                              [](Index, const auto&, const auto&) {}),
+  CHECK_THROWS_AS(sae::interp::encode_batches(model, sae::interp::MatrixBatches(Mat<float>(Mat<float>::Zero(d + 1, 3))),
+                                              4, [](Index, const auto&, const auto&) {}),
                   std::invalid_argument);
 }
 
-TEST_CASE("DenseCodesWriter: streamed [N, m] codes read back as the dense codes; incomplete files never appear", "[interp][io]") {
+TEST_CASE("DenseCodesWriter: streamed [N, m] codes read back as the dense codes; incomplete files never appear",
+          "[interp][io]") {
   sae_test::TempDir dir("interp_codes");
   const Index d = 7, m = 20, N = 90;
   const auto model = small_topk(d, m, 4, 5);
@@ -119,8 +121,10 @@ TEST_CASE("DenseCodesWriter: streamed [N, m] codes read back as the dense codes;
   {
     sae::interp::DenseCodesWriter w(dir / "short.npy", N, m);
     w.add(relu.encode(X.leftCols(10)));
-    sae_test::require_io_error(dir / "short.npy", [&] { w.commit(); }, "10 of 90 rows");
-    sae_test::require_io_error(dir / "short.npy", [&] { w.add(relu.encode(X)); }, "more than");
+    sae_test::require_io_error(
+        dir / "short.npy", [&] { w.commit(); }, "10 of 90 rows");
+    sae_test::require_io_error(
+        dir / "short.npy", [&] { w.add(relu.encode(X)); }, "more than");
   }
   CHECK(!std::filesystem::exists(dir / "short.npy"));
   CHECK(dir.entries() == 2);  // codes.npy, relu.npy: no temporary files left behind
@@ -171,5 +175,6 @@ TEST_CASE("SparseCodesWriter: .npz with offsets, indices, values, shape reads ba
   sae::interp::SparseCodesWriter w(dir / "relu.npz", m);
   w.add(Fr);
   CHECK(w.nnz() == (Fr.array() != 0).count());
-  sae_test::require_io_error(dir / "relu.npz", [&] { w.add(Mat<float>(Mat<float>::Zero(m + 1, 1))); }, "d_sae=21");
+  sae_test::require_io_error(
+      dir / "relu.npz", [&] { w.add(Mat<float>(Mat<float>::Zero(m + 1, 1))); }, "d_sae=21");
 }

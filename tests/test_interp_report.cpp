@@ -63,7 +63,8 @@ TEST_CASE("PNG: chunks, CRCs and pixel data are valid", "[interp][report]") {
     types.push_back(type);
 #if defined(SAE_HAVE_ZLIB) && SAE_HAVE_ZLIB
     const std::string td = type + data;
-    CHECK(be32(png, at + 8 + len) == ::crc32(0, reinterpret_cast<const Bytef*>(td.data()), static_cast<uInt>(td.size())));
+    CHECK(be32(png, at + 8 + len) ==
+          ::crc32(0, reinterpret_cast<const Bytef*>(td.data()), static_cast<uInt>(td.size())));
 #endif
     if (type == "IHDR") {
       CHECK(be32(data, 0) == static_cast<std::uint32_t>(w));
@@ -143,7 +144,7 @@ TEST_CASE("report: sections, feature blocks and example counts; images when a sh
   CHECK(count(html, "class=\"example\"") == 5 * 6);
   CHECK(count(html, "class=\"interval-example\"") == 5 * 2 * 3);
   CHECK(count(html, "<img class=\"decoder\"") == 5);
-  CHECK(count(html, "<img class=\"decoded\"") == 0);  // no b_dec given
+  CHECK(count(html, "<img class=\"decoded\"") == 0);       // no b_dec given
   CHECK(count(html, "class=\"chart train-curve\"") == 3);  // loss, fvu, l0 (not seconds)
   CHECK(count(html, "class=\"chart density-hist\"") == 1);
   CHECK(count(html, "class=\"chart act-hist\"") == 5);
@@ -186,12 +187,15 @@ TEST_CASE("report: sections, feature blocks and example counts; images when a sh
 
 TEST_CASE("read_train_log: JSON lines, blank lines skipped, bad lines named", "[interp][report][io]") {
   sae_test::TempDir dir("trainlog");
-  sae_test::write_all(dir / "log.jsonl", "{\"step\": 1, \"loss\": 2.5, \"l0\": 4}\n\n{\"step\": 2, \"loss\": 1.5, \"dead_fraction\": 0.1}\n");
+  sae_test::write_all(
+      dir / "log.jsonl",
+      "{\"step\": 1, \"loss\": 2.5, \"l0\": 4}\n\n{\"step\": 2, \"loss\": 1.5, \"dead_fraction\": 0.1}\n");
   const auto log = sae::interp::read_train_log(dir / "log.jsonl");
   CHECK(log.rows.size() == 2);
   CHECK(log.series_names() == std::vector<std::string>{"loss", "l0", "dead_fraction"});
   CHECK(log.series("loss") == std::vector<std::pair<double, double>>{{1, 2.5}, {2, 1.5}});
   sae_test::write_all(dir / "bad.jsonl", "{\"step\": 1}\n{oops\n");
-  sae_test::require_io_error(dir / "bad.jsonl", [&] { (void)sae::interp::read_train_log(dir / "bad.jsonl"); }, "line 2");
+  sae_test::require_io_error(
+      dir / "bad.jsonl", [&] { (void)sae::interp::read_train_log(dir / "bad.jsonl"); }, "line 2");
   sae_test::require_io_error(dir / "none.jsonl", [&] { (void)sae::interp::read_train_log(dir / "none.jsonl"); });
 }

@@ -30,8 +30,10 @@ Model make_model(Index d, Index m, std::uint64_t seed) {
 /// Dense codes of X computed by the model (m x B).
 template <class Model>
 Mat<typename Model::scalar_type> dense_codes(const Model& model, const Mat<typename Model::scalar_type>& X) {
-  if constexpr (Model::activation_type::sparse) return model.encode(X).to_dense();
-  else return model.encode(X);
+  if constexpr (Model::activation_type::sparse)
+    return model.encode(X).to_dense();
+  else
+    return model.encode(X);
 }
 
 /// A latent that is active on at least a few tokens, and one such token.
@@ -72,8 +74,8 @@ TEMPLATE_TEST_CASE("steer: scale 1 and clamping to the current value return x bi
     }
 }
 
-TEMPLATE_TEST_CASE("steer: the change is (f'_j - f_j) W_dec[:, j] and the reconstruction error is kept", "[interp][steer]",
-                   sae::TopKSae<double>, sae::ReluSae<double>) {
+TEMPLATE_TEST_CASE("steer: the change is (f'_j - f_j) W_dec[:, j] and the reconstruction error is kept",
+                   "[interp][steer]", sae::TopKSae<double>, sae::ReluSae<double>) {
   const Index d = 16, m = 48, B = 64;
   const TestType model = make_model<TestType>(d, m, 41);
   const Mat<double> X = sae_test::random_matrix<double>(d, B, 42);
@@ -83,15 +85,15 @@ TEMPLATE_TEST_CASE("steer: the change is (f'_j - f_j) W_dec[:, j] and the recons
   const auto w = model.params().W_dec.col(j);
   const Mat<double> X_hat = model.params().W_dec * F + model.params().b_dec.replicate(1, B);
 
-  for (const SteerEdit e : {SteerEdit::scale(j, 3.0), SteerEdit::scale(j, -2.0), SteerEdit::clamp(j, 4.25),
-                            SteerEdit::add(j, 1.5)}) {
+  for (const SteerEdit e :
+       {SteerEdit::scale(j, 3.0), SteerEdit::scale(j, -2.0), SteerEdit::clamp(j, 4.25), SteerEdit::add(j, 1.5)}) {
     const Mat<double> Y = sae::interp::apply_steering(model, X, std::span<const SteerEdit>(&e, 1));
     Mat<double> F2 = F;
     for (Index t = 0; t < B; ++t) {
       const double f = F(j, t);
-      const double f2 = e.mode == sae::interp::SteerMode::Scale ? e.value * f
+      const double f2 = e.mode == sae::interp::SteerMode::Scale   ? e.value * f
                         : e.mode == sae::interp::SteerMode::Clamp ? e.value
-                                                                   : f + e.value;
+                                                                  : f + e.value;
       F2(j, t) = f2;
       const Eigen::VectorXd delta = Y.col(t) - X.col(t);
       // Along W_dec[:, j], with the expected coefficient.
@@ -137,5 +139,6 @@ TEST_CASE("latent_values: sparse lookup equals the dense row", "[interp][steer]"
   const Mat<float> X = sae_test::random_matrix<float>(d, B, 72);
   const auto codes = model.encode(X);
   const Mat<float> F = codes.to_dense();
-  for (Index j = 0; j < m; ++j) CHECK((sae::interp::latent_values(codes, j).transpose().array() == F.row(j).array()).all());
+  for (Index j = 0; j < m; ++j)
+    CHECK((sae::interp::latent_values(codes, j).transpose().array() == F.row(j).array()).all());
 }

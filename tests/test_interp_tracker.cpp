@@ -152,7 +152,8 @@ TEST_CASE("FeatureDensity: counts, frequencies, dead and dense latents, log10 hi
   CHECK(h.counts == std::vector<std::int64_t>{2, 2, 4});
 }
 
-TEST_CASE("ActivationSampler: quantiles are exact (equal a sorted array's) while the sample holds everything", "[interp]") {
+TEST_CASE("ActivationSampler: quantiles are exact (equal a sorted array's) while the sample holds everything",
+          "[interp]") {
   const Index m = 6, B = 300;
   sae::detail::Rng rng(9);
   Mat<float> F = Mat<float>::Zero(m, B);
@@ -177,7 +178,8 @@ TEST_CASE("ActivationSampler: quantiles are exact (equal a sorted array's) while
   CHECK(std::isnan(sae::interp::ActivationSampler(2, 4).quantile(0, 0.5)));
 }
 
-TEST_CASE("ActivationSampler: a reservoir of a long stream is a uniform sample, independent of batch sizes", "[interp]") {
+TEST_CASE("ActivationSampler: a reservoir of a long stream is a uniform sample, independent of batch sizes",
+          "[interp]") {
   // One latent, 40000 activations t/40000 for t = 1..40000: quantile q should be about q.
   const Index B = 40000, R = 1000;
   Mat<float> F(1, B);

@@ -109,12 +109,12 @@ TEST_CASE("DirectoryWriter: no commit, no change; a symlinked target is written 
   CHECK(dir_names(tmp.path()) == std::vector<std::string>{"alias", "real"});
 
   sae_test::write_all(tmp / "file", "x");
-  sae_test::require_io_error(tmp / "file", [&] { sae::io::DirectoryWriter w(tmp / "file", "cfg.json"); },
-                             "exists and is not a directory");
-  sae_test::require_io_error(tmp / "file", [&] { sae::io::check_directory_writable(tmp / "file"); },
-                             "exists and is not a directory");
-  sae_test::require_io_error(tmp / "file" / "sub", [&] { sae::io::check_directory_writable(tmp / "file" / "sub"); },
-                             "is not a directory");
+  sae_test::require_io_error(
+      tmp / "file", [&] { sae::io::DirectoryWriter w(tmp / "file", "cfg.json"); }, "exists and is not a directory");
+  sae_test::require_io_error(
+      tmp / "file", [&] { sae::io::check_directory_writable(tmp / "file"); }, "exists and is not a directory");
+  sae_test::require_io_error(
+      tmp / "file" / "sub", [&] { sae::io::check_directory_writable(tmp / "file" / "sub"); }, "is not a directory");
   sae::io::check_directory_writable(tmp / "x" / "y");  // creatable
 }
 

@@ -70,10 +70,13 @@ void write_sparsify(const fs::path& dir, const sae::Parameters<float>& p, Index 
   w.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), std::size_t(d * m)));
   w.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), std::size_t(d)));
   w.write(dir / "sae.safetensors");
-  write_text(dir / "cfg.json", "{\"activation\": \"topk\", \"expansion_factor\": 32, \"normalize_decoder\": true, "
-                               "\"num_latents\": " + std::to_string(m) + ", \"k\": " + std::to_string(k) +
-                               ", \"multi_topk\": false, \"skip_connection\": false, \"transcode\": false, "
-                               "\"d_in\": " + std::to_string(d) + extra_cfg + "}");
+  write_text(dir / "cfg.json",
+             "{\"activation\": \"topk\", \"expansion_factor\": 32, \"normalize_decoder\": true, "
+             "\"num_latents\": " +
+                 std::to_string(m) + ", \"k\": " + std::to_string(k) +
+                 ", \"multi_topk\": false, \"skip_connection\": false, \"transcode\": false, "
+                 "\"d_in\": " +
+                 std::to_string(d) + extra_cfg + "}");
 }
 
 void require_same(const sae::Parameters<float>& a, const sae::Parameters<float>& b) {
@@ -191,7 +194,8 @@ TEST_CASE("sparsify directory round trip (TopK, k from cfg.json)", "[io][formats
   SECTION("num_latents may be absent (expansion_factor * d_in)") {
     const auto q = sae_test::random_params<float>(4, 8, 32);
     write_sparsify(tmp / "ef", q, 2);
-    write_text(tmp / "ef" / "cfg.json", R"({"activation": "topk", "expansion_factor": 2, "num_latents": 0, "k": 2, "d_in": 4})");
+    write_text(tmp / "ef" / "cfg.json",
+               R"({"activation": "topk", "expansion_factor": 2, "num_latents": 0, "k": 2, "d_in": 4})");
     const auto ef = std::get<sae::TopKSae<float>>(sae::load_sae(tmp / "ef"));
     require_same(ef.params(), q);
   }
@@ -203,7 +207,8 @@ TEST_CASE("sparsify directory round trip (TopK, k from cfg.json)", "[io][formats
     require_io_error(d, {"cfg.json", "k must be in [1, d_sae=12]"});
     write_text(d / "cfg.json", R"({"activation": "groupmax", "num_latents": 12, "k": 3, "d_in": 4})");
     require_io_error(d, {"cfg.json", "groupmax", "k groups", "refused"});
-    write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "skip_connection": true})");
+    write_text(d / "cfg.json",
+               R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "skip_connection": true})");
     require_io_error(d, {"cfg.json", "skip_connection", "W_skip x", "refused"});
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "transcode": true})");
     require_io_error(d, {"cfg.json", "transcoder", "SAEs only"});
@@ -221,8 +226,8 @@ TEST_CASE("SAELens saved as F16/BF16 loads within dtype precision; cfg.json dtyp
   cfg.d_sae = 16;
   cfg.architecture = std::string(sae::JumpReLUVariant::name);
   const auto p = jump_params(8, 16, 41);
-  for (auto [dt, name, tol] : {std::tuple{sae::io::StDtype::F16, "float16", 1e-3f},
-                               std::tuple{sae::io::StDtype::BF16, "bfloat16", 8e-3f}}) {
+  for (auto [dt, name, tol] :
+       {std::tuple{sae::io::StDtype::F16, "float16", 1e-3f}, std::tuple{sae::io::StDtype::BF16, "bfloat16", 8e-3f}}) {
     const fs::path dir = tmp / name;
     sae::io::save_saelens(dir, cfg, p, dt);
     const auto r = sae::io::SafetensorsReader::open(dir / "sae_weights.safetensors");
@@ -231,7 +236,9 @@ TEST_CASE("SAELens saved as F16/BF16 loads within dtype precision; cfg.json dtyp
     const auto c = sae::io::load_saelens_config(dir);
     REQUIRE(c.dtype == name);
     const auto m = std::get<sae::JumpReluSae<float>>(sae::load_sae(dir));
-    const auto rel = [](const auto& a, const auto& b) { return (a - b).cwiseAbs().maxCoeff() / b.cwiseAbs().maxCoeff(); };
+    const auto rel = [](const auto& a, const auto& b) {
+      return (a - b).cwiseAbs().maxCoeff() / b.cwiseAbs().maxCoeff();
+    };
     REQUIRE(rel(m.params().W_enc, p.W_enc) < tol);
     REQUIRE(rel(m.params().W_dec, p.W_dec) < tol);
     REQUIRE(rel(m.params().threshold, p.threshold) < tol);

@@ -33,8 +33,8 @@ enum class TextKind { None, Json, SafetensorsHeader, NpyHeader };
 
 struct Target {
   std::string name;
-  fs::path file;                   ///< the file that is mutated
-  std::function<void()> load;      ///< loads it (through the public API)
+  fs::path file;               ///< the file that is mutated
+  std::function<void()> load;  ///< loads it (through the public API)
   TextKind text = TextKind::None;
   bool zip = false;
   Bytes original = {};
@@ -83,14 +83,17 @@ Bytes replace_text(const Target& t, std::size_t at, std::size_t len, const std::
 
 std::pair<std::size_t, std::size_t> text_region(const Target& t) {
   switch (t.text) {
-    case TextKind::Json: return {0, t.original.size()};
+    case TextKind::Json:
+      return {0, t.original.size()};
     case TextKind::SafetensorsHeader: {
       std::uint64_t n = 0;
       std::memcpy(&n, t.original.data(), 8);
       return {8, std::size_t(n)};
     }
-    case TextKind::NpyHeader: return {10, std::size_t(t.original[8] | (t.original[9] << 8))};
-    default: return {0, 0};
+    case TextKind::NpyHeader:
+      return {10, std::size_t(t.original[8] | (t.original[9] << 8))};
+    default:
+      return {0, 0};
   }
 }
 
@@ -100,7 +103,8 @@ void fuzz_target(const Target& t, std::mt19937_64& rng, Stats& st) {
   auto pick = [&rng](std::size_t k) { return std::size_t(rng() % k); };
 
   // 1. Truncation at every offset (all files here are small).
-  for (std::size_t len = 0; len < n; ++len) run_case(t, Bytes(o.begin(), o.begin() + std::ptrdiff_t(len)), "truncate " + std::to_string(len), st);
+  for (std::size_t len = 0; len < n; ++len)
+    run_case(t, Bytes(o.begin(), o.begin() + std::ptrdiff_t(len)), "truncate " + std::to_string(len), st);
   // Trailing garbage.
   {
     Bytes b = o;
@@ -112,18 +116,43 @@ void fuzz_target(const Target& t, std::mt19937_64& rng, Stats& st) {
     Bytes b = o;
     const std::size_t at = pick(n);
     switch (pick(4)) {
-      case 0: b[at] ^= static_cast<unsigned char>(1u << pick(8)); break;
-      case 1: b[at] = 0x00; break;
-      case 2: b[at] = 0xFF; break;
-      default: b[at] = static_cast<unsigned char>(rng()); break;
+      case 0:
+        b[at] ^= static_cast<unsigned char>(1u << pick(8));
+        break;
+      case 1:
+        b[at] = 0x00;
+        break;
+      case 2:
+        b[at] = 0xFF;
+        break;
+      default:
+        b[at] = static_cast<unsigned char>(rng());
+        break;
     }
     if (pick(4) == 0) b[pick(n)] = static_cast<unsigned char>(rng());  // sometimes a second byte
     run_case(t, b, "byte@" + std::to_string(at), st);
   }
   // 3. Multi-byte fields overwritten with boundary values.
-  const std::uint64_t interesting[] = {0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
-                                       0xFFFFFFFF, 0x100000000ULL, 0x7FFFFFFFFFFFFFFFULL, 0xFFFFFFFFFFFFFFFFULL,
-                                       n, n - 1, n + 1, n / 2};
+  const std::uint64_t interesting[] = {0,
+                                       1,
+                                       2,
+                                       7,
+                                       8,
+                                       0x7F,
+                                       0x80,
+                                       0xFF,
+                                       0xFFFF,
+                                       0x10000,
+                                       0x7FFFFFFF,
+                                       0x80000000,
+                                       0xFFFFFFFF,
+                                       0x100000000ULL,
+                                       0x7FFFFFFFFFFFFFFFULL,
+                                       0xFFFFFFFFFFFFFFFFULL,
+                                       n,
+                                       n - 1,
+                                       n + 1,
+                                       n / 2};
   for (int i = 0; i < 500; ++i) {
     Bytes b = o;
     const std::size_t width = std::size_t(1) << pick(4);  // 1, 2, 4, 8
@@ -136,8 +165,10 @@ void fuzz_target(const Target& t, std::mt19937_64& rng, Stats& st) {
   // 4. ZIP structure fields (central directory and end record) set to boundary values.
   if (t.zip && n >= 22) {
     const std::size_t eocd = n - 22;
-    const std::size_t cd = o[eocd + 16] | (o[eocd + 17] << 8) | (o[eocd + 18] << 16) | (std::size_t(o[eocd + 19]) << 24);
-    const std::size_t cd_fields[][2] = {{8, 2}, {10, 2}, {16, 4}, {20, 4}, {24, 4}, {28, 2}, {30, 2}, {32, 2}, {34, 2}, {42, 4}};
+    const std::size_t cd =
+        o[eocd + 16] | (o[eocd + 17] << 8) | (o[eocd + 18] << 16) | (std::size_t(o[eocd + 19]) << 24);
+    const std::size_t cd_fields[][2] = {{8, 2},  {10, 2}, {16, 4}, {20, 4}, {24, 4},
+                                        {28, 2}, {30, 2}, {32, 2}, {34, 2}, {42, 4}};
     const std::size_t end_fields[][2] = {{4, 2}, {6, 2}, {8, 2}, {10, 2}, {12, 4}, {16, 4}, {20, 2}};
     for (int i = 0; i < 300; ++i) {
       Bytes b = o;
@@ -151,7 +182,8 @@ void fuzz_target(const Target& t, std::mt19937_64& rng, Stats& st) {
         std::size_t pos = cd;
         const std::size_t skip = pick(5);
         for (std::size_t s = 0; s < skip && pos + 46 <= eocd; ++s)
-          pos += 46 + (o[pos + 28] | (o[pos + 29] << 8)) + (o[pos + 30] | (o[pos + 31] << 8)) + (o[pos + 32] | (o[pos + 33] << 8));
+          pos += 46 + (o[pos + 28] | (o[pos + 29] << 8)) + (o[pos + 30] | (o[pos + 31] << 8)) +
+                 (o[pos + 32] | (o[pos + 33] << 8));
         if (pos + 46 > eocd) pos = cd;
         const auto& f = cd_fields[pick(std::size(cd_fields))];
         at = pos + f[0];
@@ -182,13 +214,30 @@ void fuzz_target(const Target& t, std::mt19937_64& rng, Stats& st) {
         ++i;
       }
     }
-    const char* num_repl[] = {"0", "1", "-1", "18446744073709551615", "18446744073709551616", "9223372036854775807",
-                              "-9223372036854775808", "4294967296", "4294967295", "1e308", "3.5", "null", "\"7\"",
-                              "[]", "{}", "true", "99999999999999999999999999", "65536", "2147483648"};
-    const char* str_repl[] = {"\"F16\"", "\"BF16\"", "\"F64\"", "\"I64\"", "\"BOOL\"", "\"U8\"", "\"__metadata__\"",
-                              "\"\xff\xfe\"", "\"\\ud800\"", "\"\"", "1", "null", "[[[[[[[[]]]]]]]]", "'<f2'", "'<f8'",
-                              "'>f4'", "'|b1'", "True", "\"jumprelu\"", "\"standard\"", "\"topk\"", "\"batchtopk\"",
-                              "\"gated\"", "\"k\"", "\"d_in\"", "\"d_sae\"", "\"shape\"", "\"dtype\""};
+    const char* num_repl[] = {"0",
+                              "1",
+                              "-1",
+                              "18446744073709551615",
+                              "18446744073709551616",
+                              "9223372036854775807",
+                              "-9223372036854775808",
+                              "4294967296",
+                              "4294967295",
+                              "1e308",
+                              "3.5",
+                              "null",
+                              "\"7\"",
+                              "[]",
+                              "{}",
+                              "true",
+                              "99999999999999999999999999",
+                              "65536",
+                              "2147483648"};
+    const char* str_repl[] = {"\"F16\"",          "\"BF16\"",     "\"F64\"",     "\"I64\"",       "\"BOOL\"",  "\"U8\"",
+                              "\"__metadata__\"", "\"\xff\xfe\"", "\"\\ud800\"", "\"\"",          "1",         "null",
+                              "[[[[[[[[]]]]]]]]", "'<f2'",        "'<f8'",       "'>f4'",         "'|b1'",     "True",
+                              "\"jumprelu\"",     "\"standard\"", "\"topk\"",    "\"batchtopk\"", "\"gated\"", "\"k\"",
+                              "\"d_in\"",         "\"d_sae\"",    "\"shape\"",   "\"dtype\""};
     for (int i = 0; i < 250; ++i) {
       const int kind = int(pick(5));
       Bytes b;
@@ -203,9 +252,15 @@ void fuzz_target(const Target& t, std::mt19937_64& rng, Stats& st) {
         const std::size_t at = pick(len + 1);
         const std::size_t l = std::min<std::size_t>(pick(12), len - at);
         switch (pick(3)) {
-          case 0: b = replace_text(t, start + at, l, ""); break;
-          case 1: b = replace_text(t, start + at, 0, text.substr(at, l)); break;
-          default: b = replace_text(t, start + at, 0, std::string(200, '[')); break;
+          case 0:
+            b = replace_text(t, start + at, l, "");
+            break;
+          case 1:
+            b = replace_text(t, start + at, 0, text.substr(at, l));
+            break;
+          default:
+            b = replace_text(t, start + at, 0, std::string(200, '['));
+            break;
         }
       }
       run_case(t, b, "token#" + std::to_string(i), st);
@@ -263,7 +318,8 @@ TEST_CASE("fuzz: mutated files of every format load or throw IoError, never cras
     sae::io::save_npy_f16(tmp / "h.npy", h.data(), shape);
     for (const char* f : {"x.npy", "h.npy"}) {
       const fs::path p = tmp / f;
-      targets.push_back({std::string("npy ") + f, p, [p] {
+      targets.push_back({std::string("npy ") + f, p,
+                         [p] {
                            const auto r = sae::io::NpyReader::open(p);
                            std::vector<float> out(r.numel());
                            r.copy_rows_f32(0, r.rows(), out.data());
@@ -281,7 +337,8 @@ TEST_CASE("fuzz: mutated files of every format load or throw IoError, never cras
     w.metadata()["format"] = "pt";
     w.write(tmp / "t.safetensors");
     const fs::path p = tmp / "t.safetensors";
-    targets.push_back({"safetensors", p, [p] {
+    targets.push_back({"safetensors", p,
+                       [p] {
                          const auto r = sae::io::SafetensorsReader::open(p);
                          for (const auto& [name, info] : r.tensors())
                            if (sae::io::st_dtype_is_float(info.dtype)) (void)r.read_f32(name);
@@ -303,7 +360,8 @@ TEST_CASE("fuzz: mutated files of every format load or throw IoError, never cras
     targets.push_back({compress ? "gemma npz deflate" : "gemma npz stored", p, [p] { (void)sae::load_sae(p); },
                        TextKind::None, true});
     // Also the generic reader on the same bytes, every member as float and as int.
-    targets.push_back({compress ? "npz deflate" : "npz stored", p, [p] {
+    targets.push_back({compress ? "npz deflate" : "npz stored", p,
+                       [p] {
                          const auto r = sae::io::NpzReader::open(p);
                          for (const auto& name : r.members()) {
                            try {
@@ -373,9 +431,9 @@ TEST_CASE("fuzz: mutated files of every format load or throw IoError, never cras
     std::cerr << "fuzz: " << t.name << ": " << (st.cases - before) << " cases (" << t.original.size() << " bytes)\n";
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::cout << "fuzz: " << st.cases << " cases across " << targets.size() << " targets: " << st.loaded
-            << " loaded, " << st.rejected << " rejected with IoError, " << st.failures.size() << " failures, "
-            << secs << " s" << std::endl;
+  std::cout << "fuzz: " << st.cases << " cases across " << targets.size() << " targets: " << st.loaded << " loaded, "
+            << st.rejected << " rejected with IoError, " << st.failures.size() << " failures, " << secs << " s"
+            << std::endl;
   for (std::size_t i = 0; i < st.failures.size() && i < 20; ++i) UNSCOPED_INFO(st.failures[i]);
   REQUIRE(st.failures.empty());
   REQUIRE(st.cases >= 10000);

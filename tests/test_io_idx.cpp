@@ -52,7 +52,8 @@ std::string gzip_bytes(const std::string& raw) {
 #endif
 
 void require_idx_error(const fs::path& p, const std::string& fragment = "") {
-  sae_test::require_io_error(p, [&] { (void)read_idx(p); }, fragment);
+  sae_test::require_io_error(
+      p, [&] { (void)read_idx(p); }, fragment);
 }
 
 }  // namespace
@@ -75,10 +76,12 @@ TEST_CASE("idx: u8 images [N, h, w] read as a (h*w) x N matrix in [0, 1]", "[io]
   for (int n = 0; n < 3; ++n)
     for (int i = 0; i < 4; ++i) CHECK(X(i, n) == static_cast<float>((n * 4 + i) * 20) * (1.0f / 255.0f));
   // Labels must be 1-D; images 3-D.
-  sae_test::require_io_error(dir / "img.idx", [&] { (void)sae::io::read_idx_labels(dir / "img.idx"); }, "expected u8 labels");
+  sae_test::require_io_error(
+      dir / "img.idx", [&] { (void)sae::io::read_idx_labels(dir / "img.idx"); }, "expected u8 labels");
   sae_test::write_all(dir / "lab.idx", idx_header(0x08, {4}) + std::string("\x01\x09\x00\x07", 4));
   CHECK(sae::io::read_idx_labels(dir / "lab.idx") == std::vector<std::uint8_t>{1, 9, 0, 7});
-  sae_test::require_io_error(dir / "lab.idx", [&] { (void)sae::io::read_idx_images(dir / "lab.idx"); }, "expected u8 images");
+  sae_test::require_io_error(
+      dir / "lab.idx", [&] { (void)sae::io::read_idx_images(dir / "lab.idx"); }, "expected u8 images");
 }
 
 TEST_CASE("idx: big-endian i8, i16, i32, f32 and f64 elements", "[io][idx]") {

@@ -43,22 +43,50 @@ std::vector<unsigned char> stored_zip(const std::vector<std::pair<std::string, s
     p16(v, x >> 16);
   };
   for (const auto& [name, data] : members) {
-    const std::uint32_t crc = sae::io::detail_npz::crc32_update(0, data.data(), data.size());
+    const std::uint32_t crc = sae::io::detail::npz::crc32_update(0, data.data(), data.size());
     const auto off = static_cast<std::uint32_t>(out.size());
-    p32(out, 0x04034b50); p16(out, 20); p16(out, 0); p16(out, 0); p16(out, 0); p16(out, 0x21);
-    p32(out, crc); p32(out, std::uint32_t(data.size())); p32(out, std::uint32_t(data.size()));
-    p16(out, std::uint32_t(name.size())); p16(out, 0);
+    p32(out, 0x04034b50);
+    p16(out, 20);
+    p16(out, 0);
+    p16(out, 0);
+    p16(out, 0);
+    p16(out, 0x21);
+    p32(out, crc);
+    p32(out, std::uint32_t(data.size()));
+    p32(out, std::uint32_t(data.size()));
+    p16(out, std::uint32_t(name.size()));
+    p16(out, 0);
     out.insert(out.end(), name.begin(), name.end());
     out.insert(out.end(), data.begin(), data.end());
-    p32(cd, 0x02014b50); p16(cd, 20); p16(cd, 20); p16(cd, 0); p16(cd, 0); p16(cd, 0); p16(cd, 0x21);
-    p32(cd, crc); p32(cd, std::uint32_t(data.size())); p32(cd, std::uint32_t(data.size()));
-    p16(cd, std::uint32_t(name.size())); p16(cd, 0); p16(cd, 0); p16(cd, 0); p16(cd, 0); p32(cd, 0); p32(cd, off);
+    p32(cd, 0x02014b50);
+    p16(cd, 20);
+    p16(cd, 20);
+    p16(cd, 0);
+    p16(cd, 0);
+    p16(cd, 0);
+    p16(cd, 0x21);
+    p32(cd, crc);
+    p32(cd, std::uint32_t(data.size()));
+    p32(cd, std::uint32_t(data.size()));
+    p16(cd, std::uint32_t(name.size()));
+    p16(cd, 0);
+    p16(cd, 0);
+    p16(cd, 0);
+    p16(cd, 0);
+    p32(cd, 0);
+    p32(cd, off);
     cd.insert(cd.end(), name.begin(), name.end());
   }
   const auto cd_off = static_cast<std::uint32_t>(out.size());
   out.insert(out.end(), cd.begin(), cd.end());
-  p32(out, 0x06054b50); p16(out, 0); p16(out, 0); p16(out, std::uint32_t(members.size()));
-  p16(out, std::uint32_t(members.size())); p32(out, std::uint32_t(cd.size())); p32(out, cd_off); p16(out, 0);
+  p32(out, 0x06054b50);
+  p16(out, 0);
+  p16(out, 0);
+  p16(out, std::uint32_t(members.size()));
+  p16(out, std::uint32_t(members.size()));
+  p32(out, std::uint32_t(cd.size()));
+  p32(out, cd_off);
+  p16(out, 0);
   return out;
 }
 
@@ -108,8 +136,7 @@ TEST_CASE("npz: writer and reader round trip, stored and deflate", "[io][npz]") 
     REQUIRE(r.contains("W"));
     REQUIRE(r.contains("W.npy"));
     REQUIRE_FALSE(r.contains("w"));
-    for (const auto& e : r.entries())
-      REQUIRE(e.method == ((compress && sae::io::npz_has_deflate) ? 8 : 0));
+    for (const auto& e : r.entries()) REQUIRE(e.method == ((compress && sae::io::npz_has_deflate) ? 8 : 0));
     const auto W = r.read_f32("W");
     REQUIRE(W.shape == std::vector<std::size_t>{3, 4});
     for (int i = 0; i < 12; ++i) REQUIRE(W.data[std::size_t(i)] == 0.25f * float(i) - 1.0f);
@@ -196,8 +223,7 @@ TEST_CASE("npz: damaged and hostile archives give one-line errors naming the fil
   write_sample(good, false);
   const auto base = slurp(good);
   const std::size_t cd = central_dir_offset(base);
-  auto expect_error = [&](const std::vector<unsigned char>& bytes, const std::string& what,
-                          const char* member = "W") {
+  auto expect_error = [&](const std::vector<unsigned char>& bytes, const std::string& what, const char* member = "W") {
     spit(p, bytes);
     try {
       const NpzReader r = NpzReader::open(p);
@@ -280,7 +306,8 @@ TEST_CASE("npz: damaged and hostile archives give one-line errors naming the fil
     expect_error(b, "local header file name differs", "idx");
   }
   SECTION("duplicate names") {
-    const std::string img = npy_image("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, '\0'));
+    const std::string img =
+        npy_image("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, '\0'));
     expect_error(stored_zip({{"W.npy", img}, {"W.npy", img}}), "duplicate member name");
   }
   SECTION("npy header problems inside a member") {
@@ -288,7 +315,8 @@ TEST_CASE("npz: damaged and hostile archives give one-line errors naming the fil
                                                  std::string(8, '\0'))}}),
                  "truncated .npy data");
     expect_error(stored_zip({{"W.npy", npy_image("{'descr': '<f4', 'fortran_order': False, 'shape': "
-                                                 "(4294967296, 4294967296), }", "")}}),
+                                                 "(4294967296, 4294967296), }",
+                                                 "")}}),
                  "overflows");
     expect_error(stored_zip({{"W.npy", npy_image("{'descr': '>f4', 'fortran_order': False, 'shape': (0,), }", "")}}),
                  "big-endian");

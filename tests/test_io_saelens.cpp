@@ -201,8 +201,9 @@ TEST_CASE("SAELens: rescale_acts_by_decoder_norm is folded; run-time normalisati
     const Mat<float> X = sae_test::random_matrix<float>(d, 25, 6);
     const Mat<float> F = loaded.encode(X).to_dense();
     // SAELens's formula, written out in double
-    const Eigen::MatrixXd Z = ((p.W_enc.cast<double>().transpose() * (X.cast<double>().colwise() - p.b_dec.cast<double>()))
-                                   .colwise() + p.b_enc.cast<double>());
+    const Eigen::MatrixXd Z =
+        ((p.W_enc.cast<double>().transpose() * (X.cast<double>().colwise() - p.b_dec.cast<double>())).colwise() +
+         p.b_enc.cast<double>());
     for (Index t = 0; t < X.cols(); ++t) {
       Eigen::VectorXd s(m);
       for (Index j = 0; j < m; ++j) s[j] = Z(j, t) * p.W_dec.col(j).cast<double>().norm();
@@ -222,7 +223,8 @@ TEST_CASE("SAELens: rescale_acts_by_decoder_norm is folded; run-time normalisati
       const fs::path dir = tmp / norm;
       fs::create_directories(dir);
       fs::copy_file(tmp / "plain" / "sae_weights.safetensors", dir / "sae_weights.safetensors");
-      write_text(dir / "cfg.json", with("\"normalize_activations\": \"none\"", "\"normalize_activations\": \"" + norm + "\""));
+      write_text(dir / "cfg.json",
+                 with("\"normalize_activations\": \"none\"", "\"normalize_activations\": \"" + norm + "\""));
       REQUIRE_THROWS_WITH(sae::load_sae(dir), Catch::Contains((dir / "cfg.json").string()) &&
                                                   Catch::Contains("'" + norm + "'") && Catch::Contains("refused"));
     }
@@ -257,7 +259,8 @@ void write_gated(const fs::path& dir, const GatedWeights& g, const std::string& 
   w.add("b_gate", {m}, std::span<const float>(g.b_gate.data(), static_cast<std::size_t>(m)));
   w.add("b_mag", {m}, std::span<const float>(g.b_mag.data(), static_cast<std::size_t>(m)));
   w.add("r_mag", {m}, std::span<const float>(g.r_mag.data(), static_cast<std::size_t>(m)));
-  if (!extra_tensor.empty()) w.add(extra_tensor, {m}, std::span<const float>(g.b_mag.data(), static_cast<std::size_t>(m)));
+  if (!extra_tensor.empty())
+    w.add(extra_tensor, {m}, std::span<const float>(g.b_mag.data(), static_cast<std::size_t>(m)));
   w.write(dir / "sae_weights.safetensors");
   write_text(dir / "cfg.json", R"({"architecture": "gated", "d_in": )" + std::to_string(d) + R"(, "d_sae": )" +
                                    std::to_string(m) + R"(, "dtype": "float32", "apply_b_dec_to_input": true,
@@ -332,7 +335,8 @@ TEST_CASE("SAELens forms libsae does not compute are refused with the reason", "
   sae::save_sae(tmp / "sae", model);
   const fs::path cfg = tmp / "sae" / "cfg.json";
   auto refusal = [&](const std::string& arch) {
-    write_text(cfg, R"({"architecture": ")" + arch + R"(", "d_in": 4, "d_sae": 6, "k": 2, "rescale_acts_by_decoder_norm": true})");
+    write_text(cfg, R"({"architecture": ")" + arch +
+                        R"(", "d_in": 4, "d_sae": 6, "k": 2, "rescale_acts_by_decoder_norm": true})");
     try {
       (void)sae::load_sae(tmp / "sae");
     } catch (const sae::io::IoError& e) {
@@ -373,11 +377,12 @@ TEST_CASE("SAELens: cfg.json records the v6 schema so SAELens keeps the metadata
 
   // A file SAELens wrote: saved by libsae, the version is libsae's tag, the training version kept.
   std::string text = j.dump();
-  text.replace(text.find("6.0.0+libsae."), std::string("6.0.0+libsae.").size() + std::string(sae::version_string).size(),
-               "6.54.12");
+  text.replace(text.find("6.0.0+libsae."),
+               std::string("6.0.0+libsae.").size() + std::string(sae::version_string).size(), "6.54.12");
   const auto at = text.find("\"sae_lens_training_version\":null");
   REQUIRE(at != std::string::npos);
-  text.replace(at, std::string("\"sae_lens_training_version\":null").size(), "\"sae_lens_training_version\":\"6.54.12\"");
+  text.replace(at, std::string("\"sae_lens_training_version\":null").size(),
+               "\"sae_lens_training_version\":\"6.54.12\"");
   write_text(tmp / "sae" / "cfg.json", text);
   const sae::AnySae loaded = sae::load_sae(tmp / "sae");
   REQUIRE(std::get<sae::TopKSae<float>>(loaded).config().metadata.at("sae_lens_version") == "6.54.12");

@@ -47,8 +47,8 @@ TEST_CASE("Matryoshka: inner losses equal the dense prefix reconstructions; grad
   REQUIRE(F.bottomRows(8).cwiseAbs().sum() > 0);
   const double inner = inner_loss_dense(model.params(), F, X, {2, 6, 14});
   REQUIRE(r.terms[1] == Approx(inner).epsilon(1e-12));
-  REQUIRE(r.terms[0] == Approx((X - ((model.params().W_dec * F).colwise() + model.params().b_dec)).squaredNorm() / B)
-                            .epsilon(1e-12));
+  REQUIRE(r.terms[0] ==
+          Approx((X - ((model.params().W_dec * F).colwise() + model.params().b_dec)).squaredNorm() / B).epsilon(1e-12));
   const double h = 1e-6;
   int checked = 0;
   sae::zip_tensors(
@@ -89,10 +89,10 @@ TEST_CASE("Matryoshka: one level is BatchTopK; the widths are checked", "[core][
 
   auto& w = model.loss().get<sae::MatryoshkaInner>().widths;
   for (auto [widths, what] : {std::pair<std::vector<Index>, const char*>{{}, "empty"},
-                             {{3, 3, 10}, "strictly increasing"},
-                             {{5, 2, 10}, "strictly increasing"},
-                             {{0, 10}, "positive"},
-                             {{3, 8}, "end at d_sae=10"}}) {
+                              {{3, 3, 10}, "strictly increasing"},
+                              {{5, 2, 10}, "strictly increasing"},
+                              {{0, 10}, "positive"},
+                              {{3, 8}, "end at d_sae=10"}}) {
     w = widths;
     REQUIRE_THROWS_WITH(model.loss_value(X), Catch::Contains(what));
   }

@@ -15,8 +15,10 @@ template <class Model>
 Direct direct_metrics(const Model& model, const Mat<float>& X) {
   const Index N = X.cols(), d = X.rows(), m = model.d_sae();
   const Mat<double> F = [&] {
-    if constexpr (Model::activation_type::sparse) return model.encode(X).to_dense().template cast<double>().eval();
-    else return model.encode(X).template cast<double>().eval();
+    if constexpr (Model::activation_type::sparse)
+      return model.encode(X).to_dense().template cast<double>().eval();
+    else
+      return model.encode(X).template cast<double>().eval();
   }();
   const auto P = model.params().template cast<double>();
   const Mat<double> Xd = X.cast<double>();

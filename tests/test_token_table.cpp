@@ -91,11 +91,11 @@ TEST_CASE("token table: escapes and UTF-8 repair", "[io][tokens]") {
   const std::string fffd = "\xEF\xBF\xBD";
   CHECK(utf8_sanitize("plain ascii") == "plain ascii");
   CHECK(utf8_sanitize("\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80") == "\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80");  // é € 😀
-  CHECK(utf8_sanitize("a\xE2\x80") == "a" + fffd);               // truncated 3-byte sequence
-  CHECK(utf8_sanitize("\xE2\x80z") == fffd + "z");               // one U+FFFD per maximal subpart
-  CHECK(utf8_sanitize("\x80\xBF") == fffd + fffd);               // stray continuation bytes
-  CHECK(utf8_sanitize("\xC0\x80") == fffd + fffd);               // overlong NUL
-  CHECK(utf8_sanitize("\xED\xA0\x80") == fffd + fffd + fffd);    // surrogate U+D800
+  CHECK(utf8_sanitize("a\xE2\x80") == "a" + fffd);                        // truncated 3-byte sequence
+  CHECK(utf8_sanitize("\xE2\x80z") == fffd + "z");                        // one U+FFFD per maximal subpart
+  CHECK(utf8_sanitize("\x80\xBF") == fffd + fffd);                        // stray continuation bytes
+  CHECK(utf8_sanitize("\xC0\x80") == fffd + fffd);                        // overlong NUL
+  CHECK(utf8_sanitize("\xED\xA0\x80") == fffd + fffd + fffd);             // surrogate U+D800
   CHECK(utf8_sanitize("\xF4\x90\x80\x80") == fffd + fffd + fffd + fffd);  // > U+10FFFF
   CHECK(utf8_sanitize("\xFF") == fffd);
 }
@@ -134,9 +134,11 @@ TEST_CASE("token table: every malformed table is refused with its file and line"
   for (const Case& c : cases) {
     INFO(c.name);
     const auto p = tt_write(dir, c.content, false, "bad.tsv");
-    sae_test::require_io_error(p, [&] { TokenTable t(p); }, c.fragment);
+    sae_test::require_io_error(
+        p, [&] { TokenTable t(p); }, c.fragment);
   }
-  sae_test::require_io_error(dir / "missing.tsv", [&] { TokenTable t(dir / "missing.tsv"); }, "not a regular file");
+  sae_test::require_io_error(
+      dir / "missing.tsv", [&] { TokenTable t(dir / "missing.tsv"); }, "not a regular file");
 }
 
 TEST_CASE("vocabulary: one escaped entry per line", "[io][tokens]") {
@@ -145,7 +147,8 @@ TEST_CASE("vocabulary: one escaped entry per line", "[io][tokens]") {
   const std::vector<std::string> v = sae::interp::read_vocab(dir / "v.txt");
   CHECK(v == std::vector<std::string>{"a", "\n", "", " \\x", "\xC3\xA9"});
   sae_test::write_all(dir / "bad.txt", "a\nb\\z\n");
-  sae_test::require_io_error(dir / "bad.txt", [&] { sae::interp::read_vocab(dir / "bad.txt"); }, "line 2: bad escape");
+  sae_test::require_io_error(
+      dir / "bad.txt", [&] { sae::interp::read_vocab(dir / "bad.txt"); }, "line 2: bad escape");
 }
 
 TEST_CASE("logit effects: top promoted and suppressed tokens equal a brute-force sort", "[io][tokens]") {
@@ -188,9 +191,10 @@ TEST_CASE("logit effects: top promoted and suppressed tokens equal a brute-force
       }
     }
   }
-  sae_test::require_io_error(dir / "U.npy", [&] {
-    sae::interp::logit_effects(sae::io::NpyReader::open(dir / "U.npy"), Mat<float>::Ones(d + 1, 2), {0});
-  }, "unembedding has d_in=6 but the SAE has d_in=7");
+  sae_test::require_io_error(
+      dir / "U.npy",
+      [&] { sae::interp::logit_effects(sae::io::NpyReader::open(dir / "U.npy"), Mat<float>::Ones(d + 1, 2), {0}); },
+      "unembedding has d_in=6 but the SAE has d_in=7");
 }
 
 TEST_CASE("report text view and logit effect: contexts, activations, refusals", "[io][tokens]") {
@@ -272,13 +276,15 @@ TEST_CASE("report text view and logit effect: contexts, activations, refusals", 
   // refusals name the files and numbers
   sae_test::write_all(dir / "short.tsv", tt_header + "0\t0\t0\t1\td\ta\n");
   s.tokens = dir / "short.tsv";
-  sae_test::require_io_error(dir / "short.tsv", [&] { sae::interp::write_sae_report(model, src, "X.npy", s); },
-                             "has 1 harvested rows (row >= 0) but X.npy has 60 rows");
+  sae_test::require_io_error(
+      dir / "short.tsv", [&] { sae::interp::write_sae_report(model, src, "X.npy", s); },
+      "has 1 harvested rows (row >= 0) but X.npy has 60 rows");
   s.tokens = dir / "tokens.tsv";
   sae_test::write_all(dir / "vocab19.txt", vocab.substr(0, vocab.rfind("v19")));
   s.vocab = dir / "vocab19.txt";
-  sae_test::require_io_error(dir / "vocab19.txt", [&] { sae::interp::write_sae_report(model, src, "X", s); },
-                             "has 19 entries but " + (dir / "U.npy").string() + " has 20 rows");
+  sae_test::require_io_error(
+      dir / "vocab19.txt", [&] { sae::interp::write_sae_report(model, src, "X", s); },
+      "has 19 entries but " + (dir / "U.npy").string() + " has 20 rows");
   s.vocab.reset();
   CHECK_THROWS_AS(sae::interp::write_sae_report(model, src, "X", s), std::invalid_argument);
   s.vocab = dir / "vocab.txt";

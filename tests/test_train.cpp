@@ -10,7 +10,8 @@
 using sae::Index;
 using sae::Mat;
 
-TEST_CASE("Synthetic data: unit features, seeded, coefficients in (0, 1], about n p active per sample", "[train][synthetic]") {
+TEST_CASE("Synthetic data: unit features, seeded, coefficients in (0, 1], about n p active per sample",
+          "[train][synthetic]") {
   sae::SyntheticOptions o;
   o.d_in = 16;
   o.features = 40;
@@ -123,7 +124,7 @@ TEST_CASE("Training: ReLU + L1 finds the features and is sparse", "[train][recov
   const auto ev = sae::evaluate(model, data.X);
   INFO("mmcs " << mmcs << ", fvu " << ev.fvu << ", l0 " << ev.l0);
   REQUIRE(mmcs >= 0.9);
-  REQUIRE(ev.l0 < 20);   // the data has ~4 active features per sample; an unpenalised ReLU SAE has hundreds
+  REQUIRE(ev.l0 < 20);  // the data has ~4 active features per sample; an unpenalised ReLU SAE has hundreds
   REQUIRE(ev.fvu < 0.3);
 }
 

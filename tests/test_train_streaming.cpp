@@ -60,7 +60,8 @@ std::vector<std::int64_t> draw_ids(sae::StreamingBatches<float>& s, Index batche
 
 }  // namespace
 
-TEST_CASE("StreamingBatches: 4 files, buffer < data: each token once per pass, mixed across files, seeded", "[train][io][streaming]") {
+TEST_CASE("StreamingBatches: 4 files, buffer < data: each token once per pass, mixed across files, seeded",
+          "[train][io][streaming]") {
   FourFiles ff;
   const sae::NpyDataset ds = sae::NpyDataset::open({ff.dir.path()});
   REQUIRE(ds.files() == 4);
@@ -90,7 +91,8 @@ TEST_CASE("StreamingBatches: 4 files, buffer < data: each token once per pass, m
         REQUIRE(x(1, t) == static_cast<float>(f));
         REQUIRE(x(2, t) == static_cast<float>(row));
         if (i == 0 && t == 0)
-          REQUIRE(a.origin(t) == (ff.dir / ("part" + std::to_string(f) + ".npy")).string() + " row " + std::to_string(row));
+          REQUIRE(a.origin(t) ==
+                  (ff.dir / ("part" + std::to_string(f) + ".npy")).string() + " row " + std::to_string(row));
         seen.push_back(id);
       }
     }
@@ -139,7 +141,8 @@ TEST_CASE("StreamingBatches: 4 files, buffer < data: each token once per pass, m
   REQUIRE(draw_ids(l5, 20) == draw_ids(s5b, 20));
 }
 
-TEST_CASE("StreamingBatches: a buffer of at least the whole data is a full shuffle; scale multiplies", "[train][io][streaming]") {
+TEST_CASE("StreamingBatches: a buffer of at least the whole data is a full shuffle; scale multiplies",
+          "[train][io][streaming]") {
   FourFiles ff;
   const sae::NpyDataset ds = sae::NpyDataset::open({ff.dir.path()});
   sae::StreamingOptions o;
@@ -160,20 +163,29 @@ TEST_CASE("StreamingBatches: a buffer of at least the whole data is a full shuff
   REQUIRE(ids.size() == 800);
 }
 
-TEST_CASE("NpyDataset: files whose d_in differ, empty directories, wrong ranks are named in the error", "[train][io][streaming]") {
+TEST_CASE("NpyDataset: files whose d_in differ, empty directories, wrong ranks are named in the error",
+          "[train][io][streaming]") {
   TempDir dir("stream_err");
   write_tokens(dir / "a.npy", Mat<float>::Ones(8, 10));
   write_tokens(dir / "b.npy", Mat<float>::Ones(6, 10));
-  sae_test::require_io_error(dir / "b.npy", [&] { sae::NpyDataset::open({dir / "a.npy", dir / "b.npy"}); },
-                             "d_in is 6, but " + (dir / "a.npy").string() + " has d_in 8");
-  sae_test::require_io_error(dir / "b.npy", [&] { sae::NpyDataset::open({dir.path()}); }, "d_in is 6");
+  sae_test::require_io_error(
+      dir / "b.npy",
+      [&] {
+        sae::NpyDataset::open({dir / "a.npy", dir / "b.npy"});
+      },
+      "d_in is 6, but " + (dir / "a.npy").string() + " has d_in 8");
+  sae_test::require_io_error(
+      dir / "b.npy", [&] { sae::NpyDataset::open({dir.path()}); }, "d_in is 6");
   std::filesystem::create_directories(dir / "empty");
-  sae_test::require_io_error(dir / "empty", [&] { sae::NpyDataset::open({dir / "empty"}); }, "no .npy files");
-  sae_test::require_io_error(dir / "missing.npy", [&] { sae::NpyDataset::open({dir / "missing.npy"}); }, "not found");
+  sae_test::require_io_error(
+      dir / "empty", [&] { sae::NpyDataset::open({dir / "empty"}); }, "no .npy files");
+  sae_test::require_io_error(
+      dir / "missing.npy", [&] { sae::NpyDataset::open({dir / "missing.npy"}); }, "not found");
   const float v[3] = {1, 2, 3};
   const std::size_t shape1[1] = {3};
   sae::io::save_npy(dir / "flat.npy", v, shape1);
-  sae_test::require_io_error(dir / "flat.npy", [&] { sae::NpyDataset::open({dir / "flat.npy"}); }, "2-D");
+  sae_test::require_io_error(
+      dir / "flat.npy", [&] { sae::NpyDataset::open({dir / "flat.npy"}); }, "2-D");
 }
 
 TEST_CASE("Normalisation: the estimated factor matches its definition", "[train][io][streaming]") {
@@ -264,8 +276,8 @@ void check_fold(Model model, double s, bool exact) {
         REQUIRE((fa.array() != 0).count() > 0);
         const Mat<float> xa_raw = xa / static_cast<float>(s);
         if (exact) {
-          REQUIRE(fa == fb);          // the same codes, bit for bit
-          REQUIRE(xb == xa_raw);      // the reconstruction in raw units, bit for bit
+          REQUIRE(fa == fb);      // the same codes, bit for bit
+          REQUIRE(xb == xa_raw);  // the reconstruction in raw units, bit for bit
         } else {
           REQUIRE((fa - fb).cwiseAbs().maxCoeff() <= 1e-4 * (1 + fa.cwiseAbs().maxCoeff()));
           REQUIRE((xb - xa_raw).norm() <= 1e-5 * xa_raw.norm());
@@ -276,7 +288,8 @@ void check_fold(Model model, double s, bool exact) {
 
 }  // namespace
 
-TEST_CASE("Normalisation: the factor folded into saved weights gives the same codes on raw input", "[train][io][streaming]") {
+TEST_CASE("Normalisation: the factor folded into saved weights gives the same codes on raw input",
+          "[train][io][streaming]") {
   sae::SaeConfig cfg;
   cfg.d_in = 12;
   cfg.d_sae = 40;
@@ -298,7 +311,8 @@ TEST_CASE("Trainer: NaN or Inf in the input stops training, naming the step, fil
   FourFiles ff;
   // Replace part1.npy with a copy holding an Inf at row 77.
   Mat<float> X(4, 250);
-  for (Index r = 0; r < 250; ++r) X.col(r) << static_cast<float>(137 + r), 1.0f, static_cast<float>(r), -static_cast<float>(137 + r);
+  for (Index r = 0; r < 250; ++r)
+    X.col(r) << static_cast<float>(137 + r), 1.0f, static_cast<float>(r), -static_cast<float>(137 + r);
   X(2, 77) = -std::numeric_limits<float>::infinity();
   write_tokens(ff.dir / "part1.npy", X);
   const sae::NpyDataset ds = sae::NpyDataset::open({ff.dir.path()});
@@ -325,8 +339,9 @@ TEST_CASE("Trainer: NaN or Inf in the input stops training, naming the step, fil
   std::int64_t last_ok = 0;
   sae::TrainState<float> st;
   try {
-    sae::train_from(model, source, t, st, [](const sae::TrainProgress&) {},
-                    [&](const sae::TrainState<float>& s) { last_ok = s.step; });
+    sae::train_from(
+        model, source, t, st, [](const sae::TrainProgress&) {},
+        [&](const sae::TrainState<float>& s) { last_ok = s.step; });
     FAIL("no error");
   } catch (const sae::NumericalError& e) {
     const std::string msg = e.what();
@@ -344,7 +359,8 @@ TEST_CASE("Trainer: NaN or Inf in the input stops training, naming the step, fil
   sae::ShuffledBatches<float> sb(M, 64, 1);
   sb.set_name("mem");
   sae::TopKSae<float> m2(cfg);
-  REQUIRE_THROWS_WITH(sae::train(m2, sb, t), Catch::Contains("step 1: input activation is nan at mem row 40, dimension 1"));
+  REQUIRE_THROWS_WITH(sae::train(m2, sb, t),
+                      Catch::Contains("step 1: input activation is nan at mem row 40, dimension 1"));
 }
 
 TEST_CASE("Trainer: a loss that overflows stops training with the step", "[train]") {
@@ -359,5 +375,6 @@ TEST_CASE("Trainer: a loss that overflows stops training with the step", "[train
   sae::TrainOptions t;
   t.steps = 10;
   t.initialize = true;
-  REQUIRE_THROWS_WITH(sae::train(model, b, t), Catch::Contains("training diverged at step") && Catch::Contains("loss is"));
+  REQUIRE_THROWS_WITH(sae::train(model, b, t),
+                      Catch::Contains("training diverged at step") && Catch::Contains("loss is"));
 }

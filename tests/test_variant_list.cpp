@@ -31,8 +31,8 @@ TEST_CASE("Variant list: names are unique, saved names are SAELens's, options ar
     REQUIRE_NOTHROW(sae::resolve_options<V>(nlohmann::json::object()));
   });
   REQUIRE(saved == static_cast<int>(std::variant_size_v<sae::AnySaeVariant>));
-  REQUIRE_THROWS_WITH(sae::canonical_variant_name("gated"), Catch::Contains("unknown architecture 'gated'") &&
-                                                                 Catch::Contains(sae::variant_names()));
+  REQUIRE_THROWS_WITH(sae::canonical_variant_name("gated"),
+                      Catch::Contains("unknown architecture 'gated'") && Catch::Contains(sae::variant_names()));
 }
 
 TEST_CASE("Variant options: given values are checked; unknown keys refused", "[core][variants]") {
@@ -40,9 +40,12 @@ TEST_CASE("Variant options: given values are checked; unknown keys refused", "[c
   const auto o = sae::resolve_options<OrtSaeVariant>({{"chunks", 3}, {"l1", 0.5}});  // l1 is relu's: ignored here
   REQUIRE(o.integer("chunks") == 3);
   REQUIRE(o.real("ortho") == sae::Orthogonality{}.coefficient);
-  REQUIRE_THROWS_WITH(sae::resolve_options<OrtSaeVariant>({{"chunks", 0}}), Catch::Contains("--chunks must be positive"));
-  REQUIRE_THROWS_WITH(sae::resolve_options<OrtSaeVariant>({{"ortho", "x"}}), Catch::Contains("--ortho must be a number"));
-  REQUIRE_THROWS_WITH(sae::resolve_options<OrtSaeVariant>({{"chunkz", 2}}), Catch::Contains("unknown training option 'chunkz'"));
+  REQUIRE_THROWS_WITH(sae::resolve_options<OrtSaeVariant>({{"chunks", 0}}),
+                      Catch::Contains("--chunks must be positive"));
+  REQUIRE_THROWS_WITH(sae::resolve_options<OrtSaeVariant>({{"ortho", "x"}}),
+                      Catch::Contains("--ortho must be a number"));
+  REQUIRE_THROWS_WITH(sae::resolve_options<OrtSaeVariant>({{"chunkz", 2}}),
+                      Catch::Contains("unknown training option 'chunkz'"));
   REQUIRE_THROWS_WITH(sae::resolve_options<sae::JumpReLUVariant>({{"bandwidth", -1.0}}),
                       Catch::Contains("--bandwidth must be positive"));
   REQUIRE_NOTHROW(sae::resolve_options<sae::JumpReLUVariant>({{"target_l0", nullptr}}));

@@ -44,7 +44,8 @@ void check_fd(Model& model, const sae::Parameters<double>& grad, Loss&& loss, co
 
 using sae_test::config;
 
-TEST_CASE("BatchTopK: training selection keeps exactly the k*B largest positive values of the batch", "[core][batchtopk]") {
+TEST_CASE("BatchTopK: training selection keeps exactly the k*B largest positive values of the batch",
+          "[core][batchtopk]") {
   const Index d = 6, m = 50, k = 3;
   const Index B = GENERATE(5, 300);  // one block, and several blocks of 256 tokens
   sae::BatchTopKSae<double> model(config(d, m, k));
@@ -58,8 +59,8 @@ TEST_CASE("BatchTopK: training selection keeps exactly the k*B largest positive 
   sae::BatchTopKSae<double>::State s;
   model.forward_backward(X, g, s);
   // Brute force: all positive pre-activations, sorted.
-  const Mat<double> Z = (model.params().W_enc.transpose() * (X.colwise() - model.params().b_dec)).colwise() +
-                        model.params().b_enc;
+  const Mat<double> Z =
+      (model.params().W_enc.transpose() * (X.colwise() - model.params().b_dec)).colwise() + model.params().b_enc;
   std::vector<double> pos;
   for (Index i = 0; i < Z.size(); ++i)
     if (Z.data()[i] > 0) pos.push_back(Z.data()[i]);
@@ -79,7 +80,8 @@ TEST_CASE("BatchTopK: training selection keeps exactly the k*B largest positive 
   REQUIRE(from_token1 > 2 * k + 8);  // the saturated token kept more than its candidate list
 }
 
-TEST_CASE("BatchTopK: gradients match finite differences; threshold tracks the smallest kept value", "[core][batchtopk][gradients]") {
+TEST_CASE("BatchTopK: gradients match finite differences; threshold tracks the smallest kept value",
+          "[core][batchtopk][gradients]") {
   const Index d = 5, m = 14, k = 2, B = 6;
   sae::BatchTopKSae<double> model(config(d, m, k));
   model.set_params(sae_test::random_params<double>(d, m, 5));
@@ -98,8 +100,8 @@ TEST_CASE("BatchTopK: gradients match finite differences; threshold tracks the s
   // Inference uses the threshold: every z > theta, no batch needed.
   model.activation().threshold = 0.3;
   const auto codes = model.encode(X);
-  const Mat<double> Z = (model.params().W_enc.transpose() * (X.colwise() - model.params().b_dec)).colwise() +
-                        model.params().b_enc;
+  const Mat<double> Z =
+      (model.params().W_enc.transpose() * (X.colwise() - model.params().b_dec)).colwise() + model.params().b_enc;
   REQUIRE(codes.nnz() == (Z.array() > 0.3).count());
 }
 
@@ -123,7 +125,8 @@ TEST_CASE("BatchTopK: saved as jumprelu with the learned threshold for every lat
   REQUIRE((a - b).cwiseAbs().maxCoeff() < 1e-5f);
 }
 
-TEST_CASE("JumpReLU: forward is z * 1[z > theta]; non-threshold gradients match finite differences", "[core][jumprelu][gradients]") {
+TEST_CASE("JumpReLU: forward is z * 1[z > theta]; non-threshold gradients match finite differences",
+          "[core][jumprelu][gradients]") {
   const bool apply_b_dec = GENERATE(true, false);
   const Index d = 5, m = 11, B = 9;
   auto cfg = config(d, m);
@@ -135,7 +138,8 @@ TEST_CASE("JumpReLU: forward is z * 1[z > theta]; non-threshold gradients match 
   model.loss().get<sae::L0Sparsity>().coefficient = 0.1;
   const Mat<double> X = sae_test::random_matrix<double>(d, B, 10);
   const Mat<double> F = model.encode(X);
-  const Mat<double> Z = (p.W_enc.transpose() * (apply_b_dec ? Mat<double>(X.colwise() - p.b_dec) : X)).colwise() + p.b_enc;
+  const Mat<double> Z =
+      (p.W_enc.transpose() * (apply_b_dec ? Mat<double>(X.colwise() - p.b_dec) : X)).colwise() + p.b_enc;
   for (Index t = 0; t < B; ++t)
     for (Index j = 0; j < m; ++j) REQUIRE(F(j, t) == Approx(Z(j, t) > p.threshold[j] ? Z(j, t) : 0.0).margin(1e-12));
   sae::Parameters<double> g;
@@ -145,7 +149,8 @@ TEST_CASE("JumpReLU: forward is z * 1[z > theta]; non-threshold gradients match 
   check_fd(model, g, [&] { return model.loss_value(X).total; });
 }
 
-TEST_CASE("JumpReLU: a negative threshold (from a file) gives relu(z) * 1[z > theta], never a negative code", "[core][jumprelu]") {
+TEST_CASE("JumpReLU: a negative threshold (from a file) gives relu(z) * 1[z > theta], never a negative code",
+          "[core][jumprelu]") {
   const Index d = 6, m = 40, B = 30;
   sae::JumpReluSae<float> model(config(d, m));
   auto p = sae_test::random_params<float>(d, m, 21);
@@ -165,7 +170,8 @@ TEST_CASE("JumpReLU: a negative threshold (from a file) gives relu(z) * 1[z > th
   REQUIRE(negative_z_above_threshold > 10);  // the case this test is about does occur
 }
 
-TEST_CASE("JumpReLU: threshold gradient is the straight-through estimate of activation and L0", "[core][jumprelu][gradients]") {
+TEST_CASE("JumpReLU: threshold gradient is the straight-through estimate of activation and L0",
+          "[core][jumprelu][gradients]") {
   const Index d = 4, m = 8, B = 40;
   sae::JumpReluSae<double> model(config(d, m));
   model.activation().bandwidth = 0.4;  // wide, so many z fall in the kernel window
@@ -223,7 +229,8 @@ TEST_CASE("JumpReLU: threshold gradient is the straight-through estimate of acti
   }
 }
 
-TEST_CASE("TargetL0: value lambda (L0/T - 1)^2 and threshold gradient 2 lambda (L0/T - 1)/T dL0/dtheta", "[core][jumprelu][gradients]") {
+TEST_CASE("TargetL0: value lambda (L0/T - 1)^2 and threshold gradient 2 lambda (L0/T - 1)/T dL0/dtheta",
+          "[core][jumprelu][gradients]") {
   const Index d = 4, m = 8, B = 30;
   using Target = sae::SparseAutoencoder<sae::JumpReLU, sae::CombinedLoss<sae::TargetL0>, double>;
   Target model(config(d, m));
@@ -268,7 +275,8 @@ TEST_CASE("JumpReLU: thresholds stay >= 0 after an update; saved and loaded with
   REQUIRE(loaded.config().architecture == std::string(sae::JumpReLUVariant::name));
 }
 
-TEST_CASE("Orthogonality: value is gamma/m sum_i max_j cos, gradient matches finite differences", "[core][ortho][gradients]") {
+TEST_CASE("Orthogonality: value is gamma/m sum_i max_j cos, gradient matches finite differences",
+          "[core][ortho][gradients]") {
   const Index d = 6, m = 12;
   using OrthoOnly = sae::SparseAutoencoder<sae::ReLU, sae::CombinedLoss<sae::Orthogonality>, double>;
   OrthoOnly model(config(d, m));
@@ -294,11 +302,13 @@ TEST_CASE("Orthogonality: value is gamma/m sum_i max_j cos, gradient matches fin
     REQUIRE(r.total == Approx(0.7 * expect / m).epsilon(1e-12));
   }
   // Same step number -> same chunks, so the loss is a smooth function of W_dec near this point.
-  check_fd(model, g, [&] { return model.loss_value(X, 0).total; }, "W_dec");
+  check_fd(
+      model, g, [&] { return model.loss_value(X, 0).total; }, "W_dec");
   REQUIRE(g.W_enc.isZero());
 }
 
-TEST_CASE("AuxK: dead latents reconstruct the residual; gradients match finite differences with e held fixed", "[core][auxk][gradients]") {
+TEST_CASE("AuxK: dead latents reconstruct the residual; gradients match finite differences with e held fixed",
+          "[core][auxk][gradients]") {
   const Index d = 5, m = 16, k = 2, B = 7;
   const bool apply_b_dec = GENERATE(true, false);
   auto cfg = config(d, m, k);

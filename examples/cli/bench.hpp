@@ -119,8 +119,7 @@ inline int run_bench(const BenchArgs& b) {
   if (b.gemm != "auto") sae::gemm::set_encoder_backend(sae::gemm::parse_backend(b.gemm));
   const int threads = sae::num_threads();
   const bool uses_k = cfg.k > 0;
-  std::cerr << "sae bench: " << cfg.architecture << " d_in " << cfg.d_in << " d_sae "
-            << cfg.d_sae;
+  std::cerr << "sae bench: " << cfg.architecture << " d_in " << cfg.d_in << " d_sae " << cfg.d_sae;
   if (uses_k) std::cerr << " k " << cfg.k;
   std::cerr << ", batch " << b.batch << ", " << b.warmup << " warm-up + " << b.steps << " timed steps, " << threads
             << " threads, gemm " << b.gemm << "\n";
@@ -188,8 +187,8 @@ inline int run_bench(const BenchArgs& b) {
                  {"cpu", cpu_info()}};
 
   if (!b.no_bound) {
-    std::cerr << "sae bench: measuring the encoder GEMM bound (" << cfg.d_sae << " x " << b.batch << " x "
-              << cfg.d_in << ")" << std::endl;
+    std::cerr << "sae bench: measuring the encoder GEMM bound (" << cfg.d_sae << " x " << b.batch << " x " << cfg.d_in
+              << ")" << std::endl;
     sae::gemm::Tiling tiling;  // the fused encoder's default tiles, cut to the shape as it cuts them
     tiling.block_tokens = std::min(tiling.block_tokens, b.batch);
     tiling.chunk_latents = std::min(tiling.chunk_latents, cfg.d_sae);
@@ -199,8 +198,8 @@ inline int run_bench(const BenchArgs& b) {
       const double whole = sae::gemm::measure_whole<float>(be, cfg.d_in, cfg.d_sae, b.batch);
       const double tiles = sae::gemm::measure_tiled<float>(be, cfg.d_in, cfg.d_sae, b.batch, tiling);
       best = std::max({best, whole, tiles});
-      gemms.push_back({{"backend", sae::gemm::backend_name(be)}, {"whole_gflop_per_s", whole},
-                       {"tiles_gflop_per_s", tiles}});
+      gemms.push_back(
+          {{"backend", sae::gemm::backend_name(be)}, {"whole_gflop_per_s", whole}, {"tiles_gflop_per_s", tiles}});
       char line[160];
       std::snprintf(line, sizeof line,
                     "sae bench: %s GEMM: whole product %.1f GFLOP/s, tiles of %lld latents x %lld tokens %.1f GFLOP/s",
@@ -220,7 +219,8 @@ inline int run_bench(const BenchArgs& b) {
                 human_rate(tokens_per_s).c_str(), sec, result["encoder_gflop_per_s"].get<double>(), peak_mb);
   std::cerr << line;
   if (!b.no_bound) {
-    std::snprintf(line, sizeof line, ", %.1f%% of the GEMM bound", 100.0 * result["fraction_of_gemm_bound"].get<double>());
+    std::snprintf(line, sizeof line, ", %.1f%% of the GEMM bound",
+                  100.0 * result["fraction_of_gemm_bound"].get<double>());
     std::cerr << line;
   }
   std::cerr << std::endl;
@@ -237,18 +237,18 @@ inline CLI::App* add_bench(CLI::App& app, Command& chosen) {
   add_arch_option(c, b->arch);
   c->add_option("--d-in", b->d_in, "Input dimension d")->capture_default_str();
   c->add_option("--d-sae", b->d_sae, "Number of latents m")->capture_default_str();
-  c->add_option("--k", b->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")
-      ->capture_default_str();
+  c->add_option("--k", b->k, "Active latents per token (variants that use k: see sae variants)")->capture_default_str();
   c->add_option("--batch", b->batch, "Tokens per step")->capture_default_str();
   c->add_option("--steps", b->steps, "Timed steps (tokens_per_s is batch / the median step time)")
       ->capture_default_str();
-  c->add_option("--warmup", b->warmup, "Untimed steps first (the first one initialises the model and picks the GEMM)")
+  c->add_option("--warmup", b->warmup, "Untimed steps first (the first one initialises the model)")
       ->capture_default_str();
   c->add_option("--threads", b->threads, "Threads (default: all cores / OMP_NUM_THREADS)");
   c->add_option("--seed", b->seed, "Seed of the random data and the initialisation")->capture_default_str();
   add_variant_options(c, b->options);
   c->add_option("--gemm", b->gemm, "Encoder GEMM backend: auto (measured, or $SAE_GEMM), eigen or blas")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "eigen", "blas"}));
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "eigen", "blas"}));
   c->add_flag("--no-bound", b->no_bound, "Skip measuring the encoder-GEMM bound");
   c->footer(
       "JSON: arch, d_in, d_sae, k, batch, steps, warmup, threads, gemm_backend, tokens_per_s, seconds_per_step "

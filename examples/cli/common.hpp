@@ -33,10 +33,9 @@ class Activations {
  public:
   explicit Activations(const fs::path& path) : reader_(sae::io::NpyReader::open(path)) {
     if (reader_.shape().size() != 2)
-      throw sae::io::IoError(path, "expected a 2-D array [tokens, d_in], got " +
-                                       std::to_string(reader_.shape().size()) + " dimensions");
-    if (reader_.rows() == 0 || reader_.cols() == 0)
-      throw sae::io::IoError(path, "the array is empty");
+      throw sae::io::IoError(
+          path, "expected a 2-D array [tokens, d_in], got " + std::to_string(reader_.shape().size()) + " dimensions");
+    if (reader_.rows() == 0 || reader_.cols() == 0) throw sae::io::IoError(path, "the array is empty");
     if (reader_.dtype() == sae::io::NpyDtype::F16) {
       converted_.resize(static_cast<sae::Index>(reader_.cols()), static_cast<sae::Index>(reader_.rows()));
       reader_.copy_rows_f32(0, reader_.rows(), converted_.data());
@@ -67,7 +66,6 @@ inline fs::path features_path_for(const fs::path& out) {
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-
 
 /// The options every subcommand that reads an SAE and activations shares: --sae and --data
 /// (both required).

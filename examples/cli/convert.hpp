@@ -21,8 +21,8 @@ inline int run_convert(const ConvertArgs& a) {
   }
   sae::io::SaeFormat format{};
   const sae::AnySae model = sae::load_sae(a.in, &format);
-  std::cerr << "sae convert: " << a.in.string() << " (" << sae::io::sae_format_name(format) << ") -> "
-            << a.out.string() << " (saelens, " << sae::io::st_dtype_name(dtype) << ")\n";
+  std::cerr << "sae convert: " << a.in.string() << " (" << sae::io::sae_format_name(format) << ") -> " << a.out.string()
+            << " (saelens, " << sae::io::st_dtype_name(dtype) << ")\n";
   sae::save_sae_as(a.out, model, dtype, format);
   json j;
   const sae::SaeConfig& cfg = model.config();
@@ -34,7 +34,7 @@ inline int run_convert(const ConvertArgs& a) {
   j["in"] = a.in.string();
   j["format"] = sae::io::sae_format_name(format);
   j["out"] = a.out.string();
-  j["dtype"] = sae::io::detail_saelens::torch_dtype_name(dtype);
+  j["dtype"] = sae::io::detail::saelens::torch_dtype_name(dtype);
   j["seconds"] = seconds_since(t0);
   print_result(j);
   return 0;
@@ -42,11 +42,13 @@ inline int run_convert(const ConvertArgs& a) {
 
 inline CLI::App* add_convert(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<ConvertArgs>();
-  auto* c = app.add_subcommand(
-      "convert", "Convert an SAE (SAELens dir, Gemma Scope params.npz / params.safetensors, sparsify dir) to an SAELens directory");
+  auto* c = app.add_subcommand("convert",
+                               "Convert an SAE (SAELens dir, Gemma Scope params.npz / params.safetensors, sparsify "
+                               "dir) to an SAELens directory");
   c->add_option("--in", a->in, "SAE directory or weights file (format detected)")->required();
   c->add_option("--out", a->out, "Output SAELens directory (cfg.json + sae_weights.safetensors)")->required();
-  c->add_option("--dtype", a->dtype, "Storage dtype of the weights: f32, f16 or bf16")->capture_default_str()
+  c->add_option("--dtype", a->dtype, "Storage dtype of the weights: f32, f16 or bf16")
+      ->capture_default_str()
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             try {

@@ -31,8 +31,10 @@ inline int run_encode(const EncodeArgs& a) {
   double active = 0;
   std::optional<sae::interp::DenseCodesWriter> dense_out;
   std::optional<sae::interp::SparseCodesWriter> sparse_out;
-  if (sparse) sparse_out.emplace(a.out, d_sae, !a.no_compress);
-  else dense_out.emplace(a.out, n, d_sae);
+  if (sparse)
+    sparse_out.emplace(a.out, d_sae, !a.no_compress);
+  else
+    dense_out.emplace(a.out, n, d_sae);
   sae::Index last_report = 0;
   std::visit(
       [&](const auto& m) {
@@ -40,8 +42,10 @@ inline int run_encode(const EncodeArgs& a) {
             m, X, a.batch,
             [&](sae::Index t, const auto& codes, const auto& Xb) {
               active += static_cast<double>(sae::kernels::count_active(codes));
-              if (sparse) sparse_out->add(codes);
-              else dense_out->add(codes);
+              if (sparse)
+                sparse_out->add(codes);
+              else
+                dense_out->add(codes);
               if (t + Xb.cols() - last_report >= 100000 || t + Xb.cols() == n) {
                 last_report = t + Xb.cols();
                 std::cerr << "sae encode: " << last_report << "/" << n << " tokens\n";
@@ -50,8 +54,10 @@ inline int run_encode(const EncodeArgs& a) {
             0, n);
       },
       model);
-  if (sparse) sparse_out->commit();
-  else dense_out->commit();
+  if (sparse)
+    sparse_out->commit();
+  else
+    dense_out->commit();
   print_result({{"out", a.out.string()},
                 {"format", sparse ? "sparse" : "dense"},
                 {"tokens", n},
@@ -64,9 +70,11 @@ inline int run_encode(const EncodeArgs& a) {
 
 inline CLI::App* add_encode(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<EncodeArgs>();
-  auto* c = app.add_subcommand("encode", "Encode activations (.npy) with an SAE; write the codes (.npy dense, .npz sparse)");
+  auto* c =
+      app.add_subcommand("encode", "Encode activations (.npy) with an SAE; write the codes (.npy dense, .npz sparse)");
   add_sae_and_data(c, a->sae_dir, a->data);
-  c->add_option("--out", a->out, "Output codes: .npy float32 [tokens, d_sae], or .npz with offsets, indices, values, shape")
+  c->add_option("--out", a->out,
+                "Output codes: .npy float32 [tokens, d_sae], or .npz with offsets, indices, values, shape")
       ->required();
   c->add_flag("--no-compress", a->no_compress, ".npz members stored instead of deflated");
   c->add_option("--batch", a->batch, "Tokens per batch")->capture_default_str()->check(CLI::PositiveNumber);

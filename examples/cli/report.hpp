@@ -34,28 +34,37 @@ inline CLI::App* add_report(CLI::App& app, Command& chosen) {
   add_sae_and_data(c, a->sae_dir, a->data,
                    "SAE (any supported format; its directory may hold the train_log.jsonl that sae train writes)");
   c->add_option("--out", a->s.out, "Output .html")->required();
-  auto* images = c->add_option("--images", a->s.images, "Show examples and decoder directions as HxW images (e.g. 28x28)");
-  c->add_option("--labels", a->s.labels, "Text file with one label per example (shown with the examples)")->check(CLI::ExistingFile);
+  auto* images =
+      c->add_option("--images", a->s.images, "Show examples and decoder directions as HxW images (e.g. 28x28)");
+  c->add_option("--labels", a->s.labels, "Text file with one label per example (shown with the examples)")
+      ->check(CLI::ExistingFile);
   c->add_option("--features", a->s.opt.features, "Number of top features shown")->capture_default_str();
   c->add_option("--feature-ids", a->s.opt.feature_ids, "Show these latents instead (e.g. --feature-ids 3 17 42)");
-  c->add_option("--order", a->order, "Top features by: mass (sum of activations), frequency, max")->capture_default_str()
+  c->add_option("--order", a->order, "Top features by: mass (sum of activations), frequency, max")
+      ->capture_default_str()
       ->check(CLI::IsMember({"mass", "frequency", "max"}));
   c->add_flag("--include-dense", a->s.opt.include_dense, "Let dense latents (frequency > 0.1) into the top features");
   c->add_option("--examples", a->s.opt.examples, "Top activating examples per feature")->capture_default_str();
-  c->add_option("--intervals", a->s.opt.intervals, "Quantile intervals sampled per feature (0: none)")->capture_default_str();
-  auto* tokens = c->add_option("--tokens", a->s.tokens,
-                "Token table (TSV: row, ctx, pos, token_id, doc, text) of language-model activations: show each "
-                "example as its text context, shaded by the feature's activation")
-      ->check(CLI::ExistingFile);
+  c->add_option("--intervals", a->s.opt.intervals, "Quantile intervals sampled per feature (0: none)")
+      ->capture_default_str();
+  auto* tokens =
+      c->add_option("--tokens", a->s.tokens,
+                    "Token table (TSV: row, ctx, pos, token_id, doc, text) of language-model activations: show each "
+                    "example as its text context, shaded by the feature's activation")
+          ->check(CLI::ExistingFile);
   c->add_option("--context-before", a->s.opt.context_before, "Text view: tokens shown before the example token")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--context-after", a->s.opt.context_after, "Text view: tokens shown after it")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  auto* unembed = c->add_option("--unembed", a->s.unembed,
-                "Unembedding .npy [vocab, d_in] (final norm weight folded in): show each feature's logit effect")
-      ->check(CLI::ExistingFile);
-  auto* vocab = c->add_option("--vocab", a->s.vocab, "Vocabulary, one (escaped) entry per unembedding row (with --unembed)")
-      ->check(CLI::ExistingFile);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  auto* unembed =
+      c->add_option("--unembed", a->s.unembed,
+                    "Unembedding .npy [vocab, d_in] (final norm weight folded in): show each feature's logit effect")
+          ->check(CLI::ExistingFile);
+  auto* vocab =
+      c->add_option("--vocab", a->s.vocab, "Vocabulary, one (escaped) entry per unembedding row (with --unembed)")
+          ->check(CLI::ExistingFile);
   tokens->excludes(images);
   unembed->needs(vocab);
   vocab->needs(unembed);

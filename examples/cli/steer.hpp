@@ -64,11 +64,16 @@ inline int run_steer(const SteerArgs& a) {
       model);
   w.commit();
   const double N = static_cast<double>(n);
-  json j = {{"out", a.out.string()},   {"tokens", n},
-            {"latent", a.latent},      {"mode", mode},
-            {"value", edit.value},     {"mean_before", sum_before / N},
-            {"mean_after", sum_after / N}, {"active_fraction", static_cast<double>(active) / N},
-            {"mean_shift_norm", sum_shift / N}, {"seconds", seconds_since(t0)}};
+  json j = {{"out", a.out.string()},
+            {"tokens", n},
+            {"latent", a.latent},
+            {"mode", mode},
+            {"value", edit.value},
+            {"mean_before", sum_before / N},
+            {"mean_after", sum_after / N},
+            {"active_fraction", static_cast<double>(active) / N},
+            {"mean_shift_norm", sum_shift / N},
+            {"seconds", seconds_since(t0)}};
   if (edit.mode == sae::interp::SteerMode::Add) {
     j.erase("mean_before");  // not encoded: only the shift is known
     j.erase("mean_after");
@@ -80,7 +85,8 @@ inline int run_steer(const SteerArgs& a) {
 
 inline CLI::App* add_steer(CLI::App& app, Command& chosen) {
   auto a = std::make_shared<SteerArgs>();
-  auto* c = app.add_subcommand("steer", "Scale, clamp or add one SAE latent in activations, keeping the reconstruction error");
+  auto* c = app.add_subcommand("steer",
+                               "Scale, clamp or add one SAE latent in activations, keeping the reconstruction error");
   add_sae_and_data(c, a->sae_dir, a->data);
   c->add_option("--latent", a->latent, "Latent index j")->required()->check(CLI::NonNegativeNumber);
   c->add_option("--scale", a->scale, "f_j -> S * f_j")->check(finite);

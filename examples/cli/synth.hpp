@@ -39,10 +39,13 @@ inline CLI::App* add_synth(CLI::App& app, Command& chosen) {
   c->add_option("--out", a->out, "Output .npy [samples, d_in]; features go to <stem>_features.npy")->required();
   c->add_option("--features-out", a->features_out, "Output .npy for the true features [features, d_in]");
   c->add_option("--d-in", a->opt.d_in, "Dimension of each sample")->capture_default_str()->check(CLI::PositiveNumber);
-  c->add_option("--features", a->opt.features, "Number of ground-truth features")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--features", a->opt.features, "Number of ground-truth features")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   c->add_option("--samples", a->opt.samples, "Number of samples")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--active-prob", a->opt.active_prob, "Probability that a feature is active in a sample")
-      ->capture_default_str()->check(CLI::Range(1e-12, 1.0));
+      ->capture_default_str()
+      ->check(CLI::Range(1e-12, 1.0));
   c->add_option("--seed", a->opt.seed, "Random seed")->capture_default_str();
   c->callback([a, &chosen] { chosen = [a] { return run_synth(*a); }; });
   return c;

@@ -60,11 +60,12 @@ inline void add_variant_options(CLI::App* c, nlohmann::json& options) {
     switch (d.spec.type) {
       case sae::OptionType::Real:
       case sae::OptionType::OptionalReal:
-        o = c->add_option_function<double>(d.spec.flag(), [&options, key](const double& v) { options[key] = v; }, help);
+        o = c->add_option_function<double>(
+            d.spec.flag(), [&options, key](const double& v) { options[key] = v; }, help);
         break;
       case sae::OptionType::Integer:
-        o = c->add_option_function<std::int64_t>(d.spec.flag(), [&options, key](const std::int64_t& v) { options[key] = v; },
-                                                 help);
+        o = c->add_option_function<std::int64_t>(
+            d.spec.flag(), [&options, key](const std::int64_t& v) { options[key] = v; }, help);
         break;
       case sae::OptionType::IntegerList:
         o = c->add_option_function<std::vector<std::int64_t>>(
@@ -85,25 +86,32 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
       ->check(CLI::ExistingPath);
   add_arch_option(c, a->arch);
   c->add_option("--d-sae", a->d_sae, "Number of latents")->check(CLI::PositiveNumber);
-  c->add_option("--k", a->k, "Active latents per token (topk; mean per token for batchtopk, ortsae)")->capture_default_str()
+  c->add_option("--k", a->k,
+                "Active latents per token (topk; the mean per token for the batch variants; see sae variants)")
+      ->capture_default_str()
       ->check(CLI::PositiveNumber);
   add_variant_options(c, a->options);
   c->add_option("--dead-tokens", a->dead_tokens, "Tokens without firing after which a latent is dead")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   c->add_option("--steps", a->opt.steps, "Training steps")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--batch", a->opt.batch, "Tokens per step")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--lr", a->lr, "Peak learning rate (default 2e-4/sqrt(d_sae/16384))")->check(finite_positive);
   c->add_option("--warmup", a->opt.warmup_steps, "Steps of linear lr warm-up (default min(100, steps/10))")
       ->check(CLI::NonNegativeNumber);
-  c->add_option("--decay", a->opt.decay_steps, "Final steps of linear lr decay (default steps/5)")->check(CLI::NonNegativeNumber);
+  c->add_option("--decay", a->opt.decay_steps, "Final steps of linear lr decay (default steps/5)")
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--seed", a->opt.seed, "Seed for initialisation and batch order")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores / OMP_NUM_THREADS)")->check(CLI::NonNegativeNumber);
-  c->add_option("--log-every", a->opt.log_every, "Progress line every N steps")->capture_default_str()
+  c->add_option("--threads", a->threads, "Threads (default: all cores / OMP_NUM_THREADS)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--log-every", a->opt.log_every, "Progress line every N steps")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   c->add_option("--gemm", a->gemm,
                 "Encoder GEMM backend: auto ($SAE_GEMM, else the one measured faster when libsae was "
                 "configured), eigen or blas; --resume uses the checkpoint's")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "eigen", "blas"}));
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "eigen", "blas"}));
   c->add_option("--out", a->out, "Output SAE directory (SAELens layout)");
   c->add_option("--shuffle-buffer", a->shuffle_buffer,
                 "Tokens held in the shuffle buffer (streams the files; default with several files: 256 MiB of tokens)")
@@ -111,9 +119,11 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   c->add_option("--normalize", a->normalize,
                 "Scale activations: none, expected-norm (mean norm sqrt(d_in)) or unit-mean-square (mean squared "
                 "norm 1); folded into the saved weights")
-      ->capture_default_str()->check(CLI::IsMember({"none", "expected-norm", "unit-mean-square"}));
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "expected-norm", "unit-mean-square"}));
   c->add_option("--checkpoint-every", a->checkpoint_every, "Write a checkpoint every N steps (0: never)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--checkpoint-dir", a->checkpoint_dir, "Checkpoint directory (default OUT/checkpoint)");
   c->add_option("--resume", a->resume,
                 "Continue the run whose checkpoint is in this directory (its --out or --checkpoint-dir) or file")

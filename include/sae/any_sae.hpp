@@ -60,8 +60,8 @@ class AnySae : public AnySaeVariant {
   void check_d_in(Index d, const std::string& data_name, const std::filesystem::path& sae_path = {}) const {
     if (d == d_in()) return;
     throw std::invalid_argument(data_name + " has d_in=" + std::to_string(d) + " but the SAE" +
-                                (sae_path.empty() ? "" : " in " + sae_path.string()) + " has d_in=" +
-                                std::to_string(d_in()));
+                                (sae_path.empty() ? "" : " in " + sae_path.string()) +
+                                " has d_in=" + std::to_string(d_in()));
   }
   /// Replaces the parameters (shapes must match; the variant's own checks apply).
   void set_params(Parameters<float> p) {

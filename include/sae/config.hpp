@@ -48,25 +48,23 @@ inline bool saelens_architecture_uses_k(std::string_view a) {
 /// Notation used across libsae: d = d_in (activation width), m = d_sae (dictionary size),
 /// B = tokens in a batch, k = active latents per token (TopK).
 struct SaeConfig {
-  std::int64_t d_in = 0;                        ///< d
-  std::int64_t d_sae = 0;                       ///< m
+  std::int64_t d_in = 0;   ///< d
+  std::int64_t d_sae = 0;  ///< m
   /// The architecture's name: a libsae variant's (sae/variants/list.hpp lists them; the model
   /// sets it) or, read from cfg.json, SAELens's. Empty until a model or a file sets it.
   std::string architecture;
-  std::int64_t k = 0;                           ///< active latents per token (TopK family; 0: unused)
-  bool apply_b_dec_to_input = true;             ///< encode x - b_dec (true) or x (false)
-  std::string normalize_activations = "none";   ///< SAELens field; libsae folds scaling into weights
-  std::string dtype = "float32";                ///< storage dtype of the weights file
+  std::int64_t k = 0;                                  ///< active latents per token (TopK family; 0: unused)
+  bool apply_b_dec_to_input = true;                    ///< encode x - b_dec (true) or x (false)
+  std::string normalize_activations = "none";          ///< SAELens field; libsae folds scaling into weights
+  std::string dtype = "float32";                       ///< storage dtype of the weights file
   nlohmann::json metadata = nlohmann::json::object();  ///< everything else (training settings...)
 
   /// Throws std::invalid_argument with a sentence if the shape is unusable.
   void validate() const {
     if (d_in <= 0) throw std::invalid_argument("d_in must be positive, got " + std::to_string(d_in));
-    if (d_sae <= 0)
-      throw std::invalid_argument("d_sae must be positive, got " + std::to_string(d_sae));
+    if (d_sae <= 0) throw std::invalid_argument("d_sae must be positive, got " + std::to_string(d_sae));
     if (k < 0 || k > d_sae)
-      throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(d_sae) + "], got " +
-                                  std::to_string(k));
+      throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(d_sae) + "], got " + std::to_string(k));
   }
 
   /// The SAELens v6 cfg.json object.
@@ -92,9 +90,7 @@ struct SaeConfig {
   /// Reads a cfg.json object; `where` names the file in error messages.
   /// Throws std::runtime_error("WHERE: problem") on missing or mistyped fields.
   static SaeConfig from_json(const nlohmann::json& j, const std::string& where = "cfg.json") {
-    auto fail = [&](const std::string& problem) -> void {
-      throw std::runtime_error(where + ": " + problem);
-    };
+    auto fail = [&](const std::string& problem) -> void { throw std::runtime_error(where + ": " + problem); };
     if (!j.is_object()) fail("expected a JSON object");
     auto get_int = [&](const char* key, bool required, std::int64_t fallback) -> std::int64_t {
       auto it = j.find(key);

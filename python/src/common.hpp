@@ -21,8 +21,8 @@ namespace py = pybind11;
 
 namespace libsae_py {
 
-using sae::Index;
 using nlohmann::json;
+using sae::Index;
 
 /// A loaded or trained SAE, and the format it came from (convert semantics on save).
 struct PySae {
@@ -43,8 +43,8 @@ template <class T>
 inline py::array_t<T> to_numpy(std::vector<T>&& v) {
   auto* heap = new std::vector<T>(std::move(v));
   py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                        heap->data(), owner);
+  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))}, heap->data(),
+                        owner);
 }
 
 /// The d x N view of a C-contiguous float32 array [N, d]; ValueError naming @p what otherwise
@@ -65,8 +65,8 @@ inline Tokens tokens_of(const py::array& X, const char* what) {
 }
 inline void check_d_in(const PySae& s, Index d, const char* what) {
   if (d != s.d_in())
-    throw std::invalid_argument(std::string(what) + " has d_in=" + std::to_string(d) + " but the SAE has d_in=" +
-                                std::to_string(s.d_in()));
+    throw std::invalid_argument(std::string(what) + " has d_in=" + std::to_string(d) +
+                                " but the SAE has d_in=" + std::to_string(s.d_in()));
 }
 inline void check_batch(Index batch) {
   if (batch <= 0) throw std::invalid_argument("batch must be positive, got " + std::to_string(batch));
@@ -88,8 +88,8 @@ inline py::array_t<float> new_rows(Index rows, Index cols) {
 inline py::array read_npy(const std::string& path) {
   auto reader = std::make_unique<sae::io::NpyReader>(sae::io::NpyReader::open(path));
   if (reader->shape().size() != 2)
-    throw sae::io::IoError(path, "expected a 2-D array [tokens, d_in], got " + std::to_string(reader->shape().size()) +
-                                     " dimensions");
+    throw sae::io::IoError(
+        path, "expected a 2-D array [tokens, d_in], got " + std::to_string(reader->shape().size()) + " dimensions");
   if (reader->rows() == 0 || reader->cols() == 0) throw sae::io::IoError(path, "the array is empty");
   const auto rows = static_cast<py::ssize_t>(reader->rows()), cols = static_cast<py::ssize_t>(reader->cols());
   if (reader->dtype() != sae::io::NpyDtype::F32) {
@@ -105,7 +105,6 @@ inline py::array read_npy(const std::string& path) {
   view.attr("setflags")(py::arg("write") = false);
   return view;
 }
-
 
 /// libsae.train's work (train.cpp): (Sae, result dict).
 py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std::string& name,

@@ -80,7 +80,8 @@ py::array_t<float> reconstruct(const PySae& s, const py::array& X, Index batch) 
 }
 
 /// X_hat [N, d_in] from CSR codes (offsets [N+1], indices, values), checked for shape and range.
-py::array_t<float> decode_sparse(const PySae& s, const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& offsets,
+py::array_t<float> decode_sparse(const PySae& s,
+                                 const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& offsets,
                                  const py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>& indices,
                                  const py::array_t<float, py::array::c_style | py::array::forcecast>& values,
                                  Index batch) {
@@ -101,8 +102,8 @@ py::array_t<float> decode_sparse(const PySae& s, const py::array_t<std::int64_t,
       if (off[t + 1] < off[t]) throw std::invalid_argument("codes: indptr must be non-decreasing");
     for (std::int64_t i = 0; i < nnz; ++i)
       if (idx[i] < 0 || idx[i] >= m)
-        throw std::invalid_argument("codes: latent index " + std::to_string(idx[i]) + " is outside [0, d_sae=" +
-                                    std::to_string(m) + ")");
+        throw std::invalid_argument("codes: latent index " + std::to_string(idx[i]) +
+                                    " is outside [0, d_sae=" + std::to_string(m) + ")");
     const sae::Parameters<float>& p = s.params();
     sae::SparseCodes<float> codes;
     sae::Mat<float> X_hat;
@@ -125,8 +126,8 @@ py::array_t<float> decode_dense(const PySae& s, const py::array& F, Index batch)
   check_batch(batch);
   const Tokens f = tokens_of(F, "codes");
   if (f.d != s.d_sae())
-    throw std::invalid_argument("codes have " + std::to_string(f.d) + " columns but the SAE has d_sae=" +
-                                std::to_string(s.d_sae()));
+    throw std::invalid_argument("codes have " + std::to_string(f.d) +
+                                " columns but the SAE has d_sae=" + std::to_string(s.d_sae()));
   const Index d = s.d_in(), m = s.d_sae();
   py::array_t<float> out = new_rows(f.n, d);
   float* Y = out.mutable_data();
@@ -145,8 +146,8 @@ py::array_t<float> decode_dense(const PySae& s, const py::array& F, Index batch)
 
 /// Y = X with the edits applied (sae::interp::apply_steering, batch by batch) [N, d_in].
 /// @p edits: (latent, mode "scale"|"clamp"|"add", value) tuples, applied in order.
-py::array_t<float> steer(const PySae& s, const py::array& X, const std::vector<std::tuple<Index, std::string, double>>& edits,
-                         Index batch) {
+py::array_t<float> steer(const PySae& s, const py::array& X,
+                         const std::vector<std::tuple<Index, std::string, double>>& edits, Index batch) {
   const Tokens t = input(s, X, batch);
   std::vector<sae::interp::SteerEdit> es;
   for (const auto& [j, mode, v] : edits) {
@@ -154,10 +155,14 @@ py::array_t<float> steer(const PySae& s, const py::array& X, const std::vector<s
       throw std::invalid_argument("latent " + std::to_string(j) + " is outside [0, d_sae=" + std::to_string(s.d_sae()) +
                                   ")");
     if (!std::isfinite(v)) throw std::invalid_argument(mode + " must be a finite number");
-    if (mode == "scale") es.push_back(sae::interp::SteerEdit::scale(j, v));
-    else if (mode == "clamp") es.push_back(sae::interp::SteerEdit::clamp(j, v));
-    else if (mode == "add") es.push_back(sae::interp::SteerEdit::add(j, v));
-    else throw std::invalid_argument("steering mode must be scale, clamp or add, got '" + mode + "'");
+    if (mode == "scale")
+      es.push_back(sae::interp::SteerEdit::scale(j, v));
+    else if (mode == "clamp")
+      es.push_back(sae::interp::SteerEdit::clamp(j, v));
+    else if (mode == "add")
+      es.push_back(sae::interp::SteerEdit::add(j, v));
+    else
+      throw std::invalid_argument("steering mode must be scale, clamp or add, got '" + mode + "'");
   }
   const Index d = s.d_in();
   py::array_t<float> out = new_rows(t.n, d);
@@ -189,15 +194,14 @@ py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::
   if (features) {
     f = tokens_of(*features, "features");
     if (f->d != s.d_in())
-      throw std::invalid_argument("features have dimension " + std::to_string(f->d) + " but the SAE has d_in=" +
-                                  std::to_string(s.d_in()));
+      throw std::invalid_argument("features have dimension " + std::to_string(f->d) +
+                                  " but the SAE has d_in=" + std::to_string(s.d_in()));
   }
   json j;
   const auto t0 = std::chrono::steady_clock::now();
   {
     py::gil_scoped_release nogil;
-    sae::EvalMetrics r =
-        std::visit([&](const auto& m) { return sae::evaluate(m, t.matrix(), limit, batch); }, s.model);
+    sae::EvalMetrics r = std::visit([&](const auto& m) { return sae::evaluate(m, t.matrix(), limit, batch); }, s.model);
     if (f) r.mmcs = sae::mmcs(s.params().W_dec, f->matrix());
     j = r.to_json();
   }
@@ -301,8 +305,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PySae>(m, "Sae")
       .def_property_readonly("d_in", &PySae::d_in)
       .def_property_readonly("d_sae", &PySae::d_sae)
-      .def_property_readonly("architecture",
-                             [](const PySae& s) { return s.config().architecture; })
+      .def_property_readonly("architecture", [](const PySae& s) { return s.config().architecture; })
       .def_property_readonly("format", [](const PySae& s) { return std::string(sae::io::sae_format_name(s.format)); })
       .def_property_readonly("cfg", [](const PySae& s) { return json_to_python(s.config().to_json()); })
       .def_property_readonly("W_enc",
@@ -359,6 +362,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("path"), py::return_value_policy::take_ownership);
   m.def("read_npy", &read_npy, py::arg("path"));
   m.def("train", &train, py::arg("options"), py::arg("X"), py::arg("name"), py::arg("callback"), py::arg("verbose"));
-  m.def("set_threads", [](int n) { sae::set_num_threads(n); }, py::arg("n"));
+  m.def(
+      "set_threads", [](int n) { sae::set_num_threads(n); }, py::arg("n"));
   m.def("threads", [] { return sae::num_threads(); });
 }

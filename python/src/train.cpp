@@ -22,8 +22,10 @@ sae::TrainSettings settings_from(const py::dict& kw) {
     } else if (key == "gemm") {
       a.gemm = value.get<std::string>();
     } else if (j.contains(key)) {
-      if (key == "data" && value.is_string()) j[key] = json::array({value});
-      else j[key] = value;
+      if (key == "data" && value.is_string())
+        j[key] = json::array({value});
+      else
+        j[key] = value;
     } else {
       throw std::invalid_argument("unknown training option '" + key + "'");
     }
@@ -117,6 +119,5 @@ py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std
   auto* s = new PySae{std::move(run->sae), sae::io::SaeFormat::SAELens, {}};
   return py::make_tuple(py::cast(s, py::return_value_policy::take_ownership), json_to_python(run->result));
 }
-
 
 }  // namespace libsae_py

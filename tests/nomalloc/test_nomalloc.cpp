@@ -414,9 +414,9 @@ TEMPLATE_TEST_CASE("sparse kernels, the optimizer and the loss allocate nothing 
     const Eigen::ArrayXXd g = f.grads.W_enc.template cast<double>().array();
     const Eigen::ArrayXXd m1 = 0.9 * f.adam.first_moment().W_enc.template cast<double>().array() + 0.1 * g;
     const Eigen::ArrayXXd v1 = 0.999 * f.adam.second_moment().W_enc.template cast<double>().array() + 0.001 * g * g;
-    const Eigen::ArrayXXd W_expected = before.W_enc.template cast<double>().array() -
-                                       (lr / (1 - std::pow(0.9, t))) * m1 /
-                                           ((v1 / (1 - std::pow(0.999, t))).sqrt() + 1e-8);
+    const Eigen::ArrayXXd W_expected =
+        before.W_enc.template cast<double>().array() -
+        (lr / (1 - std::pow(0.9, t))) * m1 / ((v1 / (1 - std::pow(0.999, t))).sqrt() + 1e-8);
     {
       NoMalloc guard;
       f.adam.step(f.model.params(), f.grads, 1e-3);

@@ -154,8 +154,9 @@ int main(int argc, char** argv) {
     t.k = a.k;
     t.dead_tokens = a.dead_tokens;
     t.opt.steps = a.steps;
-    t.options = {{"l1", a.l1}, {"l1_warmup", 0}, {"l0", a.l0}, {"l0_warmup", 0}, {"bandwidth", a.bandwidth},
-                 {"ortho", a.ortho}, {"chunks", a.chunks}, {"aux_k", a.aux_k}, {"aux_coeff", a.aux_coeff}};
+    t.options = {{"l1", a.l1},         {"l1_warmup", 0},           {"l0", a.l0},
+                 {"l0_warmup", 0},     {"bandwidth", a.bandwidth}, {"ortho", a.ortho},
+                 {"chunks", a.chunks}, {"aux_k", a.aux_k},         {"aux_coeff", a.aux_coeff}};
     if (a.arch == "jumprelu-target") t.options["target_l0"] = a.target_l0;
     if (!a.widths.empty()) t.options["matryoshka_widths"] = a.widths;
     sae::SaeConfig cfg;

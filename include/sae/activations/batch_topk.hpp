@@ -47,8 +47,8 @@ struct BatchTopK {
   static constexpr std::string_view family = "batchtopk";
   static constexpr bool uses_k = true;
 
-  Index k = 0;                 ///< mean active latents per token
-  double threshold = 0.0;      ///< theta, inference threshold (0 until the first training step)
+  Index k = 0;                   ///< mean active latents per token
+  double threshold = 0.0;        ///< theta, inference threshold (0 until the first training step)
   double threshold_rate = 0.01;  ///< EMA rate of theta
   bool threshold_started = false;
 

@@ -54,8 +54,8 @@ struct JumpReLU {
   static constexpr std::string_view family = "jumprelu";
   static constexpr bool uses_k = false;
 
-  double bandwidth = 0.3;           ///< epsilon, width of the STE rectangle kernel
-  double initial_threshold = 0.3;   ///< theta_0 for every latent at initialisation
+  double bandwidth = 0.3;          ///< epsilon, width of the STE rectangle kernel
+  double initial_threshold = 0.3;  ///< theta_0 for every latent at initialisation
 
   void configure(const SaeConfig&) {}
 

@@ -32,8 +32,7 @@ void check_finite_tokens(const Eigen::MatrixBase<Derived>& X, Index first_row, c
       if (std::isfinite(v)) continue;
       throw NumericalError((where.empty() ? std::string() : where + ": ") + "row " + std::to_string(first_row + t) +
                            ", dimension " + std::to_string(i) + " is " +
-                           (std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf")) +
-                           " (activations must be finite)");
+                           (std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf")) + " (activations must be finite)");
     }
 }
 

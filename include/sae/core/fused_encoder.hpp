@@ -109,7 +109,8 @@ struct TopCHeap {
 #elif defined(__AVX2__)
       for (; j + 8 <= n; j += 8) {
         const __m256 v = _mm256_add_ps(_mm256_loadu_ps(z + j), _mm256_loadu_ps(bias + j));
-        for (unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(fl), _CMP_GT_OQ)));
+        for (unsigned mask =
+                 static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(fl), _CMP_GT_OQ)));
              mask; mask &= mask - 1)
           take(j + __builtin_ctz(mask));
       }
@@ -140,9 +141,7 @@ struct TopCHeap {
   }
 
  private:
-  static bool worse(Scalar va, std::int32_t ia, Scalar vb, std::int32_t ib) {
-    return va < vb || (va == vb && ia > ib);
-  }
+  static bool worse(Scalar va, std::int32_t ia, Scalar vb, std::int32_t ib) { return va < vb || (va == vb && ia > ib); }
 };
 
 /// Buffers of the fused encoder, one set per thread; grown on first use, then reused.
@@ -171,8 +170,8 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   static_assert(!(DerivedX::Flags & Eigen::RowMajorBit), "fused_top_c: X must be column-major");
   const Index d = p.d_in(), m = p.d_sae(), B = X.cols();
   if (cap < 1 || cap > m)
-    throw std::invalid_argument("fused_top_c: capacity " + std::to_string(cap) + " outside [1, d_sae=" +
-                                std::to_string(m) + "]");
+    throw std::invalid_argument("fused_top_c: capacity " + std::to_string(cap) +
+                                " outside [1, d_sae=" + std::to_string(m) + "]");
   if (X.rows() != d) throw std::invalid_argument("fused_top_c: batch rows differ from d_in");
   if (B == 0) return;
   const Scalar* Xd = X.derived().data();
@@ -183,8 +182,7 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   scratch.prepare(threads, mc, bt);
   if (backend == gemm::Backend::Blas) gemm::set_blas_threads(1);
 
-  SAE_OMP(parallel num_threads(threads))
-  {
+  SAE_OMP(parallel num_threads(threads)) {
 #ifdef _OPENMP
     const int me = omp_get_thread_num();
 #else
@@ -225,16 +223,15 @@ void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
                  Mat<Scalar>& Z, Scalar* values, std::int32_t* indices, Index* count) {
   const Index m = p.d_sae(), B = X.cols();
   if (cap < 1 || cap > m)
-    throw std::invalid_argument("plain_top_c: capacity " + std::to_string(cap) + " outside [1, d_sae=" +
-                                std::to_string(m) + "]");
+    throw std::invalid_argument("plain_top_c: capacity " + std::to_string(cap) +
+                                " outside [1, d_sae=" + std::to_string(m) + "]");
   constexpr Index kBlock = 256;
   for (Index t0 = 0; t0 < B; t0 += kBlock) {
     const Index b = std::min(kBlock, B - t0);
     Z.resize(m, b);
     Z.noalias() = p.W_enc.transpose() * X.middleCols(t0, b);
     Z.colwise() += c;
-    SAE_OMP(parallel)
-    {
+    SAE_OMP(parallel) {
       std::vector<std::pair<Scalar, std::int32_t>> pos;
       SAE_OMP(for schedule(static))
       for (Index t = 0; t < b; ++t) {
@@ -261,13 +258,13 @@ void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
 /// plain reference.
 template <class Scalar>
 struct EncoderState {
-  bool fused = true;               ///< fused_top_c (true) or plain_top_c (false, the reference)
-  gemm::Tiling tiling;             ///< tile shape of the fused kernel
-  FusedScratch<Scalar> scratch;    ///< fused kernel tiles
-  std::vector<Scalar> cand_values;       ///< B x cap candidate values (batch-wide selections)
-  std::vector<std::int32_t> cand_indices;///< B x cap candidate latents
-  std::vector<Index> cand_count;         ///< B candidate counts
-  std::vector<Scalar> cut;               ///< scratch for the batch-wide cut
+  bool fused = true;                       ///< fused_top_c (true) or plain_top_c (false, the reference)
+  gemm::Tiling tiling;                     ///< tile shape of the fused kernel
+  FusedScratch<Scalar> scratch;            ///< fused kernel tiles
+  std::vector<Scalar> cand_values;         ///< B x cap candidate values (batch-wide selections)
+  std::vector<std::int32_t> cand_indices;  ///< B x cap candidate latents
+  std::vector<Index> cand_count;           ///< B candidate counts
+  std::vector<Scalar> cut;                 ///< scratch for the batch-wide cut
 
   /// Top-cap positive pre-activations of every token of X (d x B) into the given slots, by
   /// the fused kernel or the plain reference. @p Z is the plain path's block buffer.

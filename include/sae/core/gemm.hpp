@@ -144,8 +144,7 @@ double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& t
   double seconds = 0;
   for (int r = 0; r <= reps; ++r) {  // round 0 warms up
     const double t0 = detail::now_seconds();
-    SAE_OMP(parallel num_threads(threads))
-    {
+    SAE_OMP(parallel num_threads(threads)) {
       Mat<Scalar> Z(mc, bt);
       SAE_OMP(for schedule(dynamic, 1))
       for (Index blk = 0; blk < blocks; ++blk) {

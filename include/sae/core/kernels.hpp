@@ -173,8 +173,7 @@ void add_latent_weights(const Mat<Scalar>& /*F*/, const Vec<Scalar>& w, DenseCod
   grad.per_latent += w;
 }
 template <class Scalar>
-void add_latent_weights(const SparseCodes<Scalar>& codes, const Vec<Scalar>& w,
-                        std::vector<Scalar>& grad) {
+void add_latent_weights(const SparseCodes<Scalar>& codes, const Vec<Scalar>& w, std::vector<Scalar>& grad) {
   for (Index i = 0; i < codes.nnz(); ++i) grad[i] += w[codes.indices[i]];
 }
 
@@ -182,8 +181,8 @@ void add_latent_weights(const SparseCodes<Scalar>& codes, const Vec<Scalar>& w,
 /// pre-activations just below their threshold, theta - eps/2 < z <= theta, which the
 /// straight-through gradients need after the codes have overwritten the pre-activations.
 struct LatentList {
-  std::vector<Index> offsets{0};       ///< B + 1
-  std::vector<std::int32_t> latents;   ///< latents of token t: latents[offsets[t] .. offsets[t+1])
+  std::vector<Index> offsets{0};      ///< B + 1
+  std::vector<std::int32_t> latents;  ///< latents of token t: latents[offsets[t] .. offsets[t+1])
 
   Index tokens() const { return static_cast<Index>(offsets.size()) - 1; }
   Index size() const { return static_cast<Index>(latents.size()); }
@@ -237,9 +236,8 @@ struct LatentGroups {
 /// Like every backward kernel here it accumulates (+=) into `grads`, which the caller zeroes
 /// once per step; loss terms that act on parameters directly add their part the same way.
 template <class Scalar>
-void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes,
-                      const LatentGroups& groups, const Mat<Scalar>& G,
-                      std::vector<Scalar>& grad_codes, Parameters<Scalar>& grads) {
+void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes, const LatentGroups& groups,
+                      const Mat<Scalar>& G, std::vector<Scalar>& grad_codes, Parameters<Scalar>& grads) {
   const Index B = codes.tokens(), m = codes.d_sae;
   SAE_OMP(parallel for schedule(static))
   for (Index t = 0; t < B; ++t)
@@ -264,10 +262,9 @@ void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& co
 /// s is this call's own sum (@p dz_sum, scratch of m values), not grads.b_enc, so other terms
 /// (AuxK) may add their own encoder gradients before or after.
 template <class Scalar, class DerivedX>
-void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input,
-                      const SparseCodes<Scalar>& codes, const LatentGroups& groups,
-                      const Eigen::MatrixBase<DerivedX>& X, const std::vector<Scalar>& grad_z,
-                      Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
+void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, const SparseCodes<Scalar>& codes,
+                      const LatentGroups& groups, const Eigen::MatrixBase<DerivedX>& X,
+                      const std::vector<Scalar>& grad_z, Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
   const Index m = codes.d_sae;
   dz_sum.resize(m);
   SAE_OMP(parallel for schedule(dynamic, 64))
@@ -323,8 +320,7 @@ void dense_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, cons
     if (t.rows() != std::min(tiles::latents, m) || t.cols() != bt) t.resize(std::min(tiles::latents, m), bt);
   scratch.acc.assign(static_cast<std::size_t>(m), Scalar(0));
   dz_sum.setZero(m);
-  SAE_OMP(parallel num_threads(threads))
-  {
+  SAE_OMP(parallel num_threads(threads)) {
 #ifdef _OPENMP
     Mat<Scalar>& tile = scratch.tiles[static_cast<std::size_t>(omp_get_thread_num())];
 #else

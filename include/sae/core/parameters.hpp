@@ -82,17 +82,15 @@ struct Parameters {
     const Index d = W_dec.rows(), m = W_dec.cols();
     if (W_enc.rows() != d || W_enc.cols() != m || b_enc.size() != m || b_dec.size() != d ||
         (threshold.size() != 0 && threshold.size() != m))
-      throw std::invalid_argument("SAE parameters have inconsistent shapes: W_enc " +
-                                  std::to_string(W_enc.rows()) + "x" + std::to_string(W_enc.cols()) +
-                                  ", W_dec " + std::to_string(d) + "x" + std::to_string(m) +
-                                  ", b_enc " + std::to_string(b_enc.size()) + ", b_dec " +
+      throw std::invalid_argument("SAE parameters have inconsistent shapes: W_enc " + std::to_string(W_enc.rows()) +
+                                  "x" + std::to_string(W_enc.cols()) + ", W_dec " + std::to_string(d) + "x" +
+                                  std::to_string(m) + ", b_enc " + std::to_string(b_enc.size()) + ", b_dec " +
                                   std::to_string(b_dec.size()));
   }
 
   /// True when every coefficient is finite.
   bool all_finite() const {
-    return W_enc.allFinite() && W_dec.allFinite() && b_enc.allFinite() && b_dec.allFinite() &&
-           threshold.allFinite();
+    return W_enc.allFinite() && W_dec.allFinite() && b_enc.allFinite() && b_dec.allFinite() && threshold.allFinite();
   }
 };
 

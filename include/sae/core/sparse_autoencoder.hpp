@@ -96,13 +96,12 @@ class SparseAutoencoder {
   void set_params(Parameters<Scalar> p) {
     p.check_shapes();
     if (p.d_in() != cfg_.d_in || p.d_sae() != cfg_.d_sae)
-      throw std::invalid_argument("parameters are " + std::to_string(p.d_in()) + "x" +
-                                  std::to_string(p.d_sae()) + ", config says d_in=" +
-                                  std::to_string(cfg_.d_in) + ", d_sae=" + std::to_string(cfg_.d_sae));
+      throw std::invalid_argument("parameters are " + std::to_string(p.d_in()) + "x" + std::to_string(p.d_sae()) +
+                                  ", config says d_in=" + std::to_string(cfg_.d_in) +
+                                  ", d_sae=" + std::to_string(cfg_.d_sae));
     if (p.has_threshold() != Activation::has_threshold)
       throw std::invalid_argument(std::string("parameters ") + (p.has_threshold() ? "have" : "lack") +
-                                  " a threshold, which architecture '" +
-                                  std::string(architecture()) +
+                                  " a threshold, which architecture '" + std::string(architecture()) +
                                   (Activation::has_threshold ? "' needs" : "' does not use"));
     params_ = std::move(p);
   }
@@ -123,8 +122,7 @@ class SparseAutoencoder {
     params_.W_enc = params_.W_dec;
     params_.b_enc.setZero();
     params_.b_dec = sample.template cast<Scalar>().rowwise().mean();
-    if constexpr (Activation::has_threshold)
-      params_.threshold.setConstant(static_cast<Scalar>(act_.initial_threshold));
+    if constexpr (Activation::has_threshold) params_.threshold.setConstant(static_cast<Scalar>(act_.initial_threshold));
   }
 
   /// Codes of the tokens X (d x B) for inference, using s.Z / s.c as scratch.
@@ -148,8 +146,8 @@ class SparseAutoencoder {
   /// One forward and backward pass on the batch X (d x B) at 0-based training step @p step.
   /// Fills @p grads (resized and zeroed here) with dL/dtheta and returns the loss terms.
   template <class Derived>
-  Report forward_backward(const Eigen::MatrixBase<Derived>& X, Parameters<Scalar>& grads,
-                          State& s, std::int64_t step = 0) const {
+  Report forward_backward(const Eigen::MatrixBase<Derived>& X, Parameters<Scalar>& grads, State& s,
+                          std::int64_t step = 0) const {
     static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
                   "forward_backward: the batch must have the model's Scalar type");
     s.step = step;
@@ -174,8 +172,8 @@ class SparseAutoencoder {
       s.groups.build(s.codes);
       kernels::decoder_backward(params_, s.codes, s.groups, s.grad_xhat, s.grad_codes, grads);
       act_.backward(s.codes, s.grad_codes);
-      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, s.codes, s.groups, X,
-                                s.grad_codes, grads, s.dz_sum);
+      kernels::encoder_backward(params_, cfg_.apply_b_dec_to_input, s.codes, s.groups, X, s.grad_codes, grads,
+                                s.dz_sum);
     } else {
       kernels::dense_backward(params_, cfg_.apply_b_dec_to_input, X, s.codes, s.grad_xhat, s.grad_codes.per_latent,
                               act_, s.below, grads, s.dz_sum, s.dense);
@@ -274,8 +272,8 @@ class SparseAutoencoder {
 
   void check_batch(Index rows) const {
     if (rows != d_in())
-      throw std::invalid_argument("batch has " + std::to_string(rows) + " rows, the SAE has d_in=" +
-                                  std::to_string(d_in()));
+      throw std::invalid_argument("batch has " + std::to_string(rows) +
+                                  " rows, the SAE has d_in=" + std::to_string(d_in()));
   }
 
   SaeConfig cfg_;

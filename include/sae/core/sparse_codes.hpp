@@ -20,10 +20,10 @@ namespace sae {
 /// it is never expanded to a dense m x B matrix in a training step (to_dense() is for tests).
 template <class Scalar>
 struct SparseCodes {
-  Index d_sae = 0;                   ///< m
-  std::vector<Index> offsets{0};     ///< B + 1 entries, offsets[0] = 0
-  std::vector<std::int32_t> indices; ///< latent ids, nnz entries
-  std::vector<Scalar> values;        ///< activations, nnz entries
+  Index d_sae = 0;                    ///< m
+  std::vector<Index> offsets{0};      ///< B + 1 entries, offsets[0] = 0
+  std::vector<std::int32_t> indices;  ///< latent ids, nnz entries
+  std::vector<Scalar> values;         ///< activations, nnz entries
 
   Index tokens() const { return static_cast<Index>(offsets.size()) - 1; }
   Index nnz() const { return static_cast<Index>(indices.size()); }

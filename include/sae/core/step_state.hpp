@@ -24,17 +24,17 @@ struct StepState {
   kernels::code_gradient_t<Codes> grad_codes;
   Mat<Scalar> X_hat;
   Mat<Scalar> grad_xhat;
-  std::int64_t step = 0;  ///< 0-based training step (for coefficient warm-up)
-  double bandwidth = 0;   ///< STE kernel width of the activation (JumpReLU), read by L0 terms
+  std::int64_t step = 0;             ///< 0-based training step (for coefficient warm-up)
+  double bandwidth = 0;              ///< STE kernel width of the activation (JumpReLU), read by L0 terms
   bool apply_b_dec_to_input = true;  ///< the model's setting, for terms that backpropagate to the encoder
 
   // scratch owned by the model's kernels
-  Mat<Scalar> Z;                  ///< pre-activations of a block (BatchTopK inference, the plain encoder path)
-  Vec<Scalar> c;                  ///< folded encoder bias, b_enc - W_enc^T b_dec
-  Vec<Scalar> dz_sum;             ///< per-latent sum of dL/dz (encoder backward)
-  kernels::LatentGroups groups;   ///< sparse codes grouped by latent
+  Mat<Scalar> Z;                          ///< pre-activations of a block (BatchTopK inference, the plain encoder path)
+  Vec<Scalar> c;                          ///< folded encoder bias, b_enc - W_enc^T b_dec
+  Vec<Scalar> dz_sum;                     ///< per-latent sum of dL/dz (encoder backward)
+  kernels::LatentGroups groups;           ///< sparse codes grouped by latent
   kernels::EncoderState<Scalar> encoder;  ///< TopK family: fused encoder tiles, candidates, fused on/off
-  kernels::LatentList below;      ///< JumpReLU: per token, latents in the window just below the threshold
+  kernels::LatentList below;              ///< JumpReLU: per token, latents in the window just below the threshold
   kernels::DenseScratch<Scalar> dense;    ///< dense variants: dense_backward's tiles
 };
 

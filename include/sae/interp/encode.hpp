@@ -81,8 +81,8 @@ class NpyBatches {
   /// Opens and validates @p path; throws IoError unless it is a non-empty 2-D array.
   explicit NpyBatches(const std::filesystem::path& path) : reader_(io::NpyReader::open(path)) {
     if (reader_.shape().size() != 2)
-      throw io::IoError(path, "expected a 2-D array [tokens, d_in], got " + std::to_string(reader_.shape().size()) +
-                                  " dimensions");
+      throw io::IoError(
+          path, "expected a 2-D array [tokens, d_in], got " + std::to_string(reader_.shape().size()) + " dimensions");
     if (reader_.rows() == 0 || reader_.cols() == 0) throw io::IoError(path, "the array is empty");
     reader_.mapped_file().advise_sequential();
   }
@@ -124,8 +124,10 @@ class NpyBatches {
 /// What messages call a batch source: its file (NpyBatches), or nothing (an in-memory matrix).
 template <class Source>
 std::string source_name(const Source& source) {
-  if constexpr (requires { source.path(); }) return source.path().string();
-  else return {};
+  if constexpr (requires { source.path(); })
+    return source.path().string();
+  else
+    return {};
 }
 
 /// Encodes tokens [begin, end) of @p source in batches of @p batch tokens and calls
@@ -138,8 +140,8 @@ void encode_batches(const Model& model, const Source& source, Index batch, Sink&
                     Index end = -1) {
   using Scalar = typename Model::scalar_type;
   if (source.d_in() != model.d_in())
-    throw std::invalid_argument("data has d_in=" + std::to_string(source.d_in()) + ", the SAE has d_in=" +
-                                std::to_string(model.d_in()));
+    throw std::invalid_argument("data has d_in=" + std::to_string(source.d_in()) +
+                                ", the SAE has d_in=" + std::to_string(model.d_in()));
   typename Model::State state;
   typename Model::Codes codes;
   Mat<Scalar> cast;
@@ -184,7 +186,7 @@ class NpyStreamWriter {
   NpyStreamWriter(const std::filesystem::path& path, Index rows, Index cols) : file_(path), rows_(rows), cols_(cols) {
     if (rows < 0 || cols <= 0) throw io::IoError(path, "invalid array shape");
     const std::size_t shape[2] = {static_cast<std::size_t>(rows), static_cast<std::size_t>(cols)};
-    const std::string h = io::detail_npy::preamble(io::npy_descr(io::NpyDtype::F32), shape);
+    const std::string h = io::detail::npy::preamble(io::npy_descr(io::NpyDtype::F32), shape);
     file_.write(h.data(), h.size());
   }
 
@@ -215,8 +217,8 @@ class NpyStreamWriter {
   /// Renames the file into place; throws IoError if fewer than `rows` rows were added.
   void commit() {
     if (written_ != rows_)
-      throw io::IoError(file_.path(), "only " + std::to_string(written_) + " of " + std::to_string(rows_) +
-                                          " rows were written");
+      throw io::IoError(file_.path(),
+                        "only " + std::to_string(written_) + " of " + std::to_string(rows_) + " rows were written");
     file_.commit();
   }
 
@@ -235,7 +237,8 @@ class NpyStreamWriter {
 /// for float dense codes.
 class DenseCodesWriter {
  public:
-  DenseCodesWriter(const std::filesystem::path& path, Index tokens, Index d_sae) : out_(path, tokens, d_sae), m_(d_sae) {}
+  DenseCodesWriter(const std::filesystem::path& path, Index tokens, Index d_sae)
+      : out_(path, tokens, d_sae), m_(d_sae) {}
 
   /// Appends the codes of the next codes.tokens() tokens.
   template <class Scalar>
@@ -245,7 +248,8 @@ class DenseCodesWriter {
     buf_.setZero(m_, b);
     for (Index t = 0; t < b; ++t)
       for (Index i = codes.offsets[t]; i < codes.offsets[t + 1]; ++i)
-        buf_(codes.indices[static_cast<std::size_t>(i)], t) = static_cast<float>(codes.values[static_cast<std::size_t>(i)]);
+        buf_(codes.indices[static_cast<std::size_t>(i)], t) =
+            static_cast<float>(codes.values[static_cast<std::size_t>(i)]);
     out_.add(buf_);
   }
   template <class Scalar>
@@ -279,7 +283,7 @@ class DenseCodesWriter {
 /// scipy.sparse.csr_matrix((values, indices, offsets), shape=(N, m)) is the dense code matrix.
 /// SparseCodesWriter stores it as .npz; the Python package hands the vectors to numpy.
 struct CsrCodes {
-  Index d_sae = 0;                     ///< m
+  Index d_sae = 0;  ///< m
   std::vector<std::int64_t> offsets{0};
   std::vector<std::int32_t> indices;
   std::vector<float> values;

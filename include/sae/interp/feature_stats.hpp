@@ -46,14 +46,13 @@
 
 namespace sae::interp {
 
-namespace detail_stats {
+namespace detail::stats {
 
 /// Splits latents [0, m) among the threads of a parallel region: calls f(j0, j1) once per
 /// thread with its contiguous range (so per-latent state has one writer).
 template <class F>
 void for_latent_ranges(Index m, bool parallel, F&& f) {
-  SAE_OMP(parallel if (parallel))
-  {
+  SAE_OMP(parallel if (parallel)) {
 #ifdef _OPENMP
     const Index nt = omp_get_num_threads(), id = omp_get_thread_num();
 #else
@@ -109,13 +108,13 @@ Index code_tokens(const Mat<Scalar>& F) {
   return F.cols();
 }
 
-}  // namespace detail_stats
+}  // namespace detail::stats
 
 /// Histogram of log10(feature density) over the latents that fired; dead latents apart.
 struct DensityHistogram {
-  double log10_lo = 0, log10_hi = 0;   ///< range of the bins (log10 of frequency)
-  std::vector<std::int64_t> counts;    ///< latents per bin; bin i = [lo + i w, lo + (i+1) w)
-  std::int64_t dead = 0;               ///< latents that never fired (not in any bin)
+  double log10_lo = 0, log10_hi = 0;  ///< range of the bins (log10 of frequency)
+  std::vector<std::int64_t> counts;   ///< latents per bin; bin i = [lo + i w, lo + (i+1) w)
+  std::int64_t dead = 0;              ///< latents that never fired (not in any bin)
 
   double bin_width() const { return counts.empty() ? 0 : (log10_hi - log10_lo) / static_cast<double>(counts.size()); }
   double bin_lo(std::size_t i) const { return log10_lo + static_cast<double>(i) * bin_width(); }
@@ -136,14 +135,15 @@ class FeatureDensity {
   /// Adds a batch of codes (dense m x B or sparse).
   template <class Codes>
   void add(const Codes& codes) {
-    if (detail_stats::code_rows(codes) != d_sae())
-      throw std::invalid_argument("FeatureDensity: codes have d_sae=" + std::to_string(detail_stats::code_rows(codes)) +
-                                  ", expected " + std::to_string(d_sae()));
-    detail_stats::for_each_active(codes, [&](Index j, auto v, Index) {
+    if (detail::stats::code_rows(codes) != d_sae())
+      throw std::invalid_argument(
+          "FeatureDensity: codes have d_sae=" + std::to_string(detail::stats::code_rows(codes)) + ", expected " +
+          std::to_string(d_sae()));
+    detail::stats::for_each_active(codes, [&](Index j, auto v, Index) {
       ++count_[static_cast<std::size_t>(j)];
       sum_[static_cast<std::size_t>(j)] += static_cast<double>(v);
     });
-    tokens_ += detail_stats::code_tokens(codes);
+    tokens_ += detail::stats::code_tokens(codes);
   }
 
   void merge(const FeatureDensity& o) {
@@ -187,8 +187,9 @@ class FeatureDensity {
                                    double log10_hi = std::numeric_limits<double>::quiet_NaN()) const {
     if (bins <= 0) throw std::invalid_argument("log10_histogram: bins must be positive");
     DensityHistogram h;
-    h.log10_lo = std::isnan(log10_lo) ? std::floor(std::log10(1.0 / static_cast<double>(std::max<std::int64_t>(tokens_, 1))))
-                                      : log10_lo;
+    h.log10_lo = std::isnan(log10_lo)
+                     ? std::floor(std::log10(1.0 / static_cast<double>(std::max<std::int64_t>(tokens_, 1))))
+                     : log10_lo;
     h.log10_hi = std::isnan(log10_hi) ? 0.0 : log10_hi;
     if (!(h.log10_hi > h.log10_lo)) h.log10_hi = h.log10_lo + 1;
     h.counts.assign(static_cast<std::size_t>(bins), 0);
@@ -213,9 +214,9 @@ class FeatureDensity {
 
 /// One quantile interval of a latent's activations with sampled examples in it.
 struct QuantileInterval {
-  double q_lo = 0, q_hi = 0;          ///< quantile range, e.g. 0.5 .. 0.75
-  float value_lo = 0, value_hi = 0;   ///< activation range of the sampled values in it
-  std::vector<Activation> examples;   ///< up to the requested number, evenly spread, highest first
+  double q_lo = 0, q_hi = 0;         ///< quantile range, e.g. 0.5 .. 0.75
+  float value_lo = 0, value_hi = 0;  ///< activation range of the sampled values in it
+  std::vector<Activation> examples;  ///< up to the requested number, evenly spread, highest first
 };
 
 /// Fixed-size uniform sample of every latent's nonzero activations (see the file comment).
@@ -224,9 +225,14 @@ class ActivationSampler {
   ActivationSampler() = default;
   /// Samples up to @p capacity activations per latent of @p d_sae latents.
   ActivationSampler(Index d_sae, Index capacity, std::uint64_t seed = 0)
-      : m_(d_sae), r_(capacity), seed_(seed), samples_(static_cast<std::size_t>(d_sae * capacity)),
-        size_(static_cast<std::size_t>(d_sae), 0), seen_(static_cast<std::size_t>(d_sae), 0) {
-    if (d_sae <= 0 || capacity <= 0) throw std::invalid_argument("ActivationSampler: d_sae and capacity must be positive");
+      : m_(d_sae),
+        r_(capacity),
+        seed_(seed),
+        samples_(static_cast<std::size_t>(d_sae * capacity)),
+        size_(static_cast<std::size_t>(d_sae), 0),
+        seen_(static_cast<std::size_t>(d_sae), 0) {
+    if (d_sae <= 0 || capacity <= 0)
+      throw std::invalid_argument("ActivationSampler: d_sae and capacity must be positive");
   }
 
   Index d_sae() const { return m_; }
@@ -242,7 +248,7 @@ class ActivationSampler {
       s[size_[uj]++] = {value, example};
       return;
     }
-    const std::uint64_t r = detail_stats::hash3(seed_, static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(c)) %
+    const std::uint64_t r = detail::stats::hash3(seed_, static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(c)) %
                             static_cast<std::uint64_t>(c);
     if (r < static_cast<std::uint64_t>(r_)) s[r] = {value, example};
   }
@@ -250,10 +256,11 @@ class ActivationSampler {
   /// Adds a batch of codes; token t is example first_example + t.
   template <class Codes>
   void add(const Codes& codes, std::int64_t first_example) {
-    if (detail_stats::code_rows(codes) != m_)
-      throw std::invalid_argument("ActivationSampler: codes have d_sae=" + std::to_string(detail_stats::code_rows(codes)) +
-                                  ", expected " + std::to_string(m_));
-    detail_stats::for_each_active(codes, [&](Index j, auto v, Index t) { push(j, static_cast<float>(v), first_example + t); });
+    if (detail::stats::code_rows(codes) != m_)
+      throw std::invalid_argument("ActivationSampler: codes have d_sae=" +
+                                  std::to_string(detail::stats::code_rows(codes)) + ", expected " + std::to_string(m_));
+    detail::stats::for_each_active(
+        codes, [&](Index j, auto v, Index t) { push(j, static_cast<float>(v), first_example + t); });
   }
 
   /// Merges a sampler of the same shape that saw a disjoint stream (see the file comment).
@@ -271,16 +278,18 @@ class ActivationSampler {
         out = a;
         out.insert(out.end(), b.begin(), b.end());
       } else {
-        sae::detail::Rng rng(detail_stats::hash3(seed_ ^ 0x6d657267ULL, static_cast<std::uint64_t>(j),
-                                                 static_cast<std::uint64_t>(ca) * 0x100000001B3ULL +
-                                                     static_cast<std::uint64_t>(cb)));
+        sae::detail::Rng rng(
+            detail::stats::hash3(seed_ ^ 0x6d657267ULL, static_cast<std::uint64_t>(j),
+                                 static_cast<std::uint64_t>(ca) * 0x100000001B3ULL + static_cast<std::uint64_t>(cb)));
         // Draw from A or B without replacement, then take that many random items of each sample.
         Index from_a = 0, from_b = 0;
         std::int64_t ra = ca, rb = cb;
         for (Index i = 0; i < r_; ++i) {
           const std::uint64_t u = rng.below(static_cast<std::uint64_t>(ra + rb));
-          if (u < static_cast<std::uint64_t>(ra)) ++from_a, --ra;
-          else ++from_b, --rb;
+          if (u < static_cast<std::uint64_t>(ra))
+            ++from_a, --ra;
+          else
+            ++from_b, --rb;
         }
         take_random(a, from_a, rng, out);
         take_random(b, from_b, rng, out);
@@ -356,7 +365,8 @@ class ActivationSampler {
     const double h = q * static_cast<double>(v.size() - 1);
     const auto lo = static_cast<std::size_t>(std::floor(h));
     const std::size_t hi = std::min(lo + 1, v.size() - 1);
-    return static_cast<double>(v[lo]) + (h - static_cast<double>(lo)) * (static_cast<double>(v[hi]) - static_cast<double>(v[lo]));
+    return static_cast<double>(v[lo]) +
+           (h - static_cast<double>(lo)) * (static_cast<double>(v[hi]) - static_cast<double>(v[lo]));
   }
 
  private:

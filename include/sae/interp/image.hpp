@@ -91,9 +91,9 @@ inline std::string encode_png(std::string_view pixels, int width, int height, in
   std::string ihdr;
   detail::put_u32be(ihdr, static_cast<std::uint32_t>(width));
   detail::put_u32be(ihdr, static_cast<std::uint32_t>(height));
-  ihdr += '\x08';                                   // bit depth
+  ihdr += '\x08';                                    // bit depth
   ihdr += static_cast<char>(channels == 3 ? 2 : 0);  // colour type
-  ihdr.append(3, '\0');                             // compression, filter, interlace
+  ihdr.append(3, '\0');                              // compression, filter, interlace
   detail::chunk(png, "IHDR", ihdr);
   detail::chunk(png, "IDAT", z);
   detail::chunk(png, "IEND", {});
@@ -157,7 +157,8 @@ std::string diverging_png(const Eigen::MatrixBase<Derived>& v, int height, int w
   std::string px(static_cast<std::size_t>(height) * static_cast<std::size_t>(width) * 3, '\0');
   for (Eigen::Index i = 0; i < static_cast<Eigen::Index>(height) * width; ++i) {
     const auto c = diverging_rgb(static_cast<double>(v(i)) / scale);
-    for (int k = 0; k < 3; ++k) px[static_cast<std::size_t>(3 * i + k)] = static_cast<char>(c[static_cast<std::size_t>(k)]);
+    for (int k = 0; k < 3; ++k)
+      px[static_cast<std::size_t>(3 * i + k)] = static_cast<char>(c[static_cast<std::size_t>(k)]);
   }
   return encode_png(px, width, height, 3);
 }

@@ -41,12 +41,12 @@ struct LogitEffect {
 /// (A template only so that translation units that never call it do not compile its products.)
 template <class Reader = io::NpyReader>
 std::vector<LogitEffect> logit_effects(const Reader& U, const Eigen::Ref<const Mat<float>>& W_dec,
-                                              const std::vector<Index>& features, Index top = 10) {
+                                       const std::vector<Index>& features, Index top = 10) {
   if (U.shape().size() != 2) throw io::IoError(U.path(), "expected a 2-D unembedding [vocab, d_in]");
   const Index V = static_cast<Index>(U.rows()), d = static_cast<Index>(U.cols());
   if (d != W_dec.rows())
-    throw io::IoError(U.path(), "unembedding has d_in=" + std::to_string(d) + " but the SAE has d_in=" +
-                                    std::to_string(W_dec.rows()));
+    throw io::IoError(U.path(), "unembedding has d_in=" + std::to_string(d) +
+                                    " but the SAE has d_in=" + std::to_string(W_dec.rows()));
   const Index F = static_cast<Index>(features.size());
   Mat<float> W(d, F);  // the selected decoder columns
   for (Index i = 0; i < F; ++i) W.col(i) = W_dec.col(features[static_cast<std::size_t>(i)]);
@@ -75,7 +75,8 @@ std::vector<LogitEffect> logit_effects(const Reader& U, const Eigen::Ref<const M
         const float x = S(a, i), y = S(b, i);
         return largest ? (x > y || (x == y && a < b)) : (x < y || (x == y && a < b));
       });
-      for (Index k = 0; k < n; ++k) dst.push_back({ids[static_cast<std::size_t>(k)], S(ids[static_cast<std::size_t>(k)], i)});
+      for (Index k = 0; k < n; ++k)
+        dst.push_back({ids[static_cast<std::size_t>(k)], S(ids[static_cast<std::size_t>(k)], i)});
     };
     pick(true, e.promoted);
     pick(false, e.suppressed);

@@ -134,20 +134,20 @@ inline FeatureOrder parse_feature_order(const std::string& s) {
 /// What the report shows and how.
 struct ReportOptions {
   std::string title = "SAE report";
-  Index features = 24;           ///< top-N features shown
-  Index examples = 12;           ///< top activating examples per feature (<= tracker top_n)
-  int intervals = 3;             ///< quantile intervals with sampled examples per feature (0: none)
-  Index per_interval = 4;        ///< examples per quantile interval
-  int image_height = 0;          ///< > 0 with image_width: the data are h x w images
+  Index features = 24;     ///< top-N features shown
+  Index examples = 12;     ///< top activating examples per feature (<= tracker top_n)
+  int intervals = 3;       ///< quantile intervals with sampled examples per feature (0: none)
+  Index per_interval = 4;  ///< examples per quantile interval
+  int image_height = 0;    ///< > 0 with image_width: the data are h x w images
   int image_width = 0;
-  int image_zoom = 3;            ///< displayed pixels per image pixel
+  int image_zoom = 3;  ///< displayed pixels per image pixel
   FeatureOrder order = FeatureOrder::Mass;
   std::vector<Index> feature_ids;  ///< shown instead of the ordered top-N when non-empty
-  double dense_threshold = 0.1;  ///< frequency above which a latent is listed as dense
-  bool include_dense = false;    ///< let dense latents into the top-N (they are listed apart anyway)
+  double dense_threshold = 0.1;    ///< frequency above which a latent is listed as dense
+  bool include_dense = false;      ///< let dense latents into the top-N (they are listed apart anyway)
   int density_bins = 40;
-  Index context_before = 12;     ///< text view: tokens shown before the example token
-  Index context_after = 4;       ///< text view: tokens shown after it
+  Index context_before = 12;  ///< text view: tokens shown before the example token
+  Index context_after = 4;    ///< text view: tokens shown after it
 };
 
 /// The data a report is made of. @p W_dec is the decoder (d x m, one column per latent);
@@ -157,7 +157,7 @@ struct ReportInput {
   const FeatureTracker* tracker = nullptr;
   EvalMetrics metrics;
   nlohmann::json summary = nlohmann::json::object();  ///< key/value rows of the summary table
-  Eigen::Ref<const Mat<float>> W_dec;  ///< d x m decoder, one column per latent
+  Eigen::Ref<const Mat<float>> W_dec;                 ///< d x m decoder, one column per latent
   std::function<Vec<float>(Index)> example;
   std::function<std::string(Index)> example_label;
   std::optional<TrainLog> train_log;
@@ -180,7 +180,8 @@ inline std::vector<Index> select_features(const FeatureTracker& tr, const Report
   if (!o.feature_ids.empty()) {
     for (Index j : o.feature_ids)
       if (j < 0 || j >= tr.d_sae())
-        throw std::invalid_argument("feature " + std::to_string(j) + " is outside [0, d_sae=" + std::to_string(tr.d_sae()) + ")");
+        throw std::invalid_argument("feature " + std::to_string(j) +
+                                    " is outside [0, d_sae=" + std::to_string(tr.d_sae()) + ")");
     return o.feature_ids;
   }
   std::vector<Index> ids;
@@ -189,9 +190,12 @@ inline std::vector<Index> select_features(const FeatureTracker& tr, const Report
       ids.push_back(j);
   auto key = [&](Index j) {
     switch (o.order) {
-      case FeatureOrder::Mass: return tr.density().sum(j);
-      case FeatureOrder::Frequency: return tr.density().frequency(j);
-      case FeatureOrder::Max: return static_cast<double>(tr.top().max_value(j));
+      case FeatureOrder::Mass:
+        return tr.density().sum(j);
+      case FeatureOrder::Frequency:
+        return tr.density().frequency(j);
+      case FeatureOrder::Max:
+        return static_cast<double>(tr.top().max_value(j));
     }
     return 0.0;
   };
@@ -200,7 +204,7 @@ inline std::vector<Index> select_features(const FeatureTracker& tr, const Report
   return ids;
 }
 
-namespace detail_report {
+namespace detail::report {
 
 inline const char* css() {
   return R"(body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#111;background:#fff}
@@ -280,7 +284,7 @@ inline std::string list_text(const std::vector<Index>& v, std::size_t max_items 
   return v.empty() ? "none" : s;
 }
 
-}  // namespace detail_report
+}  // namespace detail::report
 
 /// The report as one HTML string (see the file comment).
 inline std::string render_report(const ReportInput& in, const ReportOptions& o) {
@@ -302,7 +306,8 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
   // The examples of every shown feature (top n_examples, then the quantile-interval samples).
   std::vector<std::vector<QuantileInterval>> ivs(feats.size());
   if (o.intervals > 0)
-    for (std::size_t f = 0; f < feats.size(); ++f) ivs[f] = tr.sampler().intervals(feats[f], o.intervals, o.per_interval);
+    for (std::size_t f = 0; f < feats.size(); ++f)
+      ivs[f] = tr.sampler().intervals(feats[f], o.intervals, o.per_interval);
   // Text view: the rows of all their contexts, and f_j at those rows (|feats| x |ctx_rows|).
   const TokenTable* tt = in.tokens;
   std::vector<std::int64_t> ctx_rows;
@@ -313,7 +318,8 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     if (!in.latent_values) throw std::invalid_argument("report: a token table needs ReportInput::latent_values");
     if (tt->harvested() < dens.tokens())
       throw std::invalid_argument("report: the token table has " + std::to_string(tt->harvested()) +
-                                  " harvested rows, fewer than the " + std::to_string(dens.tokens()) + " analysed tokens");
+                                  " harvested rows, fewer than the " + std::to_string(dens.tokens()) +
+                                  " analysed tokens");
     auto add_context = [&](std::int64_t r) {
       const auto [l0, l1] = tt->window(tt->line_of_row(r), o.context_before, o.context_after);
       for (Index l = l0; l < l1; ++l)
@@ -321,7 +327,8 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     };
     for (std::size_t f = 0; f < feats.size(); ++f) {
       const std::vector<Activation> top = tr.top().top(feats[f]);
-      for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i) add_context(top[static_cast<std::size_t>(i)].example);
+      for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i)
+        add_context(top[static_cast<std::size_t>(i)].example);
       for (const QuantileInterval& qi : ivs[f])
         for (const Activation& a : qi.examples) add_context(a.example);
     }
@@ -339,12 +346,12 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     const double mx = tr.top().max_value(j);
     const auto [l0, l1] = tt->window(line, o.context_before, o.context_after);
     std::string c = "<div class=\"" + cls + " context\" data-row=\"" + std::to_string(a.example) + "\" data-act=\"" +
-                    detail_report::exact(a.value) + "\"><span class=\"ctx-meta\">" + lead +
+                    detail::report::exact(a.value) + "\"><span class=\"ctx-meta\">" + lead +
                     svg::escape(utf8_sanitize(tt->doc(line))) + " &middot; <b>" + svg::num(a.value) +
                     "</b></span><span class=\"ctx-text\">";
     for (Index l = l0; l < l1; ++l) {
       const std::int64_t r = tt->row(l);
-      const std::string tok = detail_report::token_html(tt->text(l));
+      const std::string tok = detail::report::token_html(tt->text(l));
       const std::string id = "token " + std::to_string(tt->token_id(l));
       if (r < 0) {
         c += "<span class=\"tok nh\" title=\"" + id + ", not harvested\">" + tok + "</span>";
@@ -354,7 +361,7 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
       const float v = ctx_acts(static_cast<Index>(f), static_cast<Index>(col));
       const double alpha = mx > 0 ? std::clamp(static_cast<double>(v) / mx, 0.0, 1.0) : 0.0;
       c += "<span class=\"tok" + std::string(l == line ? " ex" : "") + "\" data-row=\"" + std::to_string(r) +
-           "\" data-act=\"" + detail_report::exact(v) + "\" title=\"row " + std::to_string(r) + ", " + id +
+           "\" data-act=\"" + detail::report::exact(v) + "\" title=\"row " + std::to_string(r) + ", " + id +
            ": activation " + svg::num(v, 4) + "\"";
       if (alpha > 0) c += " style=\"background:rgba(234,88,12," + svg::num(alpha, 3) + ")\"";
       c += ">" + tok + "</span>";
@@ -362,14 +369,15 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     return c + "</span></div>";
   };
   auto vocab_html = [&](Index id) {
-    return in.vocab && id < static_cast<Index>(in.vocab->size()) ? detail_report::token_html((*in.vocab)[static_cast<std::size_t>(id)])
-                                                                 : "#" + std::to_string(id);
+    return in.vocab && id < static_cast<Index>(in.vocab->size())
+               ? detail::report::token_html((*in.vocab)[static_cast<std::size_t>(id)])
+               : "#" + std::to_string(id);
   };
 
   std::string h;
   h.reserve(1 << 20);
   h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + escape(o.title) +
-       "</title><style>" + detail_report::css() + "</style></head>\n";
+       "</title><style>" + detail::report::css() + "</style></head>\n";
   h += "<body data-features=\"" + std::to_string(feats.size()) + "\" data-examples=\"" + std::to_string(n_examples) +
        "\" data-images=\"" + (images ? "1" : "0") + "\" data-text=\"" + (text ? "1" : "0") + "\" data-logit=\"" +
        std::to_string(in.logit_effects.size()) + "\">\n<h1>" + escape(o.title) + "</h1>\n";
@@ -377,14 +385,14 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
   // 1. summary
   h += "<section id=\"summary\"><h2>Summary</h2><table class=\"kv\">";
   for (auto it = in.summary.begin(); it != in.summary.end(); ++it)
-    h += detail_report::kv_row(it.key(), detail_report::json_text(it.value()));
+    h += detail::report::kv_row(it.key(), detail::report::json_text(it.value()));
   const EvalMetrics& m = in.metrics;
-  h += detail_report::kv_row("tokens analysed", std::to_string(m.tokens));
-  h += detail_report::kv_row("l0 (mean active latents)", num(m.l0, 4));
-  h += detail_report::kv_row("fvu", num(m.fvu, 4));
-  h += detail_report::kv_row("explained variance", num(m.explained_variance, 4));
-  h += detail_report::kv_row("mse", num(m.mse, 4));
-  h += detail_report::kv_row("dead fraction", num(m.dead_fraction, 4));
+  h += detail::report::kv_row("tokens analysed", std::to_string(m.tokens));
+  h += detail::report::kv_row("l0 (mean active latents)", num(m.l0, 4));
+  h += detail::report::kv_row("fvu", num(m.fvu, 4));
+  h += detail::report::kv_row("explained variance", num(m.explained_variance, 4));
+  h += detail::report::kv_row("mse", num(m.mse, 4));
+  h += detail::report::kv_row("dead fraction", num(m.dead_fraction, 4));
   h += "</table></section>\n";
 
   // 2. training curves
@@ -421,9 +429,9 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
                           std::to_string(dens.tokens()) + " tokens",
                       edges, counts, dco, {"dead " + std::to_string(hist.dead), static_cast<double>(hist.dead)});
   h += "<div class=\"lists\"><p class=\"dead-list\"><b>Dead latents</b> (never fired, " + std::to_string(dead.size()) +
-       "): " + detail_report::list_text(dead) + "</p>";
+       "): " + detail::report::list_text(dead) + "</p>";
   h += "<p class=\"dense-list\"><b>Dense latents</b> (frequency &gt; " + num(o.dense_threshold) + ", " +
-       std::to_string(dense.size()) + "): " + detail_report::list_text(dense) + "</p></div></section>\n";
+       std::to_string(dense.size()) + "): " + detail::report::list_text(dense) + "</p></div></section>\n";
 
   // 4. features
   const int zoom = std::max(1, o.image_zoom);
@@ -453,16 +461,19 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     h += "mean when active " + num(dens.mean_when_active(j)) + ", max " + num(tr.top().max_value(j)) + "<br>";
     const std::vector<double> qv = tr.sampler().quantiles(j, qs);
     h += "quantiles" + std::string(tr.sampler().exact(j) ? "" : " (sampled)") + ": ";
-    for (std::size_t i = 0; i < qs.size(); ++i) h += (i ? ", " : "") + std::string("q") + num(qs[i] * 100) + " " + num(qv[i]);
+    for (std::size_t i = 0; i < qs.size(); ++i)
+      h += (i ? ", " : "") + std::string("q") + num(qs[i] * 100) + " " + num(qv[i]);
     h += "<br>decoder norm " + num(static_cast<double>(in.W_dec.col(j).norm()));
     if (in.example_label && !top.empty()) {  // label mix of the top examples
       std::map<std::string, int> mix;
-      for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i) ++mix[label_of(top[static_cast<std::size_t>(i)].example)];
+      for (Index i = 0; i < n_examples && i < static_cast<Index>(top.size()); ++i)
+        ++mix[label_of(top[static_cast<std::size_t>(i)].example)];
       std::vector<std::pair<int, std::string>> v;
       for (auto& [k, c] : mix) v.emplace_back(-c, k);
       std::sort(v.begin(), v.end());
       h += "<br>top examples: ";
-      for (std::size_t i = 0; i < v.size(); ++i) h += (i ? ", " : "") + std::to_string(-v[i].first) + "&times; " + escape(v[i].second);
+      for (std::size_t i = 0; i < v.size(); ++i)
+        h += (i ? ", " : "") + std::to_string(-v[i].first) + "&times; " + escape(v[i].second);
     }
     h += "</div>";
     // histogram of the sampled activations
@@ -484,8 +495,8 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
       h += svg::histogram("activations (" + std::to_string(smp.size()) + " sampled)", e, c, aco);
     }
     if (images) {
-      h += "<div class=\"pics\"><figure><img class=\"decoder\" alt=\"decoder direction of feature " + std::to_string(j) +
-           "\"" + img_size + " src=\"" +
+      h += "<div class=\"pics\"><figure><img class=\"decoder\" alt=\"decoder direction of feature " +
+           std::to_string(j) + "\"" + img_size + " src=\"" +
            image::png_data_uri(image::diverging_png(in.W_dec.col(j), o.image_height, o.image_width)) +
            "\"><figcaption>decoder direction<br>red +, blue &minus;</figcaption></figure>";
       if (in.b_dec.size() == in.W_dec.rows()) {
@@ -501,11 +512,13 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
       // the largest decoder coordinates instead of an image
       std::vector<Index> dims(static_cast<std::size_t>(in.W_dec.rows()));
       std::iota(dims.begin(), dims.end(), Index{0});
-      std::partial_sort(dims.begin(), dims.begin() + std::min<std::ptrdiff_t>(5, static_cast<std::ptrdiff_t>(dims.size())),
-                        dims.end(), [&](Index a, Index b) { return std::abs(in.W_dec(a, j)) > std::abs(in.W_dec(b, j)); });
+      std::partial_sort(
+          dims.begin(), dims.begin() + std::min<std::ptrdiff_t>(5, static_cast<std::ptrdiff_t>(dims.size())),
+          dims.end(), [&](Index a, Index b) { return std::abs(in.W_dec(a, j)) > std::abs(in.W_dec(b, j)); });
       h += "<div class=\"muted\">largest decoder coordinates: ";
       for (std::size_t i = 0; i < dims.size() && i < 5; ++i)
-        h += (i ? ", " : "") + std::string("d") + std::to_string(dims[i]) + " " + num(static_cast<double>(in.W_dec(dims[i], j)));
+        h += (i ? ", " : "") + std::string("d") + std::to_string(dims[i]) + " " +
+             num(static_cast<double>(in.W_dec(dims[i], j)));
       h += "</div>";
     }
     h += "</div>";  // meta
@@ -524,7 +537,7 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
           }
           const LogitToken& t = (*side)[i];
           h += std::string("<td class=\"lt ") + (side == &e.promoted ? "up" : "down") + "\" data-id=\"" +
-               std::to_string(t.id) + "\" data-value=\"" + detail_report::exact(t.value) + "\" title=\"token " +
+               std::to_string(t.id) + "\" data-value=\"" + detail::report::exact(t.value) + "\" title=\"token " +
                std::to_string(t.id) + "\">" + vocab_html(t.id) + "</td><td>" + num(t.value, 3) + "</td>";
         }
         h += "</tr>";
@@ -581,7 +594,8 @@ inline std::string render_report(const ReportInput& in, const ReportOptions& o) 
     }
     h += "</div></div>\n";
   }
-  h += "</section>\n<footer class=\"muted\">libsae report &middot; self-contained: inline SVG and PNG, no scripts</footer>\n</body></html>\n";
+  h += "</section>\n<footer class=\"muted\">libsae report &middot; self-contained: inline SVG and PNG, no "
+       "scripts</footer>\n</body></html>\n";
   return h;
 }
 

@@ -33,19 +33,19 @@ namespace sae::interp {
 
 /// Everything `sae report` takes besides the SAE and the data (flag names in brackets).
 struct ReportSettings {
-  std::filesystem::path sae_path;   ///< where the SAE came from: summary, DIR/train_log.jsonl (may be empty)
-  std::filesystem::path out;        ///< the .html written [--out]
-  std::string images;               ///< "HxW": the data are images [--images]
+  std::filesystem::path sae_path;  ///< where the SAE came from: summary, DIR/train_log.jsonl (may be empty)
+  std::filesystem::path out;       ///< the .html written [--out]
+  std::string images;              ///< "HxW": the data are images [--images]
   std::optional<std::filesystem::path> labels;   ///< one label per example [--labels]
   std::optional<std::filesystem::path> tokens;   ///< token table: text view [--tokens]
   std::optional<std::filesystem::path> unembed;  ///< [vocab, d_in] .npy: logit effects [--unembed]
   std::optional<std::filesystem::path> vocab;    ///< one entry per unembedding row [--vocab]
-  std::string order = "mass";       ///< mass | frequency | max [--order]
-  ReportOptions opt;                ///< features, examples, intervals, context_*, title, feature_ids...
-  Index top_n = 0;                  ///< examples kept per latent; 0: max(examples, 16)
-  Index batch = 4096;               ///< tokens per encoded batch [--batch]
-  Index limit = 0;                  ///< analyse only the first N tokens (0: all) [--limit]
-  Index logit_top = 10;             ///< promoted / suppressed tokens per feature
+  std::string order = "mass";                    ///< mass | frequency | max [--order]
+  ReportOptions opt;                             ///< features, examples, intervals, context_*, title, feature_ids...
+  Index top_n = 0;                               ///< examples kept per latent; 0: max(examples, 16)
+  Index batch = 4096;                            ///< tokens per encoded batch [--batch]
+  Index limit = 0;                               ///< analyse only the first N tokens (0: all) [--limit]
+  Index logit_top = 10;                          ///< promoted / suppressed tokens per feature
 };
 
 /// Progress lines ("encoded 100000/2000000 tokens", "wrote ..."); may be empty.
@@ -79,7 +79,7 @@ Mat<float> latent_values_at(const Model& model, const Source& X, const std::vect
   for (std::size_t i = latents.size(); i-- > 0;) slot[static_cast<std::size_t>(latents[i])] = static_cast<Index>(i);
   Mat<float> out = Mat<float>::Zero(static_cast<Index>(latents.size()), G.cols());
   encode_batches(model, MatrixBatches(G), batch, [&](Index t0, const auto& codes, const auto&) {
-    detail_stats::for_each_active(codes, [&](Index j, auto v, Index t) {
+    detail::stats::for_each_active(codes, [&](Index j, auto v, Index t) {
       const Index i = slot[static_cast<std::size_t>(j)];
       if (i >= 0) out(i, t0 + t) = static_cast<float>(v);
     });
@@ -114,8 +114,8 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
     if (s.tokens) throw std::invalid_argument("--images and --tokens exclude each other");
     const auto [h, w] = parse_image_shape(s.images);
     if (static_cast<Index>(h) * w != d_in)
-      throw std::invalid_argument("--images " + s.images + " has " + std::to_string(h * w) + " pixels but d_in=" +
-                                  std::to_string(d_in));
+      throw std::invalid_argument("--images " + s.images + " has " + std::to_string(h * w) +
+                                  " pixels but d_in=" + std::to_string(d_in));
     opt.image_height = h;
     opt.image_width = w;
   }
@@ -133,8 +133,8 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
   }
   const Index n = s.limit > 0 ? std::min(s.limit, X.tokens()) : X.tokens();
   if (s.labels && static_cast<Index>(labels.size()) < n)
-    throw io::IoError(*s.labels, "has " + std::to_string(labels.size()) + " lines, fewer than the " + std::to_string(n) +
-                                     " examples");
+    throw io::IoError(*s.labels, "has " + std::to_string(labels.size()) + " lines, fewer than the " +
+                                     std::to_string(n) + " examples");
   std::optional<TokenTable> table;
   if (s.tokens) {
     table.emplace(*s.tokens);
@@ -148,8 +148,8 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
     U.emplace(io::NpyReader::open(*s.unembed));
     if (U->shape().size() != 2) throw io::IoError(*s.unembed, "expected a 2-D unembedding [vocab, d_in]");
     if (static_cast<Index>(U->cols()) != d_in)
-      throw io::IoError(*s.unembed, "unembedding has d_in=" + std::to_string(U->cols()) + " but the SAE has d_in=" +
-                                        std::to_string(d_in));
+      throw io::IoError(*s.unembed, "unembedding has d_in=" + std::to_string(U->cols()) +
+                                        " but the SAE has d_in=" + std::to_string(d_in));
     vocab = read_vocab(*s.vocab);
     if (vocab.size() != U->rows())
       throw io::IoError(*s.vocab, "has " + std::to_string(vocab.size()) + " entries but " + s.unembed->string() +
@@ -218,7 +218,8 @@ nlohmann::json write_sae_report(const AnySae& model, const Source& X, const std:
   write_report(s.out, html);
   std::size_t contexts = 0;
   if (table)
-    for (std::size_t p = html.find(" context\" data-row="); p != std::string::npos; p = html.find(" context\" data-row=", p + 1))
+    for (std::size_t p = html.find(" context\" data-row="); p != std::string::npos;
+         p = html.find(" context\" data-row=", p + 1))
       ++contexts;
   say("wrote " + s.out.string() + " (" + std::to_string(html.size() / 1024) + " KiB)");
   return {{"out", s.out.string()},

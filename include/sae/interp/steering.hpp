@@ -47,7 +47,7 @@ enum class SteerMode { Scale, Clamp, Add };
 struct SteerEdit {
   Index latent = 0;
   SteerMode mode = SteerMode::Scale;
-  double value = 1.0;   ///< s (Scale), v (Clamp) or a (Add)
+  double value = 1.0;  ///< s (Scale), v (Clamp) or a (Add)
 
   static SteerEdit scale(Index j, double s) { return {j, SteerMode::Scale, s}; }
   static SteerEdit clamp(Index j, double v) { return {j, SteerMode::Clamp, v}; }
@@ -73,13 +73,13 @@ void apply_steering(const Model& model, const Eigen::MatrixBase<Derived>& X, std
                     Mat<typename Model::scalar_type>& out, SteeringWorkspace<Model>& ws) {
   using Scalar = typename Model::scalar_type;
   if (X.rows() != model.d_in())
-    throw std::invalid_argument("steer: data has d_in=" + std::to_string(X.rows()) + ", the SAE has d_in=" +
-                                std::to_string(model.d_in()));
+    throw std::invalid_argument("steer: data has d_in=" + std::to_string(X.rows()) +
+                                ", the SAE has d_in=" + std::to_string(model.d_in()));
   bool need_codes = false;
   for (const SteerEdit& e : edits) {
     if (e.latent < 0 || e.latent >= model.d_sae())
-      throw std::invalid_argument("steer: latent " + std::to_string(e.latent) + " is outside [0, d_sae=" +
-                                  std::to_string(model.d_sae()) + ")");
+      throw std::invalid_argument("steer: latent " + std::to_string(e.latent) +
+                                  " is outside [0, d_sae=" + std::to_string(model.d_sae()) + ")");
     need_codes = need_codes || e.mode != SteerMode::Add;
   }
   check_finite_tokens(X, 0, "");
@@ -105,9 +105,15 @@ void apply_steering(const Model& model, const Eigen::MatrixBase<Derived>& X, std
       if (edits[e].latent != j) continue;
       const auto v = static_cast<Scalar>(edits[e].value);
       switch (edits[e].mode) {
-        case SteerMode::Scale: ws.after *= v; break;
-        case SteerMode::Clamp: ws.after.setConstant(v); break;
-        case SteerMode::Add: ws.after.array() += v; break;
+        case SteerMode::Scale:
+          ws.after *= v;
+          break;
+        case SteerMode::Clamp:
+          ws.after.setConstant(v);
+          break;
+        case SteerMode::Add:
+          ws.after.array() += v;
+          break;
       }
     }
     const auto w = model.params().W_dec.col(j);

@@ -24,12 +24,23 @@ inline std::string escape(std::string_view s) {
   out.reserve(s.size());
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -50,7 +61,8 @@ inline std::vector<double> nice_ticks(double lo, double hi, int target = 5) {
   const double p = std::pow(10.0, std::floor(std::log10(raw)));
   const double r = raw / p;  // in [1, 10): round to the nearest of 1, 2, 5, 10
   const double step = (r < 1.5 ? 1.0 : r < 3.0 ? 2.0 : r < 7.0 ? 5.0 : 10.0) * p;
-  const auto k0 = static_cast<long long>(std::ceil(lo / step - 1e-9)), k1 = static_cast<long long>(std::floor(hi / step + 1e-9));
+  const auto k0 = static_cast<long long>(std::ceil(lo / step - 1e-9)),
+             k1 = static_cast<long long>(std::floor(hi / step + 1e-9));
   for (long long k = k0; k <= k1; ++k) t.push_back(static_cast<double>(k) * step);
   return t;
 }
@@ -59,7 +71,7 @@ struct ChartOptions {
   int width = 340, height = 200;
   std::string css_class = "chart";
   std::string x_label, y_label;
-  bool log_y = false;       ///< log10 y axis (ignored unless every y > 0)
+  bool log_y = false;  ///< log10 y axis (ignored unless every y > 0)
   std::string color = "#2563eb";
 };
 
@@ -72,9 +84,9 @@ struct Frame {
 };
 
 inline std::string open_svg(const ChartOptions& o, std::string_view title) {
-  std::string s = "<svg class=\"" + escape(o.css_class) + "\" width=\"" +
-                  std::to_string(o.width) + "\" height=\"" + std::to_string(o.height) + "\" viewBox=\"0 0 " +
-                  std::to_string(o.width) + " " + std::to_string(o.height) + "\" role=\"img\">";
+  std::string s = "<svg class=\"" + escape(o.css_class) + "\" width=\"" + std::to_string(o.width) + "\" height=\"" +
+                  std::to_string(o.height) + "\" viewBox=\"0 0 " + std::to_string(o.width) + " " +
+                  std::to_string(o.height) + "\" role=\"img\">";
   s += "<title>" + escape(title) + "</title>";
   s += "<text x=\"" + std::to_string(o.width / 2) + "\" y=\"14\" text-anchor=\"middle\" class=\"ctitle\">" +
        escape(title) + "</text>";
@@ -141,8 +153,10 @@ inline std::string line_chart(std::string_view title, const std::vector<std::pai
     }
     if (!(f.xhi > f.xlo)) f.xhi = f.xlo + 1;
     const double pad = (f.yhi - f.ylo) * 0.05;
-    if (pad > 0) f.ylo -= pad, f.yhi += pad;
-    else f.ylo -= 0.5, f.yhi += 0.5;
+    if (pad > 0)
+      f.ylo -= pad, f.yhi += pad;
+    else
+      f.ylo -= 0.5, f.yhi += 0.5;
   }
   s += detail::axes(f, o, log_y);
   std::string pl = "<polyline class=\"series\" fill=\"none\" stroke=\"" + escape(o.color) + "\" points=\"";

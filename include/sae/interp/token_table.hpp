@@ -35,7 +35,7 @@
 
 namespace sae::interp {
 
-namespace detail_tokens {
+namespace detail::tokens {
 
 /// Reads a whole file; IoError when it cannot be opened.
 inline std::string read_all(const std::filesystem::path& path, const char* what) {
@@ -44,7 +44,8 @@ inline std::string read_all(const std::filesystem::path& path, const char* what)
   if (!in) throw io::IoError(path, std::string("cannot open the ") + what);
   std::string s(static_cast<std::size_t>(in.tellg()), '\0');
   in.seekg(0);
-  if (!in.read(s.data(), static_cast<std::streamsize>(s.size()))) throw io::IoError(path, std::string("cannot read the ") + what);
+  if (!in.read(s.data(), static_cast<std::streamsize>(s.size())))
+    throw io::IoError(path, std::string("cannot read the ") + what);
   return s;
 }
 
@@ -64,7 +65,7 @@ void for_each_line(std::string_view s, F&& f) {
   }
 }
 
-}  // namespace detail_tokens
+}  // namespace detail::tokens
 
 /// Appends @p field with its escapes (`\\` `\t` `\n` `\r`) undone to @p out; false on any other
 /// backslash sequence (or a lone trailing backslash).
@@ -77,11 +78,20 @@ inline bool unescape_field(std::string_view field, std::string& out) {
     }
     if (++i == field.size()) return false;
     switch (field[i]) {
-      case '\\': out += '\\'; break;
-      case 't': out += '\t'; break;
-      case 'n': out += '\n'; break;
-      case 'r': out += '\r'; break;
-      default: return false;
+      case '\\':
+        out += '\\';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      default:
+        return false;
     }
   }
   return true;
@@ -103,9 +113,17 @@ inline std::string utf8_sanitize(std::string_view s) {
     }
     std::size_t len = 0;
     unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte (Unicode Table 3-7)
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    if (c >= 0xC2 && c <= 0xDF)
+      len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    }
     std::size_t k = 1;  // bytes of a valid prefix
     if (len > 0) {
       while (k < len && i + k < n) {
@@ -114,8 +132,10 @@ inline std::string utf8_sanitize(std::string_view s) {
         ++k;
       }
     }
-    if (len > 0 && k == len) out.append(s.substr(i, len));
-    else out += "\xEF\xBF\xBD";
+    if (len > 0 && k == len)
+      out.append(s.substr(i, len));
+    else
+      out += "\xEF\xBF\xBD";
     i += k;
   }
   return out;
@@ -131,7 +151,7 @@ class TokenTable {
   /// of columns, a non-integer field, rows out of order, positions or windows out of order, or
   /// a bad escape.
   explicit TokenTable(const std::filesystem::path& path) : path_(path) {
-    parse(detail_tokens::read_all(path, "token table"));
+    parse(detail::tokens::read_all(path, "token table"));
   }
 
   const std::filesystem::path& path() const { return path_; }
@@ -183,7 +203,7 @@ class TokenTable {
     text_at_.reserve(lines + 1);
     arena_.reserve(s.size() / 4);
     text_at_.push_back(0);
-    detail_tokens::for_each_line(s, [&](std::int64_t n, std::string_view line) {
+    detail::tokens::for_each_line(s, [&](std::int64_t n, std::string_view line) {
       if (!header_seen) {
         if (line != header) fail(n, "expected the header 'row<TAB>ctx<TAB>pos<TAB>token_id<TAB>doc<TAB>text'");
         header_seen = true;
@@ -236,9 +256,9 @@ class TokenTable {
 
 /// vocab.txt: one (unescaped) entry per line; IoError "PATH: line N: bad escape ...".
 inline std::vector<std::string> read_vocab(const std::filesystem::path& path) {
-  const std::string s = detail_tokens::read_all(path, "vocabulary file");
+  const std::string s = detail::tokens::read_all(path, "vocabulary file");
   std::vector<std::string> v;
-  detail_tokens::for_each_line(s, [&](std::int64_t n, std::string_view line) {
+  detail::tokens::for_each_line(s, [&](std::int64_t n, std::string_view line) {
     std::string e;
     if (!unescape_field(line, e))
       throw io::IoError(path, "line " + std::to_string(n) + ": bad escape (only \\\\ \\t \\n \\r are allowed)");

@@ -49,7 +49,8 @@ class TopActivations {
   TopActivations() = default;
   /// Tracks the @p per_latent highest activations of each of @p d_sae latents.
   TopActivations(Index d_sae, Index per_latent)
-      : m_(d_sae), n_(per_latent),
+      : m_(d_sae),
+        n_(per_latent),
         entries_(static_cast<std::size_t>(d_sae * per_latent)),
         size_(static_cast<std::size_t>(d_sae), 0) {
     if (d_sae <= 0 || per_latent <= 0)
@@ -81,8 +82,7 @@ class TopActivations {
   void add(const Mat<Scalar>& F, std::int64_t first_example) {
     check_rows(F.rows());
     const Index B = F.cols();
-    SAE_OMP(parallel if (F.size() > 65536))
-    {
+    SAE_OMP(parallel if (F.size() > 65536)) {
 #ifdef _OPENMP
       const Index nt = omp_get_num_threads(), id = omp_get_thread_num();
 #else
@@ -113,7 +113,8 @@ class TopActivations {
   void merge(const TopActivations& o) {
     if (o.m_ != m_ || o.n_ != n_)
       throw std::invalid_argument("TopActivations::merge: shapes differ (" + std::to_string(m_) + "x" +
-                                  std::to_string(n_) + " vs " + std::to_string(o.m_) + "x" + std::to_string(o.n_) + ")");
+                                  std::to_string(n_) + " vs " + std::to_string(o.m_) + "x" + std::to_string(o.n_) +
+                                  ")");
     SAE_OMP(parallel for schedule(static) if (m_ * n_ > 65536))
     for (Index j = 0; j < m_; ++j) {
       const Activation* src = o.heap(j);

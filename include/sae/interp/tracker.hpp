@@ -27,9 +27,9 @@ namespace sae::interp {
 
 /// Sizes of a FeatureTracker.
 struct TrackerOptions {
-  Index top_n = 16;          ///< top-activating examples kept per latent
-  Index sample_size = 256;   ///< activations sampled per latent for quantiles (R)
-  std::uint64_t seed = 0;    ///< seed of the quantile sample
+  Index top_n = 16;         ///< top-activating examples kept per latent
+  Index sample_size = 256;  ///< activations sampled per latent for quantiles (R)
+  std::uint64_t seed = 0;   ///< seed of the quantile sample
 };
 
 /// The three per-latent statistics, fed together (see the file comment).
@@ -68,8 +68,8 @@ class FeatureTracker {
 /// Options of analyze().
 struct AnalyzeOptions {
   TrackerOptions tracker;
-  Index batch = 4096;   ///< tokens per encoded batch
-  Index limit = 0;      ///< analyse only the first `limit` tokens (0: all)
+  Index batch = 4096;  ///< tokens per encoded batch
+  Index limit = 0;     ///< analyse only the first `limit` tokens (0: all)
   /// Called after every batch with (tokens done, tokens total), e.g. for progress on stderr.
   std::function<void(Index, Index)> on_progress;
 };

@@ -40,7 +40,7 @@
 
 namespace sae::io {
 
-namespace detail_dir {
+namespace detail::dir {
 
 inline void sync_dir(const std::filesystem::path& dir) noexcept {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -96,7 +96,7 @@ inline void remove_stale(const std::filesystem::path& parent, const std::filesys
   }
 }
 
-}  // namespace detail_dir
+}  // namespace detail::dir
 
 /// Checks, before any work, that a DirectoryWriter for @p dir can succeed as far as names and
 /// permissions tell: @p dir is a directory or absent, and the directory the writer changes (the
@@ -129,7 +129,7 @@ inline void check_directory_writable(const std::filesystem::path& dir) {
 /// Throws IoError "DIR: problem" (or naming the file) on failure; DIR is then unchanged. Not
 /// copyable or movable; destroyed without commit(), it removes what it wrote.
 class DirectoryWriter {
-public:
+ public:
   /// @p key_file: the file without which the directory holds nothing a reader would load
   /// (written last in the in-place mode). @p owned: names that belong to the content and go
   /// with the old content even when the new one lacks them (an old training log beside a
@@ -164,10 +164,11 @@ public:
         created_.push_back(*it);
       }
     }
-    detail_dir::remove_stale(parent_, dir_, key_);  // may put DIR back
+    detail::dir::remove_stale(parent_, dir_, key_);  // may put DIR back
     existed_ = fs::is_directory(dir_, ec);
     // A mount point cannot be renamed: its files are replaced in place.
-    struct stat ds {}, ps {};
+    struct stat ds {
+    }, ps{};
     if (existed_ && ::stat(dir_.c_str(), &ds) == 0 && ::stat(parent_.empty() ? "." : parent_.c_str(), &ps) == 0 &&
         ds.st_dev != ps.st_dev)
       in_place_ = true;
@@ -180,8 +181,8 @@ public:
         staging_.clear();
       } else {
         cleanup_created();
-        throw IoError(dir_, "cannot create a staging directory beside it (" + staging_.string() +
-                                "): " + std::strerror(err));
+        throw IoError(dir_,
+                      "cannot create a staging directory beside it (" + staging_.string() + "): " + std::strerror(err));
       }
     }
   }
@@ -237,20 +238,21 @@ public:
       if (std::find(owned_.begin(), owned_.end(), name.string()) != owned_.end()) continue;
       struct stat st {};
       if (::lstat((staging_ / name).c_str(), &st) == 0) continue;  // replaced by the new content
-      if (::lstat(it->path().c_str(), &st) != 0) continue;           // gone meanwhile
+      if (::lstat(it->path().c_str(), &st) != 0) continue;         // gone meanwhile
       if (S_ISDIR(st.st_mode)) {
         subdirs.push_back(name);
       } else if (::linkat(AT_FDCWD, it->path().c_str(), AT_FDCWD, (staging_ / name).c_str(), 0) != 0) {
         std::error_code cec;
         fs::copy(it->path(), staging_ / name, fs::copy_options::copy_symlinks, cec);
-        if (cec) throw IoError(dir_, "cannot carry '" + name.string() + "' over into the new directory: " + cec.message());
+        if (cec)
+          throw IoError(dir_, "cannot carry '" + name.string() + "' over into the new directory: " + cec.message());
       }
     }
     if (ec) throw IoError(dir_, "cannot list the directory: " + ec.message());
     struct stat dst {};
     if (::stat(dir_.c_str(), &dst) == 0) (void)::chmod(staging_.c_str(), dst.st_mode & 07777);
-    detail_dir::sync_dir(staging_);
-    const int err = detail_dir::exchange(staging_, dir_);
+    detail::dir::sync_dir(staging_);
+    const int err = detail::dir::exchange(staging_, dir_);
     if (err == 0) {
       committed_ = true;  // the new content is DIR's; the old one is at staging_
       for (const fs::path& s : subdirs)
@@ -278,12 +280,12 @@ public:
     finish();
   }
 
-private:
+ private:
   void commit_in_place() {
     // The key file goes first (DIR then holds no loadable content) and comes back last; owned
     // files the new content lacks go too.
     if (::unlink((dir_ / key_).c_str()) != 0 && errno != ENOENT) fail("cannot remove the old " + key_);
-    detail_dir::sync_dir(dir_);
+    detail::dir::sync_dir(dir_);
     for (const std::string& o : owned_) {
       const bool rewritten = std::any_of(files_.begin(), files_.end(), [&](const auto& f) { return f.first == o; });
       if (!rewritten) (void)::unlink((dir_ / o).c_str());
@@ -298,7 +300,7 @@ private:
   void finish() {
     std::error_code ec;
     if (!staging_.empty()) std::filesystem::remove_all(staging_, ec);
-    detail_dir::sync_dir(parent_);
+    detail::dir::sync_dir(parent_);
     committed_ = true;
   }
 

@@ -53,11 +53,15 @@ enum class IdxType : std::uint8_t { U8 = 0x08, I8 = 0x09, I16 = 0x0B, I32 = 0x0C
 constexpr std::size_t idx_itemsize(IdxType t) noexcept {
   switch (t) {
     case IdxType::U8:
-    case IdxType::I8: return 1;
-    case IdxType::I16: return 2;
+    case IdxType::I8:
+      return 1;
+    case IdxType::I16:
+      return 2;
     case IdxType::I32:
-    case IdxType::F32: return 4;
-    case IdxType::F64: return 8;
+    case IdxType::F32:
+      return 4;
+    case IdxType::F64:
+      return 8;
   }
   return 0;
 }
@@ -65,22 +69,28 @@ constexpr std::size_t idx_itemsize(IdxType t) noexcept {
 /// Name of @p t for messages ("u8", "i16", ...).
 constexpr const char* idx_type_name(IdxType t) noexcept {
   switch (t) {
-    case IdxType::U8: return "u8";
-    case IdxType::I8: return "i8";
-    case IdxType::I16: return "i16";
-    case IdxType::I32: return "i32";
-    case IdxType::F32: return "f32";
-    case IdxType::F64: return "f64";
+    case IdxType::U8:
+      return "u8";
+    case IdxType::I8:
+      return "i8";
+    case IdxType::I16:
+      return "i16";
+    case IdxType::I32:
+      return "i32";
+    case IdxType::F32:
+      return "f32";
+    case IdxType::F64:
+      return "f64";
   }
   return "?";
 }
 
 /// A whole IDX array in memory: the shape, and the elements in host byte order (C order).
 struct IdxArray {
-  std::filesystem::path path;        ///< the file it was read from
+  std::filesystem::path path;  ///< the file it was read from
   IdxType type = IdxType::U8;
-  std::vector<std::size_t> shape;    ///< n dimension sizes
-  std::vector<std::byte> data;       ///< numel() * idx_itemsize(type) bytes, host byte order
+  std::vector<std::size_t> shape;  ///< n dimension sizes
+  std::vector<std::byte> data;     ///< numel() * idx_itemsize(type) bytes, host byte order
 
   /// Product of the dimensions.
   std::size_t numel() const noexcept {
@@ -92,12 +102,18 @@ struct IdxArray {
   double value(std::size_t i) const noexcept {
     const std::byte* p = data.data() + i * idx_itemsize(type);
     switch (type) {
-      case IdxType::U8: return static_cast<double>(std::to_integer<std::uint8_t>(*p));
-      case IdxType::I8: return static_cast<double>(static_cast<std::int8_t>(std::to_integer<std::uint8_t>(*p)));
-      case IdxType::I16: return static_cast<double>(load<std::int16_t>(p));
-      case IdxType::I32: return static_cast<double>(load<std::int32_t>(p));
-      case IdxType::F32: return static_cast<double>(load<float>(p));
-      case IdxType::F64: return load<double>(p);
+      case IdxType::U8:
+        return static_cast<double>(std::to_integer<std::uint8_t>(*p));
+      case IdxType::I8:
+        return static_cast<double>(static_cast<std::int8_t>(std::to_integer<std::uint8_t>(*p)));
+      case IdxType::I16:
+        return static_cast<double>(load<std::int16_t>(p));
+      case IdxType::I32:
+        return static_cast<double>(load<std::int32_t>(p));
+      case IdxType::F32:
+        return static_cast<double>(load<float>(p));
+      case IdxType::F64:
+        return load<double>(p);
     }
     return 0;
   }
@@ -111,12 +127,12 @@ struct IdxArray {
   }
 };
 
-namespace detail_idx {
+namespace detail::idx {
 
 /// Sequential reader of the file's bytes: straight from the map, or through zlib's inflate.
 class ByteStream {
  public:
-  explicit ByteStream(const detail::MappedFile& file) : file_(file) {
+  explicit ByteStream(const sae::detail::MappedFile& file) : file_(file) {
     const std::byte* b = file.data();
     gzip_ = file.size() >= 2 && std::to_integer<unsigned>(b[0]) == 0x1f && std::to_integer<unsigned>(b[1]) == 0x8b;
     if (gzip_) {
@@ -201,7 +217,7 @@ class ByteStream {
   [[noreturn]] void fail(const std::string& problem) const { throw IoError(file_.path(), problem); }
 
  private:
-  const detail::MappedFile& file_;
+  const sae::detail::MappedFile& file_;
   std::size_t pos_ = 0;
   bool gzip_ = false;
   bool ended_ = false;
@@ -221,17 +237,18 @@ inline std::string shape_text(const std::vector<std::size_t>& shape) {
 inline void swap_elements(std::vector<std::byte>& data, std::size_t itemsize) {
   if (itemsize == 1) return;
   for (std::size_t i = 0; i + itemsize <= data.size(); i += itemsize)
-    std::reverse(data.begin() + static_cast<std::ptrdiff_t>(i), data.begin() + static_cast<std::ptrdiff_t>(i + itemsize));
+    std::reverse(data.begin() + static_cast<std::ptrdiff_t>(i),
+                 data.begin() + static_cast<std::ptrdiff_t>(i + itemsize));
 }
 
-}  // namespace detail_idx
+}  // namespace detail::idx
 
 /// Reads a whole IDX file (plain, or gzip-compressed when it starts with 1f 8b).
 /// Throws IoError "PATH: problem" for every malformed or truncated file (see the file comment).
 inline IdxArray read_idx(const std::filesystem::path& path) {
   static_assert(std::endian::native == std::endian::little, "read_idx assumes a little-endian host");
-  detail::MappedFile file(path);
-  detail_idx::ByteStream in(file);
+  sae::detail::MappedFile file(path);
+  detail::idx::ByteStream in(file);
   const std::string what = in.gzip() ? "decompressed data" : "file";
   if (file.size() == 0) in.fail("empty file (expected an IDX header)");
 
@@ -263,11 +280,12 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
     std::uint32_t v = 0;
     for (unsigned b = 0; b < 4; ++b) v = (v << 8) | std::to_integer<std::uint32_t>(dims[4 * i + b]);
     a.shape.push_back(v);
-    if (!detail::checked_mul(numel, v, numel)) in.fail("IDX shape " + detail_idx::shape_text(a.shape) + " overflows");
+    if (!sae::detail::checked_mul(numel, v, numel))
+      in.fail("IDX shape " + detail::idx::shape_text(a.shape) + " overflows");
   }
   std::size_t nbytes = 0;
-  if (!detail::checked_mul(numel, idx_itemsize(a.type), nbytes))
-    in.fail("IDX shape " + detail_idx::shape_text(a.shape) + " overflows the byte count");
+  if (!sae::detail::checked_mul(numel, idx_itemsize(a.type), nbytes))
+    in.fail("IDX shape " + detail::idx::shape_text(a.shape) + " overflows the byte count");
   const std::size_t header = 4 + dims.size();
   // Never allocate more than the file can hold: deflate expands at most ~1032:1.
   const std::size_t cap = in.gzip() ? (file.size() > std::numeric_limits<std::size_t>::max() / 1032
@@ -275,18 +293,18 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
                                            : file.size() * 1032)
                                     : file.size() - std::min(file.size(), header);
   if (nbytes > cap)
-    in.fail("truncated: shape " + detail_idx::shape_text(a.shape) + " of " + idx_type_name(a.type) + " needs " +
-            std::to_string(nbytes) + " bytes of data, the " + (in.gzip() ? "compressed file" : "file") +
-            " has only " + std::to_string(in.gzip() ? file.size() : cap));
+    in.fail("truncated: shape " + detail::idx::shape_text(a.shape) + " of " + idx_type_name(a.type) + " needs " +
+            std::to_string(nbytes) + " bytes of data, the " + (in.gzip() ? "compressed file" : "file") + " has only " +
+            std::to_string(in.gzip() ? file.size() : cap));
   a.data.resize(nbytes);
   if (const std::size_t g = in.read(a.data.data(), nbytes); g < nbytes)
     in.fail("truncated: expected " + std::to_string(nbytes) + " bytes of data for shape " +
-            detail_idx::shape_text(a.shape) + ", found " + std::to_string(g));
+            detail::idx::shape_text(a.shape) + ", found " + std::to_string(g));
   if (!in.at_end())
     in.fail("size mismatch: trailing bytes after the " + std::to_string(nbytes) + " bytes of data for shape " +
-            detail_idx::shape_text(a.shape));
+            detail::idx::shape_text(a.shape));
   if (!in.complete()) in.fail("truncated gzip stream (the compressed data ends early)");
-  detail_idx::swap_elements(a.data, idx_itemsize(a.type));
+  detail::idx::swap_elements(a.data, idx_itemsize(a.type));
   return a;
 }
 
@@ -316,7 +334,7 @@ inline Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic> read_idx_images(cons
   const IdxArray a = read_idx(path);
   if (a.type != IdxType::U8 || a.shape.size() != 3)
     throw IoError(path, std::string("expected u8 images [N, height, width], got ") + idx_type_name(a.type) + " " +
-                            detail_idx::shape_text(a.shape));
+                            detail::idx::shape_text(a.shape));
   if (height) *height = a.shape[1];
   if (width) *width = a.shape[2];
   return idx_matrix(a, 1.0 / 255.0);
@@ -328,7 +346,7 @@ inline std::vector<std::uint8_t> read_idx_labels(const std::filesystem::path& pa
   const IdxArray a = read_idx(path);
   if (a.type != IdxType::U8 || a.shape.size() != 1)
     throw IoError(path, std::string("expected u8 labels [N], got ") + idx_type_name(a.type) + " " +
-                            detail_idx::shape_text(a.shape));
+                            detail::idx::shape_text(a.shape));
   std::vector<std::uint8_t> out(a.data.size());
   for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::to_integer<std::uint8_t>(a.data[i]);
   return out;

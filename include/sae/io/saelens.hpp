@@ -57,7 +57,7 @@ struct LoadedWeights {
   Parameters<float> params;
 };
 
-namespace detail_saelens {
+namespace detail::saelens {
 
 /// cfg.json files larger than this are rejected before reading (real ones are a few KB).
 inline constexpr std::size_t max_config_bytes = 16u << 20;
@@ -84,11 +84,16 @@ inline nlohmann::json read_json_file(const std::filesystem::path& path) {
 /// The dtype name cfg.json uses for a storage dtype.
 inline const char* torch_dtype_name(StDtype t) {
   switch (t) {
-    case StDtype::F32: return "float32";
-    case StDtype::F16: return "float16";
-    case StDtype::BF16: return "bfloat16";
-    case StDtype::F64: return "float64";
-    default: return "?";
+    case StDtype::F32:
+      return "float32";
+    case StDtype::F16:
+      return "float16";
+    case StDtype::BF16:
+      return "bfloat16";
+    case StDtype::F64:
+      return "float64";
+    default:
+      return "?";
   }
 }
 
@@ -114,8 +119,8 @@ inline void upgrade_pre6_config(nlohmann::json& j) {
   nlohmann::json md = j.contains("metadata") && j["metadata"].is_object() ? j["metadata"] : nlohmann::json::object();
   const bool was_flat = !j.contains("metadata");
   if (was_flat) {
-    for (const char* key : {"model_name", "hook_name", "hook_layer", "hook_head_index", "context_size",
-                            "prepend_bos", "dataset_path", "neuronpedia_id", "model_class_name"})
+    for (const char* key : {"model_name", "hook_name", "hook_layer", "hook_head_index", "context_size", "prepend_bos",
+                            "dataset_path", "neuronpedia_id", "model_class_name"})
       if (auto it = j.find(key); it != j.end() && !md.contains(key)) md[key] = *it;
     if (auto it = j.find("hook_point"); it != j.end() && !md.contains("hook_name")) md["hook_name"] = *it;
     if (!md.empty()) md["converted_from"] = "saelens_pre_6";
@@ -143,8 +148,7 @@ inline void check_inference_semantics(const nlohmann::json& j, const SaeConfig& 
   if (auto it = j.find("rescale_acts_by_decoder_norm"); it != j.end() && !it->is_null()) {
     if (!it->is_boolean()) throw IoError(path, "field 'rescale_acts_by_decoder_norm' must be a boolean");
     if (it->get<bool>() && c.architecture != "topk")
-      throw IoError(path, "rescale_acts_by_decoder_norm is defined for topk SAEs only, not '" +
-                              c.architecture + "'");
+      throw IoError(path, "rescale_acts_by_decoder_norm is defined for topk SAEs only, not '" + c.architecture + "'");
   }
 }
 
@@ -175,19 +179,22 @@ inline bool map_saelens_architecture(nlohmann::json& j, const std::filesystem::p
                             cls + ".load_from_disk(DIR).save_inference_model(OUT) and load OUT");
   }
   if (a == "abstopk")
-    throw IoError(path, "architecture 'abstopk' keeps the k pre-activations of largest magnitude with their "
-                        "signs (codes can be negative), which no libsae architecture computes (topk keeps the k "
-                        "largest through a relu): refused");
+    throw IoError(path,
+                  "architecture 'abstopk' keeps the k pre-activations of largest magnitude with their "
+                  "signs (codes can be negative), which no libsae architecture computes (topk keeps the k "
+                  "largest through a relu): refused");
   if (a == "transcoder" || a == "skip_transcoder" || a == "jumprelu_transcoder" || a == "jumprelu_skip_transcoder")
     throw IoError(path, "architecture '" + a +
                             "' is a transcoder (it decodes into another layer's activations); libsae reads SAEs "
                             "only: refused");
   if (a == "temporal")
-    throw IoError(path, "architecture 'temporal' encodes each token with attention over the preceding tokens, "
-                        "which no libsae architecture computes: refused");
+    throw IoError(path,
+                  "architecture 'temporal' encodes each token with attention over the preceding tokens, "
+                  "which no libsae architecture computes: refused");
   if (a == "matching_pursuit")
-    throw IoError(path, "architecture 'matching_pursuit' encodes by iterative matching pursuit over the decoder, "
-                        "which no libsae architecture computes: refused");
+    throw IoError(path,
+                  "architecture 'matching_pursuit' encodes by iterative matching pursuit over the decoder, "
+                  "which no libsae architecture computes: refused");
   return false;
 }
 
@@ -215,7 +222,7 @@ inline void check_storable(StDtype dtype) {
                                 " (use F32, F16 or BF16)");
 }
 
-}  // namespace detail_saelens
+}  // namespace detail::saelens
 
 /// The files of an SAE directory that belong to the SAE: replacing the SAE replaces or removes
 /// them (a training log stays only if the new SAE comes with one); other entries are kept.
@@ -229,7 +236,7 @@ inline std::vector<std::string> saelens_owned_files() {
 /// "float16", "bfloat16"). Throws IoError, or std::invalid_argument for another dtype.
 inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Parameters<float>& p,
                          StDtype dtype = StDtype::F32) {
-  detail_saelens::check_storable(dtype);
+  detail::saelens::check_storable(dtype);
   p.check_shapes();
   if (p.d_in() != cfg.d_in || p.d_sae() != cfg.d_sae)
     throw IoError(w.path(), "parameters do not match the configuration's d_in/d_sae");
@@ -248,7 +255,7 @@ inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Paramet
   st.write_to(w.file(saelens_weights_file));
 
   SaeConfig c = cfg;
-  c.dtype = detail_saelens::torch_dtype_name(dtype);
+  c.dtype = detail::saelens::torch_dtype_name(dtype);
   const std::string text = c.to_json().dump(2) + "\n";
   w.write_file(saelens_config_file,
                std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
@@ -259,7 +266,7 @@ inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Paramet
 /// See the overload above for the arguments and errors.
 inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg, const Parameters<float>& p,
                          StDtype dtype = StDtype::F32) {
-  detail_saelens::check_storable(dtype);
+  detail::saelens::check_storable(dtype);
   DirectoryWriter w(dir, saelens_config_file, saelens_owned_files());
   save_saelens(w, cfg, p, dtype);
   w.commit();
@@ -271,10 +278,11 @@ inline void save_saelens(const std::filesystem::path& dir, const SaeConfig& cfg,
 inline SaeConfig load_saelens_config(const std::filesystem::path& dir, nlohmann::json* raw = nullptr) {
   const auto path = dir / saelens_config_file;
   std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) throw IoError(dir, "not a directory (expected an SAE directory with cfg.json)");
+  if (!std::filesystem::is_directory(dir, ec))
+    throw IoError(dir, "not a directory (expected an SAE directory with cfg.json)");
   if (!std::filesystem::exists(path, ec)) throw IoError(path, "cannot open (missing cfg.json?)");
-  nlohmann::json j = detail_saelens::read_json_file(path);
-  SaeConfig c = detail_saelens::config_from_json(j, path);
+  nlohmann::json j = detail::saelens::read_json_file(path);
+  SaeConfig c = detail::saelens::config_from_json(j, path);
   if (raw) *raw = std::move(j);
   return c;
 }
@@ -312,7 +320,8 @@ void fold_gated(Parameters<Scalar>& p, const Vec<Scalar>& b_gate, const Vec<Scal
     const Scalar e = std::exp(r_mag[j]);
     p.W_enc.col(j) *= e;
     p.b_enc[j] = b_mag[j];
-    p.threshold[j] = static_cast<Scalar>(static_cast<double>(b_mag[j]) - static_cast<double>(e) * static_cast<double>(b_gate[j]));
+    p.threshold[j] =
+        static_cast<Scalar>(static_cast<double>(b_mag[j]) - static_cast<double>(e) * static_cast<double>(b_gate[j]));
   }
 }
 
@@ -324,7 +333,7 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   LoadedWeights out;
   nlohmann::json raw;
   out.config = load_saelens_config(dir, &raw);
-  const bool rescale = detail_saelens::rescales_by_decoder_norm(raw);
+  const bool rescale = detail::saelens::rescales_by_decoder_norm(raw);
   const auto path = dir / saelens_weights_file;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw IoError(path, "not found");
@@ -338,16 +347,16 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
         for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
         return o + "]";
       };
-      throw IoError(path, std::string("tensor '") + name + "' has shape " + fmt(t.shape) +
-                              ", cfg.json (d_in=" + std::to_string(d) + ", d_sae=" +
-                              std::to_string(m) + ") needs " + fmt(shape));
+      throw IoError(path, std::string("tensor '") + name + "' has shape " + fmt(t.shape) + ", cfg.json (d_in=" +
+                              std::to_string(d) + ", d_sae=" + std::to_string(m) + ") needs " + fmt(shape));
     }
   };
   expect("W_enc", {d, m});
   expect("W_dec", {m, d});
   // SAELens gated SAEs have b_gate, b_mag and r_mag instead of b_enc (read as jumprelu: fold_gated).
   const bool gated = raw.is_object() && raw.value("architecture", std::string()) == "gated";
-  for (const char* name : gated ? std::vector<const char*>{"b_gate", "b_mag", "r_mag"} : std::vector<const char*>{"b_enc"})
+  for (const char* name :
+       gated ? std::vector<const char*>{"b_gate", "b_mag", "r_mag"} : std::vector<const char*>{"b_enc"})
     expect(name, {m});
   expect("b_dec", {d});
   const bool with_threshold = out.config.architecture == "jumprelu";
@@ -370,11 +379,13 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
       throw IoError(path, "weights contain NaN or Inf");
     for (Index j = 0; j < m; ++j)
       if (!std::isnormal(std::exp(r_mag[j])))
-        throw IoError(path, "r_mag[" + std::to_string(j) + "] = " + std::to_string(r_mag[j]) +
-                                ": exp(r_mag) is not a normal float, so the gated SAE has no exact jumprelu form: refused");
+        throw IoError(path,
+                      "r_mag[" + std::to_string(j) + "] = " + std::to_string(r_mag[j]) +
+                          ": exp(r_mag) is not a normal float, so the gated SAE has no exact jumprelu form: refused");
     fold_gated(p, b_gate, b_mag, r_mag);
     if (!p.threshold.allFinite())
-      throw IoError(path, "the jumprelu threshold b_mag - exp(r_mag) b_gate of this gated SAE overflows float: refused");
+      throw IoError(path,
+                    "the jumprelu threshold b_mag - exp(r_mag) b_gate of this gated SAE overflows float: refused");
     out.config.metadata["folded_gated"] = true;  // cfg.json said architecture "gated"
   } else {
     r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));

@@ -42,15 +42,15 @@ namespace sae {
 struct AuxK {
   static constexpr const char* name = "auxk_loss";
 
-  double coefficient = 1.0 / 32.0;      ///< alpha
-  Index k_aux = 0;                      ///< 0: d_in / 2
+  double coefficient = 1.0 / 32.0;  ///< alpha
+  Index k_aux = 0;                  ///< 0: d_in / 2
   std::int64_t dead_tokens = 10'000'000;
   std::vector<std::int64_t> since_fired;  ///< per latent, tokens since it last fired
 
   /// Number of latents that count as dead now.
   Index dead_count() const {
-    return static_cast<Index>(std::count_if(since_fired.begin(), since_fired.end(),
-                                            [&](std::int64_t v) { return v >= dead_tokens; }));
+    return static_cast<Index>(
+        std::count_if(since_fired.begin(), since_fired.end(), [&](std::int64_t v) { return v >= dead_tokens; }));
   }
 
   template <class Scalar, class DerivedX>
@@ -77,8 +77,7 @@ struct AuxK {
     Zd.colwise() += cd;
     // Keep the ka largest positive entries of each column (zero the rest); one scratch
     // vector per thread, not per token.
-    SAE_OMP(parallel)
-    {
+    SAE_OMP(parallel) {
       std::vector<Scalar> v;
       if (ka < nd) v.reserve(static_cast<std::size_t>(nd));
       SAE_OMP(for schedule(static))
@@ -91,8 +90,10 @@ struct AuxK {
           Index kept = 0;
           for (Index a = 0; a < nd; ++a) {
             const bool keep = z[a] > Scalar(0) && (z[a] > cut || (z[a] == cut && kept < ka));
-            if (keep) ++kept;
-            else z[a] = Scalar(0);
+            if (keep)
+              ++kept;
+            else
+              z[a] = Scalar(0);
           }
         } else {
           z = z.cwiseMax(Scalar(0));

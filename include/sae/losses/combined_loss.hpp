@@ -43,17 +43,23 @@ struct CombinedLoss {
   static constexpr std::array<const char*, size> names() { return {Terms::name...}; }
 
   template <class T>
-  T& get() { return std::get<T>(terms); }
+  T& get() {
+    return std::get<T>(terms);
+  }
   template <class T>
-  const T& get() const { return std::get<T>(terms); }
+  const T& get() const {
+    return std::get<T>(terms);
+  }
 
   template <class T>
-  static constexpr bool has() { return (std::is_same_v<T, Terms> || ...); }
+  static constexpr bool has() {
+    return (std::is_same_v<T, Terms> || ...);
+  }
 
   /// Sums the terms' values and gradients (see LossTerm in reconstruction.hpp).
   template <class Scalar, class Codes, class DerivedX>
-  Report accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
-                    StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
+  Report accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
+                    Parameters<Scalar>& grads) const {
     Report r;
     accumulate_each(X, p, s, grads, r, std::index_sequence_for<Terms...>{});
     for (double v : r.terms) r.total += v;
@@ -73,9 +79,8 @@ struct CombinedLoss {
   }
 
   template <class Scalar, class Codes, class DerivedX, std::size_t... I>
-  void accumulate_each(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
-                       StepState<Scalar, Codes>& s, Parameters<Scalar>& grads, Report& r,
-                       std::index_sequence<I...>) const {
+  void accumulate_each(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
+                       Parameters<Scalar>& grads, Report& r, std::index_sequence<I...>) const {
     ((r.terms[I] = std::get<I>(terms).accumulate(X, p, s, grads)), ...);
   }
 };

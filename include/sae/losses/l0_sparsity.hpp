@@ -75,8 +75,8 @@ struct L0Sparsity : StatelessTerm {
   double coefficient_at(std::int64_t step) const { return linear_warmup(coefficient, step, warmup_steps); }
 
   template <class Scalar, class Codes, class DerivedX>
-  double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,
-                    StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
+  double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
+                    Parameters<Scalar>& grads) const {
     Vec<Scalar> dl0;
     const double l0 = detail::l0_and_threshold_gradient(s.codes, s.below, p.threshold, s.bandwidth, dl0);
     const double lam = coefficient_at(s.step);
@@ -92,15 +92,15 @@ struct L0Sparsity : StatelessTerm {
 struct TargetL0 : StatelessTerm {
   static constexpr const char* name = "target_l0_loss";
 
-  double coefficient = 1.0;       ///< lambda
-  double target = 20.0;           ///< L0_target, active latents per token
+  double coefficient = 1.0;  ///< lambda
+  double target = 20.0;      ///< L0_target, active latents per token
   std::int64_t warmup_steps = 0;
 
   double coefficient_at(std::int64_t step) const { return linear_warmup(coefficient, step, warmup_steps); }
 
   template <class Scalar, class Codes, class DerivedX>
-  double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,
-                    StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
+  double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
+                    Parameters<Scalar>& grads) const {
     Vec<Scalar> dl0;
     const double l0 = detail::l0_and_threshold_gradient(s.codes, s.below, p.threshold, s.bandwidth, dl0);
     const double lam = coefficient_at(s.step);

@@ -27,15 +27,15 @@ namespace sae {
 struct L1Sparsity : StatelessTerm {
   static constexpr const char* name = "l1_loss";
 
-  double coefficient = 0.3;           ///< lambda (for data of mean squared norm about 1)
-  std::int64_t warmup_steps = 0;      ///< S_warm: lambda ramps linearly from 0 over these steps
+  double coefficient = 0.3;       ///< lambda (for data of mean squared norm about 1)
+  std::int64_t warmup_steps = 0;  ///< S_warm: lambda ramps linearly from 0 over these steps
 
   /// lambda_s at 0-based step s.
   double coefficient_at(std::int64_t step) const { return linear_warmup(coefficient, step, warmup_steps); }
 
   template <class Scalar, class Codes, class DerivedX>
-  double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
-                    StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
+  double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
+                    Parameters<Scalar>& grads) const {
     const Index B = X.cols(), m = p.d_sae();
     const Scalar lam = static_cast<Scalar>(coefficient_at(s.step) / static_cast<double>(B));
     Vec<Scalar> norms = p.W_dec.colwise().norm().transpose();

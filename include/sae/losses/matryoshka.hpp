@@ -70,8 +70,7 @@ struct MatryoshkaInner : StatelessTerm {
     scratch.resize(d * n_in, B);
     double total = 0;
     const Scalar g2 = Scalar(2) / static_cast<Scalar>(B);
-    SAE_OMP(parallel reduction(+ : total))
-    {
+    SAE_OMP(parallel reduction(+ : total)) {
       Mat<Scalar> seg(d, n_in);  // seg.col(i): sum of f_tj W_dec[:, j] over segment i
       Vec<Scalar> r(d);
       SAE_OMP(for schedule(static))
@@ -112,8 +111,10 @@ struct MatryoshkaInner : StatelessTerm {
   // S_t for every token between the two passes (d * n_in x B), kept between steps.
   template <class Scalar>
   Mat<Scalar>& scratch_for() const {
-    if constexpr (std::is_same_v<Scalar, float>) return scratch_f_;
-    else return scratch_d_;
+    if constexpr (std::is_same_v<Scalar, float>)
+      return scratch_f_;
+    else
+      return scratch_d_;
   }
   mutable Mat<float> scratch_f_;
   mutable Mat<double> scratch_d_;

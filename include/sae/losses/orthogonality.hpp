@@ -34,13 +34,13 @@ namespace sae {
 struct Orthogonality : StatelessTerm {
   static constexpr const char* name = "ortho_loss";
 
-  double coefficient = 0.25;   ///< gamma
-  Index chunks = 8;            ///< K (clamped to [1, m])
+  double coefficient = 0.25;  ///< gamma
+  Index chunks = 8;           ///< K (clamped to [1, m])
   std::uint64_t seed = 0x0f7a11ULL;
 
   template <class Scalar, class Codes, class DerivedX>
-  double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p,
-                    StepState<Scalar, Codes>& s, Parameters<Scalar>& grads) const {
+  double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
+                    Parameters<Scalar>& grads) const {
     const Index m = p.d_sae();
     const Index K = std::clamp<Index>(chunks, 1, m);
     std::vector<Index> perm(static_cast<std::size_t>(m));

@@ -40,8 +40,8 @@ struct Reconstruction : StatelessTerm {
   static constexpr const char* name = "mse_loss";
 
   template <class Scalar, class Codes, class DerivedX>
-  double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& /*p*/,
-                    StepState<Scalar, Codes>& s, Parameters<Scalar>& /*grads*/) const {
+  double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& /*p*/, StepState<Scalar, Codes>& s,
+                    Parameters<Scalar>& /*grads*/) const {
     const Index B = X.cols();
     s.grad_xhat.noalias() += (s.X_hat - X) * (Scalar(2) / Scalar(B));
     const double sq = (s.X_hat - X).squaredNorm();

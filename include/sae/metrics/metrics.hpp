@@ -39,8 +39,12 @@ struct EvalMetrics {
   std::optional<double> mmcs;
 
   nlohmann::json to_json() const {
-    nlohmann::json j = {{"tokens", tokens}, {"l0", l0}, {"mse", mse}, {"fvu", fvu},
-                        {"explained_variance", explained_variance}, {"dead_fraction", dead_fraction}};
+    nlohmann::json j = {{"tokens", tokens},
+                        {"l0", l0},
+                        {"mse", mse},
+                        {"fvu", fvu},
+                        {"explained_variance", explained_variance},
+                        {"dead_fraction", dead_fraction}};
     if (mmcs) j["mmcs"] = *mmcs;
     return j;
   }
@@ -56,8 +60,7 @@ class MetricsAccumulator {
 
   /// Adds a batch: X and X_hat d x B, codes in either form.
   template <class Derived, class Codes>
-  void add(const Eigen::MatrixBase<Derived>& X, const Mat<typename Derived::Scalar>& X_hat,
-           const Codes& codes) {
+  void add(const Eigen::MatrixBase<Derived>& X, const Mat<typename Derived::Scalar>& X_hat, const Codes& codes) {
     const Index B = X.cols();
     if (B == 0) return;
     const Eigen::MatrixXd Xd = X.template cast<double>();
@@ -109,12 +112,11 @@ class MetricsAccumulator {
 /// in batches of @p batch tokens. NumericalError naming the row if X holds NaN or Inf there
 /// (a non-finite token would make every metric meaningless).
 template <class Model>
-EvalMetrics evaluate(const Model& model, const Eigen::Ref<const Mat<float>>& X, Index limit = 0,
-                     Index batch = 4096) {
+EvalMetrics evaluate(const Model& model, const Eigen::Ref<const Mat<float>>& X, Index limit = 0, Index batch = 4096) {
   using Scalar = typename Model::scalar_type;
   if (X.rows() != model.d_in())
-    throw std::invalid_argument("data has d_in=" + std::to_string(X.rows()) + ", the SAE has d_in=" +
-                                std::to_string(model.d_in()));
+    throw std::invalid_argument("data has d_in=" + std::to_string(X.rows()) +
+                                ", the SAE has d_in=" + std::to_string(model.d_in()));
   const Index N = limit > 0 ? std::min(limit, X.cols()) : X.cols();
   MetricsAccumulator acc(model.d_in(), model.d_sae());
   typename Model::State s;

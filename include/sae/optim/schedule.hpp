@@ -31,8 +31,8 @@ struct LrSchedule {
   double operator()(std::int64_t step) const {
     double f = linear_warmup(1.0, step, warmup_steps);
     if (decay_steps > 0 && step >= total_steps - decay_steps)
-      f = std::min(f, static_cast<double>(std::max<std::int64_t>(total_steps - step, 1)) /
-                          static_cast<double>(decay_steps));
+      f = std::min(
+          f, static_cast<double>(std::max<std::int64_t>(total_steps - step, 1)) / static_cast<double>(decay_steps));
     return lr * f;
   }
 };

@@ -112,8 +112,7 @@ class ShuffledBatches {
  private:
   void reshuffle() {
     std::iota(order_.begin(), order_.end(), Index{0});
-    for (std::size_t i = order_.size(); i > 1; --i)
-      std::swap(order_[i - 1], order_[rng_.below(i)]);
+    for (std::size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng_.below(i)]);
     pos_ = 0;
   }
 

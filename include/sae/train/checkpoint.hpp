@@ -31,10 +31,10 @@
 /// one, never a mixture of two steps.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <span>
@@ -58,7 +58,7 @@ namespace sae {
 inline constexpr const char* checkpoint_file_name = "checkpoint.safetensors";
 inline constexpr int checkpoint_format_version = 1;
 
-namespace detail_ckpt {
+namespace detail::ckpt {
 
 template <class Scalar>
 constexpr io::StDtype dtype() {
@@ -76,22 +76,6 @@ std::span<const std::byte> bytes(const T* p, std::size_t n) {
   return {reinterpret_cast<const std::byte*>(p), n * sizeof(T)};
 }
 
-inline std::uint64_t bits(double v) {
-  std::uint64_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-inline double from_bits(std::uint64_t b) {
-  double v;
-  std::memcpy(&v, &b, sizeof v);
-  return v;
-}
-/// j[key] = v (readable) and j[key + "_bits"] = its bit pattern (exact).
-inline void put(nlohmann::json& j, const std::string& key, double v) {
-  j[key] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
-  j[key + "_bits"] = bits(v);
-}
-
 /// Tensor shapes in the checkpoint: d x m matrices as [m, d] (C order of the column-major bytes).
 template <class T>
 std::vector<std::int64_t> shape_of(const T& t) {
@@ -101,23 +85,24 @@ std::vector<std::int64_t> shape_of(const T& t) {
     return {static_cast<std::int64_t>(t.cols()), static_cast<std::int64_t>(t.rows())};
 }
 
-}  // namespace detail_ckpt
+}  // namespace detail::ckpt
 
 /// Writes @p model, @p st and @p extra to @p file atomically (the directory must exist).
 /// Throws NumericalError, writing nothing, if the parameters or Adam's moments are not finite
 /// (so the last good checkpoint survives a diverging run), io::IoError if the write fails.
 template <class Model>
 void save_checkpoint(const std::filesystem::path& file, const Model& model,
-                     const TrainState<typename Model::scalar_type>& st, const nlohmann::json& extra = nlohmann::json::object()) {
+                     const TrainState<typename Model::scalar_type>& st,
+                     const nlohmann::json& extra = nlohmann::json::object()) {
   using Scalar = typename Model::scalar_type;
-  namespace dc = detail_ckpt;
+  namespace dc = detail::ckpt;
   const Parameters<Scalar>& p = model.params();
   const Parameters<Scalar>& m = st.adam.first_moment();
   const Parameters<Scalar>& v = st.adam.second_moment();
   if (!p.all_finite() || !m.all_finite() || !v.all_finite())
     throw NumericalError("step " + std::to_string(st.step) +
-                         ": the weights or optimizer state are not finite; checkpoint not written (" +
-                         file.string() + " keeps the last good one)");
+                         ": the weights or optimizer state are not finite; checkpoint not written (" + file.string() +
+                         " keeps the last good one)");
   if (!m.same_shape(p) || !v.same_shape(p))
     throw std::invalid_argument("save_checkpoint: optimizer state does not match the model");
 
@@ -173,20 +158,20 @@ void save_checkpoint(const std::filesystem::path& file, const Model& model,
   j["tokens"] = st.tokens;
   nlohmann::json& a = j["adam"];
   a["t"] = st.adam.steps_taken();
-  dc::put(a, "beta1", st.adam.options().beta1);
-  dc::put(a, "beta2", st.adam.options().beta2);
-  dc::put(a, "eps", st.adam.options().eps);
+  put_exact(a, "beta1", st.adam.options().beta1);
+  put_exact(a, "beta2", st.adam.options().beta2);
+  put_exact(a, "eps", st.adam.options().eps);
   j["activation"] = add_state(act_state, "activation.");
   if (!loss_values.empty()) j["loss"] = std::move(loss_values);
   nlohmann::json& win = j["window"];
-  dc::put(win, "loss", st.window.loss);
-  dc::put(win, "l0", st.window.l0);
-  dc::put(win, "err", st.window.err);
-  dc::put(win, "var", st.window.var);
+  put_exact(win, "loss", st.window.loss);
+  put_exact(win, "l0", st.window.l0);
+  put_exact(win, "err", st.window.err);
+  put_exact(win, "var", st.window.var);
   win["steps"] = st.window.steps;
   win["tokens"] = st.window.tokens;
   nlohmann::json terms = nlohmann::json::array();
-  for (double t : st.window.terms) terms.push_back(dc::bits(t));
+  for (double t : st.window.terms) terms.push_back(std::bit_cast<std::uint64_t>(t));
   win["terms_bits"] = terms;
   j["extra"] = extra;
   w.metadata()["format"] = "libsae-checkpoint";
@@ -228,18 +213,19 @@ template <class Model>
 nlohmann::json load_checkpoint(const std::filesystem::path& file, Model& model,
                                TrainState<typename Model::scalar_type>& st) {
   using Scalar = typename Model::scalar_type;
-  namespace dc = detail_ckpt;
+  namespace dc = detail::ckpt;
   const nlohmann::json j = read_checkpoint_state(file);
   const io::SafetensorsReader r = io::SafetensorsReader::open(file);
   auto fail = [&](const std::string& what) { throw io::IoError(file, what); };
   const std::string arch(Model::architecture());
   try {
     if (j.at("architecture").get<std::string>() != arch || j.at("d_in").get<std::int64_t>() != model.d_in() ||
-        j.at("d_sae").get<std::int64_t>() != model.d_sae() || j.at("scalar").get<std::string>() != dc::scalar_name<Scalar>())
-      fail("checkpoint is for a " + j.at("architecture").get<std::string>() + " SAE with d_in=" +
-           j.at("d_in").dump() + ", d_sae=" + j.at("d_sae").dump() + " (" + j.at("scalar").get<std::string>() +
-           "); this run trains a " + arch + " SAE with d_in=" + std::to_string(model.d_in()) +
-           ", d_sae=" + std::to_string(model.d_sae()) + " (" + dc::scalar_name<Scalar>() + ")");
+        j.at("d_sae").get<std::int64_t>() != model.d_sae() ||
+        j.at("scalar").get<std::string>() != dc::scalar_name<Scalar>())
+      fail("checkpoint is for a " + j.at("architecture").get<std::string>() + " SAE with d_in=" + j.at("d_in").dump() +
+           ", d_sae=" + j.at("d_sae").dump() + " (" + j.at("scalar").get<std::string>() + "); this run trains a " +
+           arch + " SAE with d_in=" + std::to_string(model.d_in()) + ", d_sae=" + std::to_string(model.d_sae()) + " (" +
+           dc::scalar_name<Scalar>() + ")");
 
     auto read_params = [&](const std::string& prefix, Parameters<Scalar>& q) {
       q = Parameters<Scalar>(model.d_in(), model.d_sae(), model.params().has_threshold());
@@ -264,9 +250,6 @@ nlohmann::json load_checkpoint(const std::filesystem::path& file, Model& model,
       c.resize(static_cast<std::size_t>(model.d_sae()));
       r.read_into(key, c.data(), c.size());
     };
-    auto get = [](const nlohmann::json& o, const std::string& key) {
-      return dc::from_bits(o.at(key + "_bits").get<std::uint64_t>());
-    };
 
     Parameters<Scalar> p, m, v;
     read_params("model.", p);
@@ -274,22 +257,23 @@ nlohmann::json load_checkpoint(const std::filesystem::path& file, Model& model,
     read_params("adam.v.", v);
     const nlohmann::json& a = j.at("adam");
     AdamOptions ao;
-    ao.beta1 = get(a, "beta1");
-    ao.beta2 = get(a, "beta2");
-    ao.eps = get(a, "eps");
+    ao.beta1 = get_exact(a, "beta1");
+    ao.beta2 = get_exact(a, "beta2");
+    ao.eps = get_exact(a, "eps");
     TrainState<Scalar> out;
     out.step = j.at("step").get<std::int64_t>();
     out.tokens = j.at("tokens").get<std::int64_t>();
     if (out.step < 0 || out.tokens < 0) fail("negative step or token count");
     read_counts("trainer.since_fired", out.since_fired);
     const nlohmann::json& win = j.at("window");
-    out.window.loss = get(win, "loss");
-    out.window.l0 = get(win, "l0");
-    out.window.err = get(win, "err");
-    out.window.var = get(win, "var");
+    out.window.loss = get_exact(win, "loss");
+    out.window.l0 = get_exact(win, "l0");
+    out.window.err = get_exact(win, "err");
+    out.window.var = get_exact(win, "var");
     out.window.steps = win.at("steps").get<std::int64_t>();
     out.window.tokens = win.at("tokens").get<std::int64_t>();
-    for (const auto& b : win.at("terms_bits")) out.window.terms.push_back(dc::from_bits(b.get<std::uint64_t>()));
+    for (const auto& b : win.at("terms_bits"))
+      out.window.terms.push_back(std::bit_cast<double>(b.get<std::uint64_t>()));
 
     // Everything read and checked: now change the model and the state.
     // A policy's state: its JSON values and every I64 tensor named PREFIX<key>.
@@ -337,8 +321,8 @@ inline std::filesystem::path find_checkpoint(const std::filesystem::path& p) {
   if (fs::is_regular_file(p, ec)) return p;
   for (const fs::path& c : {p / checkpoint_file_name, p / "checkpoint" / checkpoint_file_name})
     if (fs::is_regular_file(c, ec)) return c;
-  throw io::IoError(p, std::string("no checkpoint found (looked for ") + (p / checkpoint_file_name).string() +
-                           " and " + (p / "checkpoint" / checkpoint_file_name).string() + ")");
+  throw io::IoError(p, std::string("no checkpoint found (looked for ") + (p / checkpoint_file_name).string() + " and " +
+                           (p / "checkpoint" / checkpoint_file_name).string() + ")");
 }
 
 /// Removes the temporary files killed writers left in @p dir (checkpoint.safetensors.tmp.*

@@ -58,12 +58,23 @@ inline nlohmann::json train_settings_to_json(const TrainSettings& a) {
   using nlohmann::json;
   json d = json::array();
   for (const auto& p : a.data) d.push_back(p.string());
-  json j = {{"data", d}, {"out", a.out.string()}, {"arch", a.arch}, {"d_sae", a.d_sae}, {"k", a.k},
-            {"dead_tokens", a.dead_tokens}, {"lr", a.lr ? json(*a.lr) : json(nullptr)}, {"steps", a.opt.steps},
-            {"batch", a.opt.batch}, {"warmup", a.opt.warmup_steps}, {"decay", a.opt.decay_steps},
-            {"seed", a.opt.seed}, {"log_every", a.opt.log_every}, {"threads", a.threads},
+  json j = {{"data", d},
+            {"out", a.out.string()},
+            {"arch", a.arch},
+            {"d_sae", a.d_sae},
+            {"k", a.k},
+            {"dead_tokens", a.dead_tokens},
+            {"lr", a.lr ? json(*a.lr) : json(nullptr)},
+            {"steps", a.opt.steps},
+            {"batch", a.opt.batch},
+            {"warmup", a.opt.warmup_steps},
+            {"decay", a.opt.decay_steps},
+            {"seed", a.opt.seed},
+            {"log_every", a.opt.log_every},
+            {"threads", a.threads},
             {"shuffle_buffer", a.shuffle_buffer ? json(*a.shuffle_buffer) : json(nullptr)},
-            {"normalize", a.normalize}, {"checkpoint_every", a.checkpoint_every},
+            {"normalize", a.normalize},
+            {"checkpoint_every", a.checkpoint_every},
             {"checkpoint_dir", a.checkpoint_dir.string()}};
   for (const DeclaredOption& o : all_variant_options()) {
     const auto it = a.options.find(o.spec.key);
@@ -164,7 +175,8 @@ class TrainSource {
     const std::uint64_t seed = a.opt.seed ^ 0x5ae5ae5aULL;
     const bool whole = data.in_memory() || (data.files() == 1 && !a.shuffle_buffer);
     if (data.in_memory() && a.shuffle_buffer)
-      throw std::invalid_argument("shuffle_buffer applies to streamed .npy files; an in-memory array is shuffled whole");
+      throw std::invalid_argument(
+          "shuffle_buffer applies to streamed .npy files; an in-memory array is shuffled whole");
     if (whole) {
       const float* x = data.memory();
       std::string name = data.name();
@@ -189,7 +201,9 @@ class TrainSource {
       o.seed = seed;
       o.scale = scale;
       streaming_.emplace(data.dataset(), o);
-      describe_ = {{"kind", "streaming"}, {"seed", seed}, {"shuffle_buffer", streaming_->shuffle_buffer()},
+      describe_ = {{"kind", "streaming"},
+                   {"seed", seed},
+                   {"shuffle_buffer", streaming_->shuffle_buffer()},
                    {"chunk", streaming_->chunk()}};
     }
   }
@@ -226,14 +240,14 @@ struct TrainHooks {
 /// Thrown by run_training when TrainHooks::stop asked it to stop: nothing was saved to `out`,
 /// but with checkpointing on, a checkpoint of the last finished step was written first.
 struct TrainingInterrupted : std::runtime_error {
-  std::int64_t step = 0;                 ///< steps finished
-  std::filesystem::path checkpoint;      ///< the checkpoint written, or empty
+  std::int64_t step = 0;             ///< steps finished
+  std::filesystem::path checkpoint;  ///< the checkpoint written, or empty
   TrainingInterrupted(std::int64_t s, std::filesystem::path ckpt)
-      : std::runtime_error(ckpt.empty() ? "training interrupted after step " + std::to_string(s) +
-                                              " (no checkpoint: checkpointing is off)"
-                                        : "training interrupted after step " + std::to_string(s) +
-                                              "; checkpoint written to " + ckpt.string() +
-                                              " (continue with --resume / resume=)"),
+      : std::runtime_error(ckpt.empty()
+                               ? "training interrupted after step " + std::to_string(s) +
+                                     " (no checkpoint: checkpointing is off)"
+                               : "training interrupted after step " + std::to_string(s) + "; checkpoint written to " +
+                                     ckpt.string() + " (continue with --resume / resume=)"),
         step(s),
         checkpoint(std::move(ckpt)) {}
 };
@@ -250,17 +264,23 @@ namespace detail {
 /// 12.3k, 4.56M: a rate for progress lines.
 inline std::string human_rate(double r) {
   char buf[32];
-  if (r >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
-  else if (r >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
-  else std::snprintf(buf, sizeof buf, "%.0f", r);
+  if (r >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
+  else if (r >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", r);
   return buf;
 }
 /// 1h02m, 3m05s, 42s: a duration for progress lines.
 inline std::string human_seconds(double s) {
   char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
-  else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
-  else std::snprintf(buf, sizeof buf, "%.0fs", s);
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+  else if (s >= 60)
+    std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+  else
+    std::snprintf(buf, sizeof buf, "%.0fs", s);
   return buf;
 }
 }  // namespace detail
@@ -268,18 +288,20 @@ inline std::string human_seconds(double s) {
 /// The progress line of `sae train`.
 inline std::string progress_line(const TrainProgress& p) {
   char line[256];
-  std::snprintf(line, sizeof line, "step %lld/%lld  loss %.5g  l0 %.2f  fvu %.4f  dead %.1f%%  lr %.2e  %s tok/s  ETA %s",
-                static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu,
-                100.0 * p.dead_fraction, p.lr, detail::human_rate(p.tokens_per_s).c_str(),
-                detail::human_seconds(p.eta_seconds).c_str());
+  std::snprintf(
+      line, sizeof line, "step %lld/%lld  loss %.5g  l0 %.2f  fvu %.4f  dead %.1f%%  lr %.2e  %s tok/s  ETA %s",
+      static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.l0, p.fvu, 100.0 * p.dead_fraction,
+      p.lr, detail::human_rate(p.tokens_per_s).c_str(), detail::human_seconds(p.eta_seconds).c_str());
   return line;
 }
 
 namespace detail {
 
 inline void say(const TrainHooks& h, const std::string& line) {
-  if (h.message) h.message(line);
-  else std::cerr << line << std::endl;
+  if (h.message)
+    h.message(line);
+  else
+    std::cerr << line << std::endl;
 }
 
 /// Where training continues from (TrainSettings::resume).
@@ -322,7 +344,8 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
     saved.out = found_in.parent_path().empty() ? fs::path(".") : found_in.parent_path();
   } else if (!saved.out.empty() && extra.contains("cwd") && extra.at("cwd").is_string()) {
     const fs::path cwd = extra.at("cwd").get<std::string>();
-    const fs::path written_in = saved.checkpoint_dir.empty() ? cwd / saved.out / "checkpoint" : cwd / saved.checkpoint_dir;
+    const fs::path written_in =
+        saved.checkpoint_dir.empty() ? cwd / saved.out / "checkpoint" : cwd / saved.checkpoint_dir;
     std::error_code e1, e2;
     if (fs::weakly_canonical(written_in, e1) != fs::weakly_canonical(fs::absolute(found_in), e2))
       throw std::invalid_argument("the checkpoint " + rf.file.string() + " was written in " + written_in.string() +
@@ -331,8 +354,10 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
     saved.out = cwd / saved.out;
   }
   if (given.count("checkpoint_every")) saved.checkpoint_every = a.checkpoint_every;
-  if (given.count("checkpoint_dir")) saved.checkpoint_dir = a.checkpoint_dir;
-  else if (!default_layout) saved.checkpoint_dir = found_in;  // else OUT/checkpoint, where it was found
+  if (given.count("checkpoint_dir"))
+    saved.checkpoint_dir = a.checkpoint_dir;
+  else if (!default_layout)
+    saved.checkpoint_dir = found_in;  // else OUT/checkpoint, where it was found
   if (given.count("log_every")) saved.opt.log_every = a.opt.log_every;
   const int ran_with = extra.value("threads", 0);
   saved.threads = given.count("threads") ? a.threads : ran_with;
@@ -347,8 +372,9 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
     say(h, "sae train: warning: the run used the " + ran_gemm + " GEMM backend, resuming with " + saved.gemm +
                ": the weights will not be bit-identical to an uninterrupted run");
   if (saved.gemm == "blas" && a.gemm == "auto" && !gemm::blas_linked()) {
-    say(h, "sae train: warning: the run used the blas GEMM backend and this build has no BLAS, resuming with eigen: "
-           "the weights will not be bit-identical to an uninterrupted run");
+    say(h,
+        "sae train: warning: the run used the blas GEMM backend and this build has no BLAS, resuming with eigen: "
+        "the weights will not be bit-identical to an uninterrupted run");
     saved.gemm = "eigen";
   }
   saved.given = a.given;
@@ -366,9 +392,7 @@ inline std::string gemm_backend_name() { return gemm::backend_name(gemm::encoder
 inline void check_train_settings(const TrainSettings& a) {
   auto fail = [](const std::string& why) { throw SettingsError(why); };
   try {
-    with_variant(a.arch, [&]<class V>(std::type_identity<V>) {
-      V::check(resolve_options<V>(a.options), a);
-    });
+    with_variant(a.arch, [&]<class V>(std::type_identity<V>) { V::check(resolve_options<V>(a.options), a); });
     parse_normalization(a.normalize);
     if (a.gemm != "auto") gemm::parse_backend(a.gemm);
   } catch (const std::invalid_argument& e) {
@@ -391,7 +415,8 @@ inline void check_train_settings(const TrainSettings& a) {
     throw io::IoError(a.out, "exists and is not a directory (the SAE is saved as a directory)");
   // Found now, not after the training: an --out or checkpoint directory that cannot be written.
   if (!a.out.empty()) io::check_directory_writable(a.out);
-  if (a.checkpoint_every > 0) io::check_directory_writable(a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir);
+  if (a.checkpoint_every > 0)
+    io::check_directory_writable(a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir);
 }
 
 /// Bytes a training run of @p a on @p data (variant a.arch, d_in d, d_sae m, batch B)
@@ -419,8 +444,9 @@ inline double estimate_training_bytes(const TrainSettings& a, const TrainData& d
     const bool whole = data.files() == 1 && !a.shuffle_buffer;
     if (whole && data.dataset().file(0).dtype() != io::NpyDtype::F32) bytes += 4.0 * N * d;
     if (!whole)
-      bytes += 4.0 * d * static_cast<double>(a.shuffle_buffer.value_or(StreamingOptions::default_shuffle_buffer(
-                              data.tokens(), data.d_in(), a.opt.batch)));
+      bytes += 4.0 * d *
+               static_cast<double>(a.shuffle_buffer.value_or(
+                   StreamingOptions::default_shuffle_buffer(data.tokens(), data.d_in(), a.opt.batch)));
   }
   return bytes;
 }
@@ -521,9 +547,15 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
     for (const auto& l : log_lines) log.push_back(l);
     std::error_code cwd_ec;
     const std::string cwd = std::filesystem::current_path(cwd_ec).string();
-    const json extra = {{"args", args_json}, {"cwd", cwd}, {"threads", num_threads()}, {"scale", scale},
-                        {"scale_bits", std::bit_cast<std::uint64_t>(scale)}, {"source", source.describe()},
-                        {"data", data.fingerprint()}, {"log", log}, {"gemm_backend", gemm_backend_name()}};
+    const json extra = {{"args", args_json},
+                        {"cwd", cwd},
+                        {"threads", num_threads()},
+                        {"scale", scale},
+                        {"scale_bits", std::bit_cast<std::uint64_t>(scale)},
+                        {"source", source.describe()},
+                        {"data", data.fingerprint()},
+                        {"log", log},
+                        {"gemm_backend", gemm_backend_name()}};
     save_checkpoint(ckpt_dir / checkpoint_file_name, model, s, extra);
     checkpointed = s.step;
   };
@@ -538,16 +570,21 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
       throw TrainingInterrupted(s.step, written);
     }
   };
-  const TrainResult r = train_from(model, source, a.opt, st, [&](const TrainProgress& p) {
-    const std::string line = progress_line(p);
-    if (h.progress) h.progress(p, line);
-    else std::cerr << line << std::endl;
-    json j = {{"step", p.step}, {"tokens", p.tokens}, {"loss", p.loss}, {"l0", p.l0}, {"fvu", p.fvu},
-              {"dead_fraction", p.dead_fraction}, {"lr", p.lr}, {"seconds", p.seconds},
-              {"tokens_per_s", p.tokens_per_s}};
-    for (const auto& [name, v] : p.terms) j[name] = v;
-    log_lines.push_back(j.dump());
-  }, on_step);
+  const TrainResult r = train_from(
+      model, source, a.opt, st,
+      [&](const TrainProgress& p) {
+        const std::string line = progress_line(p);
+        if (h.progress)
+          h.progress(p, line);
+        else
+          std::cerr << line << std::endl;
+        json j = {{"step", p.step}, {"tokens", p.tokens},   {"loss", p.loss},
+                  {"l0", p.l0},     {"fvu", p.fvu},         {"dead_fraction", p.dead_fraction},
+                  {"lr", p.lr},     {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}};
+        for (const auto& [name, v] : p.terms) j[name] = v;
+        log_lines.push_back(j.dump());
+      },
+      on_step);
   meta["training"]["tokens"] = r.tokens;
   meta["training"]["seconds"] = r.seconds;
   meta["training"]["gemm_backend"] = gemm_backend_name();
@@ -631,16 +668,16 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
       same = was.at("files")[f].at("rows") == now.at("files")[f].at("rows") &&
              was.at("files")[f].at("dtype") == now.at("files")[f].at("dtype");
     if (!same)
-      throw io::IoError(resume->file, "the activation files differ from the ones the run was trained on (" +
-                                          was.dump() + ")");
+      throw io::IoError(resume->file,
+                        "the activation files differ from the ones the run was trained on (" + was.dump() + ")");
   } else {
     scale = data->scale(norm);
   }
   const SaeConfig cfg = training_config(a, data->d_in());
   check_training_memory(a, *data);
   const bool uses_k = cfg.k > 0;
-  std::string head = "sae train: " + cfg.architecture + " d_in " + std::to_string(cfg.d_in) +
-                     " d_sae " + std::to_string(cfg.d_sae);
+  std::string head =
+      "sae train: " + cfg.architecture + " d_in " + std::to_string(cfg.d_in) + " d_sae " + std::to_string(cfg.d_sae);
   if (uses_k) head += " k " + std::to_string(cfg.k);
   char lr[32];
   std::snprintf(lr, sizeof lr, "%g", a.opt.lr);
@@ -648,8 +685,9 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
           " steps of " + std::to_string(a.opt.batch) + ", lr " + lr + ", " + std::to_string(num_threads()) + " threads";
   detail::say(hooks, head);
   if (data->tokens() < a.opt.batch)
-    detail::say(hooks, "sae train: warning: " + std::to_string(data->tokens()) + " tokens are fewer than one batch of " +
-                           std::to_string(a.opt.batch) + ": every batch repeats tokens");
+    detail::say(hooks, "sae train: warning: " + std::to_string(data->tokens()) +
+                           " tokens are fewer than one batch of " + std::to_string(a.opt.batch) +
+                           ": every batch repeats tokens");
   if (norm != Normalization::None) {
     char s[32];
     std::snprintf(s, sizeof s, "%g", scale);
@@ -668,13 +706,17 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
   if (norm != Normalization::None)
     meta["activation_normalization"] = {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}};
   json& tr = meta["training"];
-  tr = {{"architecture", cfg.architecture}, {"steps", a.opt.steps},
-        {"batch", a.opt.batch}, {"lr", a.opt.lr}, {"seed", a.opt.seed},
-        {"warmup_steps", a.opt.schedule().warmup_steps}, {"decay_steps", a.opt.schedule().decay_steps}};
-  if (data->files() > 1 || a.shuffle_buffer) tr["shuffle_buffer"] = a.shuffle_buffer ? json(*a.shuffle_buffer) : json("default");
-  return with_training_model(a, cfg, tr, [&](auto& model) {
-    return detail::train_model(model, a, *data, scale, resume, meta, hooks);
-  });
+  tr = {{"architecture", cfg.architecture},
+        {"steps", a.opt.steps},
+        {"batch", a.opt.batch},
+        {"lr", a.opt.lr},
+        {"seed", a.opt.seed},
+        {"warmup_steps", a.opt.schedule().warmup_steps},
+        {"decay_steps", a.opt.schedule().decay_steps}};
+  if (data->files() > 1 || a.shuffle_buffer)
+    tr["shuffle_buffer"] = a.shuffle_buffer ? json(*a.shuffle_buffer) : json("default");
+  return with_training_model(
+      a, cfg, tr, [&](auto& model) { return detail::train_model(model, a, *data, scale, resume, meta, hooks); });
 }
 
 }  // namespace sae

@@ -37,16 +37,16 @@ struct TrainSettings {
   /// The variant's own options (`--l1`, `--chunks` ...), by key, as given; the variant declares
   /// their types and defaults (sae/variants/, `options`), resolved by resolve_options().
   nlohmann::json options = nlohmann::json::object();
-  std::int64_t dead_tokens = 10'000'000;    ///< tokens without firing after which a latent is dead (AuxK, reports)
-  std::optional<double> lr;                 ///< peak lr (default default_lr(d_sae))
-  TrainOptions opt;                         ///< steps, batch, warmup, decay, seed, log_every
-  int threads = 0;                          ///< 0: all cores / OMP_NUM_THREADS
-  std::string gemm = "auto";                ///< encoder GEMM: auto, eigen or blas
+  std::int64_t dead_tokens = 10'000'000;       ///< tokens without firing after which a latent is dead (AuxK, reports)
+  std::optional<double> lr;                    ///< peak lr (default default_lr(d_sae))
+  TrainOptions opt;                            ///< steps, batch, warmup, decay, seed, log_every
+  int threads = 0;                             ///< 0: all cores / OMP_NUM_THREADS
+  std::string gemm = "auto";                   ///< encoder GEMM: auto, eigen or blas
   std::optional<std::int64_t> shuffle_buffer;  ///< tokens; unset with one file: full shuffle
-  std::string normalize = "none";           ///< none, expected-norm, unit-mean-square
-  std::int64_t checkpoint_every = 0;        ///< steps between checkpoints (0: none)
-  std::filesystem::path checkpoint_dir;     ///< default OUT/checkpoint
-  std::filesystem::path resume;             ///< run directory or checkpoint file to continue
+  std::string normalize = "none";              ///< none, expected-norm, unit-mean-square
+  std::int64_t checkpoint_every = 0;           ///< steps between checkpoints (0: none)
+  std::filesystem::path checkpoint_dir;        ///< default OUT/checkpoint
+  std::filesystem::path resume;                ///< run directory or checkpoint file to continue
   /// Settings given explicitly ("lr", "--lr", "checkpoint-every" ...): resuming refuses to
   /// change any but the ones resume_settings_allowed() names.
   std::set<std::string> given;
@@ -62,8 +62,8 @@ inline std::string setting_key(std::string name) {
 
 /// Settings that may change when resuming; every other one comes from the checkpoint.
 inline const std::set<std::string>& resume_settings_allowed() {
-  static const std::set<std::string> s = {"resume",         "threads", "checkpoint_every", "checkpoint_dir",
-                                          "out",            "data",    "log_every",        "gemm"};
+  static const std::set<std::string> s = {"resume", "threads", "checkpoint_every", "checkpoint_dir",
+                                          "out",    "data",    "log_every",        "gemm"};
   return s;
 }
 

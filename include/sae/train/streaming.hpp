@@ -69,15 +69,16 @@ class NpyDataset {
     for (const auto& p : expand_npy_paths(paths)) {
       io::NpyReader r = io::NpyReader::open(p);
       if (r.shape().size() != 2)
-        throw io::IoError(p, "expected a 2-D array [tokens, d_in], got " + std::to_string(r.shape().size()) +
-                                 " dimensions");
+        throw io::IoError(
+            p, "expected a 2-D array [tokens, d_in], got " + std::to_string(r.shape().size()) + " dimensions");
       if (r.rows() == 0 || r.cols() == 0) throw io::IoError(p, "the array is empty");
       const Index d = static_cast<Index>(r.cols());
       if (ds.readers_.empty()) {
         ds.d_ = d;
       } else if (d != ds.d_) {
         throw io::IoError(p, "d_in is " + std::to_string(d) + ", but " + ds.readers_.front().path().string() +
-                                 " has d_in " + std::to_string(ds.d_) + " (all activation files must have the same d_in)");
+                                 " has d_in " + std::to_string(ds.d_) +
+                                 " (all activation files must have the same d_in)");
       }
       ds.offsets_.push_back(ds.tokens_);
       ds.tokens_ += static_cast<std::int64_t>(r.rows());
@@ -145,9 +146,12 @@ enum class Normalization { None, ExpectedNorm, UnitMeanSquare };
 
 inline std::string_view normalization_name(Normalization n) {
   switch (n) {
-    case Normalization::None: return "none";
-    case Normalization::ExpectedNorm: return "expected-norm";
-    case Normalization::UnitMeanSquare: return "unit-mean-square";
+    case Normalization::None:
+      return "none";
+    case Normalization::ExpectedNorm:
+      return "expected-norm";
+    case Normalization::UnitMeanSquare:
+      return "unit-mean-square";
   }
   return "none";
 }
@@ -218,8 +222,7 @@ inline double estimate_scale(const NpyDataset& data, Normalization how, std::int
 inline double estimate_scale(const float* data, Index d, std::int64_t N, Normalization how,
                              std::int64_t sample = 100'000) {
   return detail::sampled_scale(
-      N, d, how, sample,
-      [&](std::int64_t t, float* x) { std::copy_n(data + t * d, d, x); },
+      N, d, how, sample, [&](std::int64_t t, float* x) { std::copy_n(data + t * d, d, x); },
       [](std::int64_t t) { return "row " + std::to_string(t); });
 }
 
@@ -250,7 +253,8 @@ double estimate_scale(const Eigen::MatrixBase<Derived>& X, Normalization how) {
 /// With s a power of two every step is exact in floating point.
 template <class Scalar>
 void fold_input_scale(Parameters<Scalar>& p, double s) {
-  if (!(s > 0) || !std::isfinite(s)) throw std::invalid_argument("input scale must be positive, got " + std::to_string(s));
+  if (!(s > 0) || !std::isfinite(s))
+    throw std::invalid_argument("input scale must be positive, got " + std::to_string(s));
   const Scalar k = static_cast<Scalar>(s);
   p.W_enc *= k;
   p.W_dec /= k;
@@ -439,14 +443,14 @@ class StreamingBatches {
   std::vector<Chunk> chunks_;
   // current epoch
   std::int64_t epoch_ = 0;
-  std::vector<std::size_t> perm_;          ///< chunk order of the epoch
-  std::vector<std::int64_t> window_start_; ///< first token (within the epoch) of each window
-  std::vector<std::size_t> window_first_;  ///< first position in perm_ of each window, plus the end
+  std::vector<std::size_t> perm_;           ///< chunk order of the epoch
+  std::vector<std::int64_t> window_start_;  ///< first token (within the epoch) of each window
+  std::vector<std::size_t> window_first_;   ///< first position in perm_ of each window, plus the end
   // current window
   std::size_t window_ = 0;
-  Mat<float> buffer_;                      ///< d x S, the shuffle buffer
-  std::vector<std::int64_t> ids_;          ///< global token index of each buffer column
-  std::vector<std::int64_t> order_;        ///< emission order of the window's columns
+  Mat<float> buffer_;                ///< d x S, the shuffle buffer
+  std::vector<std::int64_t> ids_;    ///< global token index of each buffer column
+  std::vector<std::int64_t> order_;  ///< emission order of the window's columns
   std::int64_t win_pos_ = 0;
   std::int64_t position_ = 0;
   // last batch

@@ -17,10 +17,10 @@ namespace sae {
 
 /// Settings of make_superposition (defaults are `sae synth`'s).
 struct SyntheticOptions {
-  Index d_in = 64;            ///< d, dimension of each sample
-  Index features = 256;       ///< n, number of ground-truth unit directions
-  Index samples = 100000;     ///< N
-  double active_prob = 0.016; ///< p, probability that a feature is active in a sample
+  Index d_in = 64;             ///< d, dimension of each sample
+  Index features = 256;        ///< n, number of ground-truth unit directions
+  Index samples = 100000;      ///< N
+  double active_prob = 0.016;  ///< p, probability that a feature is active in a sample
   std::uint64_t seed = 7;
 };
 

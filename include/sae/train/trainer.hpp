@@ -30,9 +30,9 @@ struct TrainOptions {
   std::int64_t warmup_steps = -1;  ///< linear lr warm-up; -1: min(100, S/10)
   std::int64_t decay_steps = -1;   ///< final linear lr decay; -1: S/5
   AdamOptions adam;
-  std::uint64_t seed = 0;          ///< initialisation seed
-  bool initialize = true;          ///< initialise from the first batch (false: keep the weights)
-  std::int64_t log_every = 100;    ///< progress callback period, in steps (and the last step)
+  std::uint64_t seed = 0;                 ///< initialisation seed
+  bool initialize = true;                 ///< initialise from the first batch (false: keep the weights)
+  std::int64_t log_every = 100;           ///< progress callback period, in steps (and the last step)
   std::int64_t dead_tokens = 10'000'000;  ///< a latent silent for this many tokens counts as dead
 
   LrSchedule schedule() const {
@@ -47,18 +47,18 @@ struct TrainOptions {
 
 /// What the progress callback sees: averages over the steps since the previous report.
 struct TrainProgress {
-  std::int64_t step = 0;       ///< steps done so far (1-based count)
-  std::int64_t steps = 0;      ///< total steps of the run
-  std::int64_t tokens = 0;     ///< tokens seen so far
-  double loss = 0;             ///< mean total loss
+  std::int64_t step = 0;                              ///< steps done so far (1-based count)
+  std::int64_t steps = 0;                             ///< total steps of the run
+  std::int64_t tokens = 0;                            ///< tokens seen so far
+  double loss = 0;                                    ///< mean total loss
   std::vector<std::pair<const char*, double>> terms;  ///< mean of each loss term
-  double l0 = 0;               ///< mean active latents per token
-  double fvu = 0;              ///< sum ||x - x_hat||^2 / sum ||x - batch mean||^2 over the window
-  double dead_fraction = 0;    ///< latents silent for min(dead_tokens, tokens seen) tokens
-  double lr = 0;               ///< learning rate of the last step
-  double seconds = 0;          ///< wall time since training started
-  double tokens_per_s = 0;     ///< throughput over the window
-  double eta_seconds = 0;      ///< remaining time at the window's throughput
+  double l0 = 0;                                      ///< mean active latents per token
+  double fvu = 0;            ///< sum ||x - x_hat||^2 / sum ||x - batch mean||^2 over the window
+  double dead_fraction = 0;  ///< latents silent for min(dead_tokens, tokens seen) tokens
+  double lr = 0;             ///< learning rate of the last step
+  double seconds = 0;        ///< wall time since training started
+  double tokens_per_s = 0;   ///< throughput over the window
+  double eta_seconds = 0;    ///< remaining time at the window's throughput
 };
 
 /// Summary of a finished run.
@@ -106,8 +106,8 @@ void check_finite_input(const Source& source, const Eigen::MatrixBase<Derived>& 
       std::string where = "batch column " + std::to_string(t);
       if constexpr (requires { source.origin(t); }) where = source.origin(t);
       throw NumericalError("step " + std::to_string(step + 1) + ": input activation is " +
-                           (std::isnan(v) ? std::string("nan") : std::string(v > 0 ? "inf" : "-inf")) + " at " +
-                           where + ", dimension " + std::to_string(i));
+                           (std::isnan(v) ? std::string("nan") : std::string(v > 0 ? "inf" : "-inf")) + " at " + where +
+                           ", dimension " + std::to_string(i));
     }
 }
 }  // namespace detail
@@ -131,7 +131,8 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
                                 ", the SAE has d_in=" + std::to_string(model.d_in()));
   if (opts.steps < 0) throw std::invalid_argument("steps must be >= 0");
   if (st.step < 0 || st.step > opts.steps)
-    throw std::invalid_argument("cannot start at step " + std::to_string(st.step) + " of " + std::to_string(opts.steps));
+    throw std::invalid_argument("cannot start at step " + std::to_string(st.step) + " of " +
+                                std::to_string(opts.steps));
   const LrSchedule schedule = opts.schedule();
   const auto names = Model::loss_type::names();
 
@@ -159,8 +160,8 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
     }
     const auto report = model.forward_backward(X, grads, state, step);
     if (!std::isfinite(report.total))
-      throw NumericalError("training diverged at step " + std::to_string(step + 1) +
-                           ": loss is " + std::to_string(report.total));
+      throw NumericalError("training diverged at step " + std::to_string(step + 1) + ": loss is " +
+                           std::to_string(report.total));
     if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
     const double lr = schedule(step);
     st.adam.step(model.params(), grads, lr);

@@ -34,13 +34,15 @@ struct JumpReLUVariant {
 
   static std::vector<OptionSpec> options() {
     const JumpReLU d{};
-    return {{"l0", OptionType::OptionalReal, nullptr, OptionCheck::NonNegative,
-             "L0 coefficient lambda (default 1e-2, or 1.0 with --target-l0)"},
-            {"target_l0", OptionType::OptionalReal, nullptr, OptionCheck::Positive,
-             "Penalise lambda*(L0/target - 1)^2 instead of lambda*L0"},
-            {"l0_warmup", OptionType::Integer, -1, OptionCheck::Any, "Steps of linear L0-coefficient warm-up (-1: steps/20)"},
-            {"bandwidth", OptionType::Real, d.bandwidth, OptionCheck::Positive, "Straight-through kernel width epsilon"},
-            {"threshold_init", OptionType::Real, d.initial_threshold, OptionCheck::NonNegative, "Initial threshold"}};
+    return {
+        {"l0", OptionType::OptionalReal, nullptr, OptionCheck::NonNegative,
+         "L0 coefficient lambda (default 1e-2, or 1.0 with --target-l0)"},
+        {"target_l0", OptionType::OptionalReal, nullptr, OptionCheck::Positive,
+         "Penalise lambda*(L0/target - 1)^2 instead of lambda*L0"},
+        {"l0_warmup", OptionType::Integer, -1, OptionCheck::Any,
+         "Steps of linear L0-coefficient warm-up (-1: steps/20)"},
+        {"bandwidth", OptionType::Real, d.bandwidth, OptionCheck::Positive, "Straight-through kernel width epsilon"},
+        {"threshold_init", OptionType::Real, d.initial_threshold, OptionCheck::NonNegative, "Initial threshold"}};
   }
   /// Default lambda: 1e-2 for lambda * L0 and 1.0 for the target-L0 penalty (measured on data
   /// of mean squared norm about 1; see docs/variants.md).

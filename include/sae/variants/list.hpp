@@ -74,13 +74,17 @@ decltype(auto) with_variant(std::string_view name, F&& f) {
         f(v);
       }
     });
-    if (!found) throw std::invalid_argument("unknown architecture '" + std::string(name) + "' (expected " + variant_names() + ")");
+    if (!found)
+      throw std::invalid_argument("unknown architecture '" + std::string(name) + "' (expected " + variant_names() +
+                                  ")");
   } else {
     std::optional<R> r;
     Variants::for_each([&]<class V>(std::type_identity<V> v) {
       if (!r && variant_named<V>(name)) r.emplace(f(v));
     });
-    if (!r) throw std::invalid_argument("unknown architecture '" + std::string(name) + "' (expected " + variant_names() + ")");
+    if (!r)
+      throw std::invalid_argument("unknown architecture '" + std::string(name) + "' (expected " + variant_names() +
+                                  ")");
     return R(std::move(*r));  // a prvalue: decltype(auto) is R, not a reference to r
   }
 }
@@ -110,9 +114,12 @@ inline std::vector<DeclaredOption> all_variant_options() {
   std::vector<DeclaredOption> out;
   Variants::for_each([&]<class V>(std::type_identity<V>) {
     for (const OptionSpec& s : V::options()) {
-      auto it = std::find_if(out.begin(), out.end(), [&](const DeclaredOption& d) { return std::string_view(d.spec.key) == s.key; });
-      if (it == out.end()) out.push_back({s, {std::string(V::name)}});
-      else it->used_by.emplace_back(V::name);
+      auto it = std::find_if(out.begin(), out.end(),
+                             [&](const DeclaredOption& d) { return std::string_view(d.spec.key) == s.key; });
+      if (it == out.end())
+        out.push_back({s, {std::string(V::name)}});
+      else
+        it->used_by.emplace_back(V::name);
     }
   });
   return out;
@@ -159,7 +166,7 @@ inline std::string variants_markdown_table() {
 
 /// The variants saved under their own name (BatchTopK and OrtSAE are saved as JumpReLU), as
 /// std::variant<V::Model<float>...>: what AnySae holds.
-namespace detail_variants {
+namespace detail::variants {
 template <class Acc, class... V>
 struct saved;
 template <class... M>
@@ -178,8 +185,8 @@ template <class... V>
 struct saved_of<VariantList<V...>> {
   using type = typename saved<std::variant<>, V...>::type;
 };
-}  // namespace detail_variants
+}  // namespace detail::variants
 
-using SavedSaeVariant = typename detail_variants::saved_of<Variants>::type;
+using SavedSaeVariant = typename detail::variants::saved_of<Variants>::type;
 
 }  // namespace sae

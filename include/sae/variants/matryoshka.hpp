@@ -18,12 +18,13 @@
 namespace sae {
 
 template <>
-inline constexpr std::string_view
-    architecture_name_of<BatchTopK, CombinedLoss<Reconstruction, MatryoshkaInner, AuxK>> = "matryoshka_batchtopk";
+inline constexpr std::string_view architecture_name_of<BatchTopK, CombinedLoss<Reconstruction, MatryoshkaInner, AuxK>> =
+    "matryoshka_batchtopk";
 
 /// Matryoshka BatchTopK SAE: BatchTopK + the inner prefix reconstructions + AuxK.
 template <class Scalar = float>
-using MatryoshkaBatchTopKSae = SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, MatryoshkaInner, AuxK>, Scalar>;
+using MatryoshkaBatchTopKSae =
+    SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, MatryoshkaInner, AuxK>, Scalar>;
 
 struct MatryoshkaBatchTopKVariant {
   static constexpr std::string_view name = MatryoshkaBatchTopKSae<float>::architecture();

@@ -17,8 +17,8 @@
 namespace sae {
 
 template <>
-inline constexpr std::string_view
-    architecture_name_of<BatchTopK, CombinedLoss<Reconstruction, AuxK, Orthogonality>> = "ortsae";
+inline constexpr std::string_view architecture_name_of<BatchTopK, CombinedLoss<Reconstruction, AuxK, Orthogonality>> =
+    "ortsae";
 
 /// OrtSAE (Korznikov et al. 2025): BatchTopK + AuxK + chunked decoder orthogonality penalty.
 template <class Scalar = float>
@@ -28,7 +28,8 @@ struct OrtSaeVariant {
   static constexpr std::string_view name = OrtSae<float>::architecture();
   static constexpr std::array<std::string_view, 0> aliases{};
   static constexpr std::string_view summary =
-      "BatchTopK + penalty on decoder cosine similarity within random chunks; saved as jumprelu (Korznikov et al. 2025)";
+      "BatchTopK + penalty on decoder cosine similarity within random chunks; saved as jumprelu (Korznikov et al. "
+      "2025)";
   template <class Scalar>
   using Model = OrtSae<Scalar>;
   static constexpr bool saved_as_itself = false;
@@ -37,7 +38,8 @@ struct OrtSaeVariant {
   static std::vector<OptionSpec> options() {
     const Orthogonality d{};
     std::vector<OptionSpec> o = AuxKOptions::options();
-    o.push_back({"ortho", OptionType::Real, d.coefficient, OptionCheck::NonNegative, "Orthogonality coefficient gamma"});
+    o.push_back(
+        {"ortho", OptionType::Real, d.coefficient, OptionCheck::NonNegative, "Orthogonality coefficient gamma"});
     o.push_back({"chunks", OptionType::Integer, d.chunks, OptionCheck::Positive,
                  "Random chunks of latents per step (cost m^2 d / chunks)"});
     return o;

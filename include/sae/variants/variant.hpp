@@ -54,7 +54,8 @@ concept Variant = requires(const OptionValues& o, const TrainSettings& a) {
   { V::options() } -> std::same_as<std::vector<OptionSpec>>;
   { V::extra_bytes(o, Index{}, Index{}, Index{}, int{}) } -> std::convertible_to<double>;
   V::check(o, a);
-} && (V::template Model<float>::architecture() == V::name);
+}
+&&(V::template Model<float>::architecture() == V::name);
 
 /// True if variant V's activation reads k.
 template <Variant V>
@@ -66,7 +67,8 @@ struct AuxKOptions {
     const AuxK d{};
     return {{"aux_k", OptionType::Integer, 0, OptionCheck::NonNegative,
              "AuxK: dead latents used to reconstruct the residual (0: d_in/2)"},
-            {"aux_coeff", OptionType::Real, d.coefficient, OptionCheck::NonNegative, "AuxK coefficient alpha (0 disables)"}};
+            {"aux_coeff", OptionType::Real, d.coefficient, OptionCheck::NonNegative,
+             "AuxK coefficient alpha (0 disables)"}};
   }
   /// Sets the model's AuxK term; a latent is dead after a.dead_tokens tokens without firing.
   template <class Model>
