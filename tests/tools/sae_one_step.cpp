@@ -4,7 +4,7 @@
 //
 //   sae_one_step --arch relu|topk|batchtopk|jumprelu|jumprelu-target|ortsae|matryoshka_batchtopk
 //                --weights W.safetensors --data X.npy --out OUT.safetensors
-//                [--k K] [--l1 C] [--l0 C] [--target-l0 T] [--bandwidth EPS] [--ortho G] [--chunks K]
+//                [--k K] [every variant option of `sae train`: --l1 C --l0 C --target-l0 T --bandwidth EPS --ortho G --chunks K ...]
 //                [--aux-k N] [--aux-coeff A] [--dead-mask M.npy] [--dead-tokens N] [--matryoshka-widths W1,W2,..]
 //                [--lr LR] [--beta1 B1] [--beta2 B2] [--eps E] [--apply-b-dec 0|1] [--steps S]
 //
@@ -14,6 +14,8 @@
 // OUT holds W_enc ... threshold after the steps and grad_W_enc ... grad_threshold of step 1
 // (before the projection). stdout: one JSON line with the first step's loss terms and l0.
 #include <sae/sae.hpp>
+
+#include "../../examples/cli/train.hpp"  // sae_cli::add_variant_options
 
 #include <CLI/CLI.hpp>
 
@@ -28,10 +30,9 @@ namespace {
 struct Args {
   std::string arch, weights, data, out;
   std::optional<std::string> dead_mask;
-  sae::Index k = 4, aux_k = 0, chunks = 1;
-  double l1 = 0.1, l0 = 0.01, target_l0 = 4, bandwidth = 0.05, ortho = 0.25, aux_coeff = 1.0 / 32;
+  sae::Index k = 4;
+  nlohmann::json options = nlohmann::json::object();  // the variant options (--l1, --chunks, ...)
   std::int64_t dead_tokens = 10'000'000, steps = 1;
-  std::vector<std::int64_t> widths;  // matryoshka_batchtopk
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   int apply_b_dec = 1;
 };
@@ -70,10 +71,7 @@ int run(Model& model, const Args& a) {
   auto reader = sae::io::NpyReader::open(a.data);
   const sae::Mat<float> X = reader.matrix();
   if constexpr (Model::loss_type::template has<sae::AuxK>()) {
-    auto& aux = model.loss().template get<sae::AuxK>();
-    aux.k_aux = a.aux_k;
-    aux.coefficient = a.aux_coeff;
-    aux.dead_tokens = a.dead_tokens;
+    auto& aux = model.loss().template get<sae::AuxK>();  // k_aux, coefficient, dead_tokens: set by the variant
     aux.since_fired.assign(static_cast<std::size_t>(model.d_sae()), 0);
     if (a.dead_mask) {
       auto mask = sae::io::NpyReader::open(*a.dead_mask);
@@ -119,21 +117,13 @@ int main(int argc, char** argv) {
   CLI::App app{"sae_one_step: training steps from given weights (for reference checks)"};
   Args a;
   std::vector<std::string> archs = sae::variant_name_list();
-  archs.push_back("jumprelu-target");  // jumprelu with --target-l0
+  archs.push_back("jumprelu-target");  // jumprelu with --target-l0 (plain jumprelu ignores it)
   app.add_option("--arch", a.arch)->required()->check(CLI::IsMember(archs));
   app.add_option("--weights", a.weights)->required();
   app.add_option("--data", a.data)->required();
   app.add_option("--out", a.out)->required();
   app.add_option("--k", a.k);
-  app.add_option("--l1", a.l1);
-  app.add_option("--l0", a.l0);
-  app.add_option("--target-l0", a.target_l0);
-  app.add_option("--bandwidth", a.bandwidth);
-  app.add_option("--ortho", a.ortho);
-  app.add_option("--chunks", a.chunks);
-  app.add_option("--aux-k", a.aux_k);
-  app.add_option("--aux-coeff", a.aux_coeff);
-  app.add_option("--matryoshka-widths", a.widths)->delimiter(',');
+  sae_cli::add_variant_options(&app, a.options);  // every variant's options, as `sae train` has them
   app.add_option("--dead-mask", a.dead_mask);
   app.add_option("--dead-tokens", a.dead_tokens);
   app.add_option("--lr", a.lr);
@@ -146,19 +136,18 @@ int main(int argc, char** argv) {
   sae::set_num_threads(1);
   try {
     const auto r = sae::io::SafetensorsReader::open(a.weights);
-    // The model `sae train` builds for the variant (sae/variants/list.hpp), with this tool's
-    // coefficients and no coefficient warm-up.
+    // The model `sae train` builds for the variant (sae/variants/list.hpp), with the given
+    // options and no coefficient warm-up unless one is given.
     sae::TrainSettings t;
     t.arch = a.arch == "jumprelu-target" ? "jumprelu" : a.arch;
     t.d_sae = r.info("W_enc").shape.at(1);
     t.k = a.k;
     t.dead_tokens = a.dead_tokens;
     t.opt.steps = a.steps;
-    t.options = {{"l1", a.l1},         {"l1_warmup", 0},           {"l0", a.l0},
-                 {"l0_warmup", 0},     {"bandwidth", a.bandwidth}, {"ortho", a.ortho},
-                 {"chunks", a.chunks}, {"aux_k", a.aux_k},         {"aux_coeff", a.aux_coeff}};
-    if (a.arch == "jumprelu-target") t.options["target_l0"] = a.target_l0;
-    if (!a.widths.empty()) t.options["matryoshka_widths"] = a.widths;
+    t.options = a.options;
+    if (a.arch == "jumprelu") t.options.erase("target_l0");
+    for (const char* warm : {"l1_warmup", "l0_warmup"})
+      if (!t.options.contains(warm)) t.options[warm] = 0;
     sae::SaeConfig cfg;
     cfg.d_in = r.info("W_enc").shape.at(0);
     cfg.d_sae = t.d_sae;
