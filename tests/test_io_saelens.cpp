@@ -329,6 +329,48 @@ TEST_CASE("SAELens gated: read as the JumpReLU with SAELens's gated codes", "[io
   }
 }
 
+TEST_CASE("SAELens BatchTopK training saves are read as their inference form", "[io][saelens]") {
+  // cfg.json "batchtopk" / "matryoshka_batchtopk" + the scalar F64 topk_threshold SAELens keeps:
+  // a jumprelu SAE with that threshold for every latent, as save_inference_model writes it.
+  sae_test::TempDir tmp("saelens_btk_training");
+  const Index d = 4, m = 6;
+  const auto p = sae_test::random_params<float>(d, m, 9);
+  for (const std::string arch : {"batchtopk", "matryoshka_batchtopk"}) {
+    const fs::path dir = tmp / arch;
+    fs::create_directories(dir);
+    write_text(dir / "cfg.json",
+               R"({"architecture": ")" + arch + R"(", "d_in": 4, "d_sae": 6, "k": 2, "matryoshka_widths": [3, 6]})");
+    const sae::Mat<float> W_enc_t = p.W_enc.transpose();
+    const double th = 0.1875;
+    sae::io::SafetensorsWriter w;
+    w.add("W_enc", {d, m}, std::span<const float>(W_enc_t.data(), d * m));
+    w.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), d * m));
+    w.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), m));
+    w.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), d));
+    w.add_raw("topk_threshold", sae::io::StDtype::F64, {},
+              std::span<const std::byte>(reinterpret_cast<const std::byte*>(&th), sizeof th));
+    w.write(dir / "sae_weights.safetensors");
+    const sae::AnySae loaded = sae::load_sae(dir);
+    REQUIRE(std::holds_alternative<sae::JumpReluSae<float>>(loaded));
+    REQUIRE((loaded.params().threshold.array() == 0.1875f).all());
+    REQUIRE(loaded.params().W_dec == p.W_dec);
+    REQUIRE(loaded.config().metadata.at("training_architecture") == arch);
+    REQUIRE(loaded.config().metadata.at("k") == 2);
+    // Codes: z * 1[z > theta], z = W_enc^T (x - b_dec) + b_enc.
+    const sae::Mat<float> X = sae_test::random_matrix<float>(d, 30, 10);
+    const sae::Mat<float> Z = (p.W_enc.transpose() * (X.colwise() - p.b_dec)).colwise() + p.b_enc;
+    const sae::Mat<float> want = (Z.array() > 0.1875f).select(Z, 0.0f);
+    const sae::Mat<float> got = std::get<sae::JumpReluSae<float>>(loaded).encode(X);
+    REQUIRE((got - want).cwiseAbs().maxCoeff() < 1e-6f);
+  }
+  // Without its topk_threshold the file is refused, naming what is missing.
+  const fs::path dir = tmp / "batchtopk";
+  sae::save_sae(tmp / "plain", random_topk(4, 6, 2, 3));
+  fs::copy_file(tmp / "plain" / "sae_weights.safetensors", dir / "sae_weights.safetensors",
+                fs::copy_options::overwrite_existing);
+  REQUIRE_THROWS_WITH(sae::load_sae(dir), Catch::Contains("topk_threshold") && Catch::Contains("batchtopk"));
+}
+
 TEST_CASE("SAELens forms libsae does not compute are refused with the reason", "[io][saelens]") {
   sae_test::TempDir tmp("saelens_refused");
   const auto model = random_topk(4, 6, 2, 7);
@@ -348,10 +390,9 @@ TEST_CASE("SAELens forms libsae does not compute are refused with the reason", "
     FAIL("loaded " << arch);
     return std::string();
   };
-  for (const std::string arch : {"batchtopk", "matryoshka_batchtopk"}) {
+  for (const std::string arch : {"batchtopk", "matryoshka_batchtopk"}) {  // with decoder-norm rescaling
     const std::string what = refusal(arch);
-    REQUIRE_THAT(what, Catch::Contains("depend on the batch") && Catch::Contains(".save_inference_model(OUT)") &&
-                           Catch::Contains("jumprelu"));
+    REQUIRE_THAT(what, Catch::Contains("decoder-norm units") && Catch::Contains(".save_inference_model(OUT)"));
   }
   REQUIRE_THAT(refusal("matryoshka_batchtopk"), Catch::Contains("MatryoshkaBatchTopKTrainingSAE.load_from_disk"));
   REQUIRE_THAT(refusal("abstopk"), Catch::Contains("negative") && Catch::Contains("refused"));

@@ -16,8 +16,9 @@
 ///
 /// SAELens forms libsae has no variant of: "gated" (b_gate, b_mag, r_mag instead of b_enc) is
 /// read as the JumpReLU SAE that computes the same codes (fold_gated); batchtopk and
-/// matryoshka_batchtopk training saves, abstopk, transcoders, temporal and matching_pursuit
-/// are refused with the reason (map_saelens_architecture). cfg.json's metadata.sae_lens_version
+/// matryoshka_batchtopk training saves as their inference form (jumprelu, threshold =
+/// topk_threshold); abstopk, transcoders, temporal and matching_pursuit are refused with the
+/// reason (map_saelens_architecture). cfg.json's metadata.sae_lens_version
 /// is written as saelens_version_tag() (config.hpp), so SAELens reads the file as a v6 config
 /// and keeps its metadata.
 ///
@@ -159,8 +160,10 @@ inline bool rescales_by_decoder_norm(const nlohmann::json& j) {
 }
 
 /// SAELens architectures libsae has no variant of. "gated" is read exactly as a jumprelu SAE
-/// (the weights are folded by the loader, fold_gated) and becomes "jumprelu" in @p j; the
-/// others are refused with the reason and, where SAELens can write a form libsae reads, how.
+/// (the weights are folded by the loader, fold_gated) and becomes "jumprelu" in @p j, and so do
+/// BatchTopK and Matryoshka BatchTopK training saves (threshold = their topk_threshold, as
+/// SAELens's save_inference_model writes them); the others are refused with the reason and,
+/// where SAELens can write a form libsae reads, how.
 /// Returns true for "gated".
 inline bool map_saelens_architecture(nlohmann::json& j, const std::filesystem::path& path) {
   const auto it = j.find("architecture");
@@ -171,12 +174,21 @@ inline bool map_saelens_architecture(nlohmann::json& j, const std::filesystem::p
     return true;
   }
   if (a == "batchtopk" || a == "matryoshka_batchtopk") {
-    const std::string cls = a == "batchtopk" ? "BatchTopKTrainingSAE" : "MatryoshkaBatchTopKTrainingSAE";
-    throw IoError(path, "architecture '" + a +
-                            "' is a SAELens training save: it picks the top k x batch pre-activations over "
-                            "the whole batch, so a token's codes depend on the batch; SAELens's inference form is "
-                            "a jumprelu SAE (threshold = topk_threshold): write it with SAELens's " +
-                            cls + ".load_from_disk(DIR).save_inference_model(OUT) and load OUT");
+    // A BatchTopK training save: read as SAELens's own inference form, the jumprelu SAE with
+    // threshold = topk_threshold for every latent (load_saelens reads the tensor).
+    if (rescales_by_decoder_norm(j)) {
+      const std::string cls = a == "batchtopk" ? "BatchTopKTrainingSAE" : "MatryoshkaBatchTopKTrainingSAE";
+      throw IoError(path, "architecture '" + a +
+                              "' with rescale_acts_by_decoder_norm is a SAELens training save whose threshold is in "
+                              "decoder-norm units; write its inference form with SAELens's " +
+                              cls + ".load_from_disk(DIR).save_inference_model(OUT) and load OUT");
+    }
+    *it = "jumprelu";
+    nlohmann::json& md = j["metadata"];
+    if (!md.is_object()) md = nlohmann::json::object();
+    md["training_architecture"] = a;
+    if (const auto k = j.find("k"); k != j.end()) md["k"] = *k;
+    return false;
   }
   if (a == "abstopk")
     throw IoError(path,
@@ -360,9 +372,19 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
     expect(name, {m});
   expect("b_dec", {d});
   const bool with_threshold = out.config.architecture == "jumprelu";
+  // SAELens BatchTopK training saves hold one scalar topk_threshold (map_saelens_architecture).
+  const std::string raw_arch = raw.is_object() ? raw.value("architecture", std::string()) : std::string();
+  const bool topk_threshold = raw_arch == "batchtopk" || raw_arch == "matryoshka_batchtopk";
+  if (topk_threshold) {
+    if (!r.contains("topk_threshold"))
+      throw IoError(path,
+                    "cfg.json says a SAELens " + raw_arch + " training save, which needs the tensor 'topk_threshold'");
+    const TensorInfo& t = r.info("topk_threshold");
+    if (t.numel() != 1) throw IoError(path, "tensor 'topk_threshold' must hold one value");
+  }
   // Old JumpReLU training checkpoints store log_threshold; threshold = exp(log_threshold).
   const bool log_threshold = with_threshold && !r.contains("threshold") && r.contains("log_threshold");
-  if (with_threshold && !gated) expect(log_threshold ? "log_threshold" : "threshold", {m});
+  if (with_threshold && !gated && !topk_threshold) expect(log_threshold ? "log_threshold" : "threshold", {m});
   Parameters<float>& p = out.params;
   p = Parameters<float>(d, m, with_threshold);
   Mat<float> W_enc_t(m, d);
@@ -390,7 +412,12 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   } else {
     r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
   }
-  if (with_threshold && !gated) {
+  if (topk_threshold) {
+    double th = 0;
+    r.read_into("topk_threshold", &th, 1);
+    p.threshold.setConstant(static_cast<float>(th));
+    out.config.metadata["batchtopk_threshold"] = th;
+  } else if (with_threshold && !gated) {
     r.read_into(log_threshold ? "log_threshold" : "threshold", p.threshold.data(), static_cast<std::size_t>(m));
     if (log_threshold) p.threshold = p.threshold.array().exp().matrix();
   }
