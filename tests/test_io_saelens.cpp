@@ -362,6 +362,21 @@ TEST_CASE("SAELens BatchTopK training saves are read as their inference form", "
     const sae::Mat<float> want = (Z.array() > 0.1875f).select(Z, 0.0f);
     const sae::Mat<float> got = std::get<sae::JumpReluSae<float>>(loaded).encode(X);
     REQUIRE((got - want).cwiseAbs().maxCoeff() < 1e-6f);
+
+    // With rescale_acts_by_decoder_norm (SAELens's default for BatchTopK): selected on n_j z_j,
+    // decoded as (f_j / n_j) W_dec[j]; the threshold is in the units of n_j z_j.
+    write_text(dir / "cfg.json", R"({"architecture": ")" + arch +
+                                     R"(", "d_in": 4, "d_sae": 6, "k": 2, "rescale_acts_by_decoder_norm": true})");
+    const sae::AnySae folded = sae::load_sae(dir);
+    const sae::Vec<float> n = p.W_dec.colwise().norm().transpose();
+    const sae::Mat<float> Zn = Z.array().colwise() * n.array();
+    const sae::Mat<float> Fn = (Zn.array() > 0.1875f).select(Zn, 0.0f);
+    REQUIRE((std::get<sae::JumpReluSae<float>>(folded).encode(X) - Fn).cwiseAbs().maxCoeff() < 1e-5f);
+    const sae::Mat<float> Xh = (p.W_dec * (Fn.array().colwise() / n.array()).matrix()).colwise() + p.b_dec;
+    sae::Mat<float> got_xh;
+    const auto& fm = std::get<sae::JumpReluSae<float>>(folded);
+    fm.decode(fm.encode(X), got_xh);
+    REQUIRE((got_xh - Xh).cwiseAbs().maxCoeff() < 1e-5f);
   }
   // Without its topk_threshold the file is refused, naming what is missing.
   const fs::path dir = tmp / "batchtopk";
@@ -390,11 +405,6 @@ TEST_CASE("SAELens forms libsae does not compute are refused with the reason", "
     FAIL("loaded " << arch);
     return std::string();
   };
-  for (const std::string arch : {"batchtopk", "matryoshka_batchtopk"}) {  // with decoder-norm rescaling
-    const std::string what = refusal(arch);
-    REQUIRE_THAT(what, Catch::Contains("decoder-norm units") && Catch::Contains(".save_inference_model(OUT)"));
-  }
-  REQUIRE_THAT(refusal("matryoshka_batchtopk"), Catch::Contains("MatryoshkaBatchTopKTrainingSAE.load_from_disk"));
   REQUIRE_THAT(refusal("abstopk"), Catch::Contains("negative") && Catch::Contains("refused"));
   for (const std::string arch : {"transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"})
     REQUIRE_THAT(refusal(arch), Catch::Contains("transcoder") && Catch::Contains("SAEs only"));

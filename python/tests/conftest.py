@@ -59,7 +59,7 @@ def data(tmp_path_factory):
     return {"X": X, "F": F, "path": d / "X.npy", "features": d / "F.npy", "dir": d}
 
 
-ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "ortsae"]
+ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "ortsae", "matryoshka"]
 # Small settings every architecture trains with in well under a second.
 SMALL = dict(d_sae=64, k=4, steps=60, batch=256, seed=3, threads=2, gemm="eigen", log_every=20)
 

@@ -237,25 +237,27 @@ def test_gated_is_read_as_jumprelu_with_gated_codes(data, tmp_path):
     assert np.abs(got - f).max() <= 1e-5 * max(1.0, np.abs(f).max())
 
 
+@pytest.mark.parametrize("rescale", [True, False], ids=["rescale", "no_rescale"])
 @pytest.mark.parametrize("arch", ["batchtopk", "matryoshka_batchtopk"])
-def test_batchtopk_training_save_with_decoder_norm_rescaling_is_refused_saying_what_works(arch, data, tmp_path):
-    """A BatchTopK training save with rescale_acts_by_decoder_norm keeps its threshold in
-    decoder-norm units: refused, naming SAELens's call that writes the inference form; doing
-    what it says gives a directory libsae reads with SAELens's codes."""
+def test_batchtopk_training_save_reads_as_its_inference_form(arch, rescale, data, tmp_path):
+    """A BatchTopK training save (with and without SAELens's rescale_acts_by_decoder_norm) gives
+    the codes and reconstructions of what SAELens's save_inference_model writes from it."""
     from sae_lens import SAE
     from sae_lens.registry import get_sae_training_class
 
     X = data["X"][:2000]
-    _saelens_training_sae(arch, X.shape[1], 64, seed=5, rescale_acts_by_decoder_norm=True).save_model(tmp_path / "train")
-    with pytest.raises(libsae.FormatError) as e:
-        libsae.load(tmp_path / "train")
+    _saelens_training_sae(arch, X.shape[1], 64, seed=5, rescale_acts_by_decoder_norm=rescale).save_model(tmp_path / "train")
+    ours = libsae.load(tmp_path / "train")
+    assert ours.architecture == "jumprelu" and ours.cfg["metadata"]["training_architecture"] == arch
     cls = get_sae_training_class(arch)[0]
-    assert f"{cls.__name__}.load_from_disk(DIR).save_inference_model(OUT)" in str(e.value)
     cls.load_from_disk(str(tmp_path / "train")).save_inference_model(tmp_path / "inference")
-    ours = libsae.load(tmp_path / "inference")
+    theirs = SAE.load_from_disk(str(tmp_path / "inference"), device="cpu")
     with torch.no_grad():
-        f = SAE.load_from_disk(str(tmp_path / "inference"), device="cpu").encode(torch.from_numpy(X)).numpy()
-    assert (f != 0).any()
+        f = theirs.encode(torch.from_numpy(X))
+        x_hat = theirs.decode(f).numpy()
+        f = f.numpy()
+    assert (f != 0).any() and (f == 0).any()
     got = ours.encode(X, dense=True)
     assert ((got != 0) == (f != 0)).all()
     assert np.abs(got - f).max() <= 1e-5 * max(1.0, np.abs(f).max())
+    assert np.abs(ours.reconstruct(X) - x_hat).max() <= 1e-4 * max(1.0, np.abs(x_hat).max())

@@ -148,7 +148,9 @@ inline void check_inference_semantics(const nlohmann::json& j, const SaeConfig& 
     throw IoError(path, "unknown normalize_activations '" + n + "' (expected none or expected_average_only_in)");
   if (auto it = j.find("rescale_acts_by_decoder_norm"); it != j.end() && !it->is_null()) {
     if (!it->is_boolean()) throw IoError(path, "field 'rescale_acts_by_decoder_norm' must be a boolean");
-    if (it->get<bool>() && c.architecture != "topk")
+    const std::string trained = c.metadata.is_object() ? c.metadata.value("training_architecture", "") : "";
+    const bool batchtopk_save = trained == "batchtopk" || trained == "matryoshka_batchtopk";
+    if (it->get<bool>() && c.architecture != "topk" && !batchtopk_save)
       throw IoError(path, "rescale_acts_by_decoder_norm is defined for topk SAEs only, not '" + c.architecture + "'");
   }
 }
@@ -175,14 +177,9 @@ inline bool map_saelens_architecture(nlohmann::json& j, const std::filesystem::p
   }
   if (a == "batchtopk" || a == "matryoshka_batchtopk") {
     // A BatchTopK training save: read as SAELens's own inference form, the jumprelu SAE with
-    // threshold = topk_threshold for every latent (load_saelens reads the tensor).
-    if (rescales_by_decoder_norm(j)) {
-      const std::string cls = a == "batchtopk" ? "BatchTopKTrainingSAE" : "MatryoshkaBatchTopKTrainingSAE";
-      throw IoError(path, "architecture '" + a +
-                              "' with rescale_acts_by_decoder_norm is a SAELens training save whose threshold is in "
-                              "decoder-norm units; write its inference form with SAELens's " +
-                              cls + ".load_from_disk(DIR).save_inference_model(OUT) and load OUT");
-    }
+    // threshold = topk_threshold for every latent (load_saelens reads the tensor; with
+    // rescale_acts_by_decoder_norm the norms are folded first, as save_inference_model does,
+    // and the threshold, in those folded units already, stays as it is).
     *it = "jumprelu";
     nlohmann::json& md = j["metadata"];
     if (!md.is_object()) md = nlohmann::json::object();
