@@ -18,7 +18,7 @@ namespace sae {
 template <class Scalar = float>
 using BatchTopKSae = SparseAutoencoder<BatchTopK, CombinedLoss<Reconstruction, AuxK>, Scalar>;
 
-struct BatchTopKVariant {
+struct BatchTopKVariant : AuxKOnlyVariant<BatchTopKSae> {
   static constexpr std::string_view name = BatchTopKSae<float>::architecture();
   static constexpr std::array<std::string_view, 0> aliases{};
   static constexpr std::string_view summary =
@@ -27,18 +27,6 @@ struct BatchTopKVariant {
   using Model = BatchTopKSae<Scalar>;
   static constexpr bool saved_as_itself = false;
   static constexpr double code_bytes_per_bm = 2.2;  // candidates of every token of the batch
-
-  static std::vector<OptionSpec> options() { return AuxKOptions::options(); }
-  static double extra_bytes(const OptionValues&, Index, Index, Index, int) { return 0; }
-  static void check(const OptionValues&, const TrainSettings&) {}
-
-  template <class F>
-  static decltype(auto) with_model(const SaeConfig& cfg, const TrainSettings& a, const OptionValues& o,
-                                   nlohmann::json& tr, F&& f) {
-    Model<float> model(cfg);
-    AuxKOptions::apply(model, a, o, tr);
-    return f(model);
-  }
 };
 
 }  // namespace sae

@@ -17,7 +17,7 @@ namespace sae {
 template <class Scalar = float>
 using TopKSae = SparseAutoencoder<TopK, CombinedLoss<Reconstruction, AuxK>, Scalar>;
 
-struct TopKVariant {
+struct TopKVariant : AuxKOnlyVariant<TopKSae> {
   static constexpr std::string_view name = TopKSae<float>::architecture();
   static constexpr std::array<std::string_view, 0> aliases{};
   static constexpr std::string_view summary = "the k largest pre-activations of each token, AuxK (Gao et al. 2024)";
@@ -25,18 +25,6 @@ struct TopKVariant {
   using Model = TopKSae<Scalar>;
   static constexpr bool saved_as_itself = true;
   static constexpr double code_bytes_per_bm = 0.25;  // the fused encoder keeps tiles only
-
-  static std::vector<OptionSpec> options() { return AuxKOptions::options(); }
-  static double extra_bytes(const OptionValues&, Index, Index, Index, int) { return 0; }
-  static void check(const OptionValues&, const TrainSettings&) {}
-
-  template <class F>
-  static decltype(auto) with_model(const SaeConfig& cfg, const TrainSettings& a, const OptionValues& o,
-                                   nlohmann::json& tr, F&& f) {
-    Model<float> model(cfg);
-    AuxKOptions::apply(model, a, o, tr);
-    return f(model);
-  }
 };
 
 }  // namespace sae

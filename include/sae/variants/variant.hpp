@@ -83,6 +83,22 @@ struct AuxKOptions {
   }
 };
 
+/// The members of a variant whose only options are AuxK's (TopK, BatchTopK): its unit derives
+/// from this and adds its name, summary, Model and memory coefficient.
+template <template <class> class ModelT>
+struct AuxKOnlyVariant {
+  static std::vector<OptionSpec> options() { return AuxKOptions::options(); }
+  static double extra_bytes(const OptionValues&, Index, Index, Index, int) { return 0; }
+  static void check(const OptionValues&, const TrainSettings&) {}
+  template <class F>
+  static decltype(auto) with_model(const SaeConfig& cfg, const TrainSettings& a, const OptionValues& o,
+                                   nlohmann::json& tr, F&& f) {
+    ModelT<float> model(cfg);
+    AuxKOptions::apply(model, a, o, tr);
+    return f(model);
+  }
+};
+
 /// Linear warm-up length of a loss coefficient: the option's value, or steps / 20 when it is -1.
 inline std::int64_t coefficient_warmup(std::int64_t option, std::int64_t steps) {
   return option >= 0 ? option : steps / 20;
