@@ -60,3 +60,36 @@ TEST_CASE("Variant options: given values are checked; unknown keys refused", "[c
   const sae::TrainSettings back = sae::train_settings_from_json(j);
   REQUIRE(sae::train_settings_to_json(back) == j);
 }
+
+namespace {
+// A policy missing a hook, or with a misspelled one, is not an ActivationPolicy / LossTerm, so
+// SparseAutoencoder<...> / CombinedLoss<...> refuse it at the declaration.
+struct MisspelledActivation : sae::TopK {
+  void save_state(sae::PolicyState&) const = delete;  // as if it were missing
+};
+struct TermWithoutHooks {
+  static constexpr const char* name = "t";
+};
+struct TermWithMisspelledHook {
+  static constexpr const char* name = "t";
+  template <class Codes>
+  void after_updat(const Codes&) {}
+  void save_state(sae::PolicyState&) const {}
+  void load_state(const sae::PolicyState&) {}
+};
+}  // namespace
+
+TEST_CASE("Policy concepts accept the library's policies and reject incomplete ones", "[core][variants]") {
+  STATIC_REQUIRE(sae::ActivationPolicy<sae::ReLU>);
+  STATIC_REQUIRE(sae::ActivationPolicy<sae::TopK>);
+  STATIC_REQUIRE(sae::ActivationPolicy<sae::BatchTopK>);
+  STATIC_REQUIRE(sae::ActivationPolicy<sae::JumpReLU>);
+  STATIC_REQUIRE(sae::SparseActivation<sae::TopK>);
+  STATIC_REQUIRE(sae::DenseActivation<sae::JumpReLU>);
+  STATIC_REQUIRE_FALSE(sae::ActivationPolicy<MisspelledActivation>);
+  STATIC_REQUIRE(sae::LossTerm<sae::AuxK>);
+  STATIC_REQUIRE(sae::LossTerm<sae::MatryoshkaInner>);
+  STATIC_REQUIRE_FALSE(sae::LossTerm<TermWithoutHooks>);
+  STATIC_REQUIRE_FALSE(sae::LossTerm<TermWithMisspelledHook>);
+  STATIC_REQUIRE(sae::Variant<sae::MatryoshkaBatchTopKVariant>);
+}
