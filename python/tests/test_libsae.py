@@ -402,6 +402,8 @@ def test_bad_training_options(data, tmp_path):
         libsae.train(X, arch="topk", d_sae=16, k=17, steps=5, verbose=False)
     with pytest.raises(ValueError, match="unknown architecture"):
         libsae.train(X, arch="gated", d_sae=16, steps=5, verbose=False)
+    with pytest.raises(ValueError, match="--l1 does not apply to --arch topk"):
+        libsae.train(X, arch="topk", d_sae=16, k=2, l1=0.5, steps=5, verbose=False)
     with pytest.raises(ValueError, match="d_sae"):
         libsae.train(X, arch="topk", steps=5, verbose=False)
     with pytest.raises(ValueError, match="steps"):

@@ -188,6 +188,8 @@ def main():
                 contains=("--l0",))
     check_error("k larger than d_sae", "train", "--data", data, "--arch", "topk", "--d-sae", 8, "--k", 9, "--out", os.path.join(TMP, "z"),
                 contains=("--k",))
+    check_error("an option the variant does not read", "train", "--data", data, "--arch", "topk", "--d-sae", 8,
+                "--chunks", 4, "--out", os.path.join(TMP, "x"), contains=("--chunks does not apply to --arch topk", "ortsae"))
     check_error("matryoshka widths not ending at d_sae", "train", "--data", data, "--arch", "matryoshka", "--d-sae", 8,
                 "--matryoshka-widths", "2,4", "--out", os.path.join(TMP, "x"), contains=("--matryoshka-widths", "d_sae=8"))
     check("error: failed runs wrote nothing", not any(os.path.exists(os.path.join(TMP, n)) for n in ("x", "y", "z")))

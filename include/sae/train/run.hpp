@@ -392,7 +392,22 @@ inline std::string gemm_backend_name() { return gemm::backend_name(gemm::encoder
 inline void check_train_settings(const TrainSettings& a) {
   auto fail = [](const std::string& why) { throw SettingsError(why); };
   try {
-    with_variant(a.arch, [&]<class V>(std::type_identity<V>) { V::check(resolve_options<V>(a.options), a); });
+    with_variant(a.arch, [&]<class V>(std::type_identity<V>) {
+      V::check(resolve_options<V>(a.options), a);
+      // An option given explicitly that this variant does not read would be ignored: refused.
+      const std::vector<OptionSpec> own = V::options();
+      for (const DeclaredOption& d : all_variant_options()) {
+        const bool given = a.given.count(d.spec.key) || a.given.count(d.spec.flag());
+        const bool read = std::any_of(own.begin(), own.end(),
+                                      [&](const OptionSpec& o) { return std::string_view(o.key) == d.spec.key; });
+        if (given && !read) {
+          std::string users;
+          for (const auto& u : d.used_by) users += (users.empty() ? "" : ", ") + u;
+          throw std::invalid_argument(d.spec.flag() + " does not apply to --arch " + std::string(V::name) +
+                                      " (it is an option of " + users + ")");
+        }
+      }
+    });
     parse_normalization(a.normalize);
     if (a.gemm != "auto") gemm::parse_backend(a.gemm);
   } catch (const std::invalid_argument& e) {
