@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchutil import arch_list, cpuinfo
+
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "ortsae")
 TORCH_STEP = Path(__file__).resolve().with_name("torch_step.py")
 # Issue 5: minimum speed-up over PyTorch and, where given, minimum fraction of the GEMM bound.
@@ -43,15 +45,12 @@ def parse_args():
     p.add_argument("--markdown", action="store_true",
                    help="print the whole report as markdown (headings, lists, code block)")
     a = p.parse_args()
-    a.archs = [s.strip() for s in a.archs.split(",") if s.strip()]
-    bad = [s for s in a.archs if s not in ARCHS]
-    if bad:
-        p.error(f"unknown arch {', '.join(bad)} (choose from {', '.join(ARCHS)})")
+    a.archs = arch_list(p, a.archs, ARCHS)
     return a
 
 
 def machine_info():
-    model, flags = "unknown", set()
+    model = "unknown"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         for line in out.splitlines():
@@ -59,14 +58,7 @@ def machine_info():
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = cpuinfo()[1]
     return {
         "cpu_model": model,
         "avx512f": "avx512f" in flags,

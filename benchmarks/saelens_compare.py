@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchutil import arch_list, cpuinfo
+
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 SAELENS_STEP = Path(__file__).resolve().with_name("saelens_step.py")
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -40,25 +42,12 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write machine info, commands and raw results")
     a = p.parse_args()
-    a.archs = [s.strip() for s in a.archs.split(",") if s.strip()]
-    bad = [s for s in a.archs if s not in ARCHS]
-    if bad:
-        p.error(f"unknown arch {', '.join(bad)} (choose from {', '.join(ARCHS)})")
+    a.archs = arch_list(p, a.archs, ARCHS)
     return a
 
 
 def machine_info():
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0].strip()
-                if key == "model name" and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif key == "flags" and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    model, flags = cpuinfo()
     return {
         "cpu_model": model,
         "flags": {f: f in flags for f in FLAGS},

@@ -54,18 +54,11 @@ import sys
 import time
 from contextlib import nullcontext
 
+from benchutil import rss_mb
+
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 SAELENS_NAME = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk",
                 "jumprelu": "jumprelu"}
-
-
-def rss_mb():
-    """Current resident set size (VmRSS) in MiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def parse_args(argv=None):

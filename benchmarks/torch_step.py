@@ -39,17 +39,10 @@ import statistics
 import sys
 import time
 
+from benchutil import rss_mb
+
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "ortsae")
 UNIT_NORM = {"topk", "batchtopk", "jumprelu", "ortsae"}
-
-
-def rss_mb():
-    """Current resident set size (VmRSS) in MiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def parse_args(argv=None):
