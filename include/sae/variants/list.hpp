@@ -136,8 +136,8 @@ OptionValues resolve_options(const nlohmann::json& given) {
     out[s.key] = it != given.end() ? *it : s.default_value;
     check_option(s, out[s.key]);
   }
+  const auto all = all_variant_options();
   for (const auto& [key, value] : given.items()) {
-    const auto all = all_variant_options();
     if (std::none_of(all.begin(), all.end(), [&](const DeclaredOption& d) { return key == d.spec.key; }))
       throw std::invalid_argument("unknown training option '" + key + "'");
   }
