@@ -84,6 +84,11 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
   c->add_option("--data", a->data,
                 "Activations: .npy files [tokens, d_in] (float32 or float16) and/or directories of them")
       ->check(CLI::ExistingPath);
+  c->add_option("--target", a->target,
+                "Train a transcoder: the activations to predict from --data's (e.g. an MLP's outputs for its inputs), "
+                ".npy files pairing row by row with --data's (one per input file, same rows)")
+      ->check(CLI::ExistingPath);
+  c->add_flag("--skip", a->skip, "With --target: a skip transcoder (adds a learned linear term W_skip x)");
   add_arch_option(c, a->arch);
   c->add_option("--d-sae", a->d_sae, "Number of latents")->check(CLI::PositiveNumber);
   c->add_option("--k", a->k,

@@ -49,6 +49,11 @@ class AnySae : public AnySaeVariant {
   Index d_sae() const {
     return visit([](const auto& m) { return m.d_sae(); });
   }
+  /// Width of the output: d_in for an SAE, d_out for a transcoder.
+  Index d_out() const {
+    return visit([](const auto& m) { return m.d_out(); });
+  }
+  bool is_transcoder() const { return config().is_transcoder(); }
   const SaeConfig& config() const {
     return visit([](const auto& m) -> const SaeConfig& { return m.config(); });
   }

@@ -38,6 +38,26 @@ inline bool saelens_inference_architecture(std::string_view a) {
   return a == "standard" || a == "relu" || a == "topk" || a == "jumprelu";
 }
 
+/// SAELens's transcoder architectures and the SAE architecture whose codes each computes
+/// (sae_lens/saes/transcoder.py: ReLU or JumpReLU codes of x, decoded into d_out values, plus
+/// W_skip x for the skip forms). Empty for any other name.
+inline std::string_view saelens_transcoder_codes(std::string_view a) {
+  if (a == "transcoder" || a == "skip_transcoder") return "standard";
+  if (a == "jumprelu_transcoder" || a == "jumprelu_skip_transcoder") return "jumprelu";
+  return {};
+}
+
+/// The SAELens transcoder architecture of an SAE architecture (standard/relu, jumprelu), with
+/// or without the skip term; empty when SAELens has none (topk).
+inline std::string saelens_transcoder_architecture(std::string_view codes, bool skip) {
+  std::string base;
+  if (codes == "standard" || codes == "relu") base = "transcoder";
+  if (codes == "jumprelu") base = "jumprelu_transcoder";
+  if (base.empty()) return {};
+  if (!skip) return base;
+  return base == "transcoder" ? "skip_transcoder" : "jumprelu_skip_transcoder";
+}
+
 /// SAELens's cfg.json architectures that take `k` (the file format's rule).
 inline bool saelens_architecture_uses_k(std::string_view a) {
   return a == "topk" || a == "batchtopk" || a == "matryoshka_batchtopk";
@@ -47,9 +67,17 @@ inline bool saelens_architecture_uses_k(std::string_view a) {
 ///
 /// Notation used across libsae: d = d_in (activation width), m = d_sae (dictionary size),
 /// B = tokens in a batch, k = active latents per token (TopK).
+///
+/// A transcoder (d_out > 0) reads d_in values and reconstructs a different target of d_out
+/// values (e.g. an MLP's output from its input), optionally with a linear skip term; its
+/// cfg.json is SAELens's transcoder form (architecture "transcoder", "skip_transcoder",
+/// "jumprelu_transcoder" or "jumprelu_skip_transcoder", with d_out), while `architecture` here
+/// stays the name of the codes' variant.
 struct SaeConfig {
   std::int64_t d_in = 0;   ///< d
   std::int64_t d_sae = 0;  ///< m
+  std::int64_t d_out = 0;  ///< a transcoder's output width; 0: an SAE (the output is the input's d_in)
+  bool skip = false;       ///< a skip transcoder's W_skip (d_out x d_in); transcoders only
   /// The architecture's name: a libsae variant's (sae/variants/list.hpp lists them; the model
   /// sets it) or, read from cfg.json, SAELens's. Empty until a model or a file sets it.
   std::string architecture;
@@ -59,18 +87,39 @@ struct SaeConfig {
   std::string dtype = "float32";                       ///< storage dtype of the weights file
   nlohmann::json metadata = nlohmann::json::object();  ///< everything else (training settings...)
 
+  bool is_transcoder() const { return d_out > 0; }
+  /// Width of the reconstruction: d_out for a transcoder, d_in for an SAE.
+  std::int64_t output_width() const { return d_out > 0 ? d_out : d_in; }
+
   /// Throws std::invalid_argument with a sentence if the shape is unusable.
   void validate() const {
     if (d_in <= 0) throw std::invalid_argument("d_in must be positive, got " + std::to_string(d_in));
     if (d_sae <= 0) throw std::invalid_argument("d_sae must be positive, got " + std::to_string(d_sae));
+    if (d_out < 0)
+      throw std::invalid_argument("d_out must be positive (or 0 for an SAE), got " + std::to_string(d_out));
     if (k < 0 || k > d_sae)
       throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(d_sae) + "], got " + std::to_string(k));
+    if (skip && !is_transcoder())
+      throw std::invalid_argument("a skip connection (W_skip) needs a transcoder (d_out > 0)");
+    if (is_transcoder() && apply_b_dec_to_input)
+      throw std::invalid_argument(
+          "a transcoder encodes its input as it is: apply_b_dec_to_input must be false (b_dec has the output's width "
+          "d_out)");
   }
 
   /// The SAELens v6 cfg.json object.
+  /// Throws std::invalid_argument for a transcoder whose codes SAELens has no transcoder form of.
   nlohmann::json to_json() const {
     nlohmann::json j;
     j["architecture"] = architecture;
+    if (is_transcoder()) {
+      const std::string t = saelens_transcoder_architecture(architecture, skip);
+      if (t.empty())
+        throw std::invalid_argument("SAELens has no transcoder form of architecture '" + architecture +
+                                    "' (it has relu and jumprelu transcoders)");
+      j["architecture"] = t;
+      j["d_out"] = d_out;
+    }
     j["d_in"] = d_in;
     j["d_sae"] = d_sae;
     j["dtype"] = dtype;
@@ -110,10 +159,19 @@ struct SaeConfig {
       if (!it->is_string()) fail("field 'architecture' must be a string");
       arch = it->get<std::string>();
     }
+    if (const std::string_view codes = saelens_transcoder_codes(arch); !codes.empty()) {
+      c.d_out = get_int("d_out", true, 0);
+      if (c.d_out <= 0) fail("field 'd_out' must be positive");
+      c.skip = arch.find("skip") != std::string::npos;
+      arch = std::string(codes);
+    }
     if (!saelens_inference_architecture(arch))
-      fail("unknown architecture '" + arch + "' (expected standard|relu|topk|jumprelu)");
+      fail("unknown architecture '" + arch +
+           "' (expected standard|relu|topk|jumprelu or a transcoder|skip_transcoder|jumprelu_transcoder|"
+           "jumprelu_skip_transcoder)");
     c.architecture = arch;
     c.k = get_int("k", saelens_architecture_uses_k(arch), 0);
+    c.apply_b_dec_to_input = !c.is_transcoder();  // SAELens refuses true for transcoders
     if (auto it = j.find("apply_b_dec_to_input"); it != j.end() && !it->is_null()) {
       if (!it->is_boolean()) fail("field 'apply_b_dec_to_input' must be a boolean");
       c.apply_b_dec_to_input = it->get<bool>();

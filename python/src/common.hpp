@@ -32,6 +32,7 @@ struct PySae {
 
   Index d_in() const { return model.d_in(); }
   Index d_sae() const { return model.d_sae(); }
+  Index d_out() const { return model.d_out(); }
   const sae::SaeConfig& config() const { return model.config(); }
   const sae::Parameters<float>& params() const { return model.params(); }
 };
@@ -108,6 +109,7 @@ inline py::array read_npy(const std::string& path) {
 
 /// libsae.train's work (train.cpp): (Sae, result dict).
 py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std::string& name,
-                const py::object& callback, bool verbose);
+                const py::object& callback, bool verbose, const std::optional<py::array>& Y,
+                const std::string& target_name);
 
 }  // namespace libsae_py

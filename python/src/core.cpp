@@ -65,15 +65,16 @@ py::array_t<float> encode_dense(const PySae& s, const py::array& X, Index batch)
   return out;
 }
 
-/// X_hat = decode(encode(X)) [N, d_in].
+/// The model's output for X: decode(encode(X)) [N, d_in], or a transcoder's [N, d_out] (with
+/// W_skip x for a skip transcoder).
 py::array_t<float> reconstruct(const PySae& s, const py::array& X, Index batch) {
   const Tokens t = input(s, X, batch);
-  const Index d = s.d_in();
+  const Index d = s.d_out();
   py::array_t<float> out = new_rows(t.n, d);
   float* Y = out.mutable_data();
   sae::Mat<float> X_hat;
   each_encoded(s, t, batch, [&](const auto& model, Index t0, const auto& codes, const auto& Xb) {
-    model.decode(codes, X_hat);
+    model.output(Xb, codes, X_hat);
     Eigen::Map<sae::Mat<float>>(Y + t0 * d, d, Xb.cols()) = X_hat;
   });
   return out;
@@ -87,7 +88,7 @@ py::array_t<float> decode_sparse(const PySae& s,
                                  Index batch) {
   check_batch(batch);
   if (offsets.ndim() != 1 || offsets.size() < 1) throw std::invalid_argument("codes: indptr must be 1-D and non-empty");
-  const Index n = static_cast<Index>(offsets.size()) - 1, m = s.d_sae(), d = s.d_in();
+  const Index n = static_cast<Index>(offsets.size()) - 1, m = s.d_sae(), d = s.d_out();
   const std::int64_t* off = offsets.data();
   const std::int32_t* idx = indices.data();
   const float* val = values.data();
@@ -128,7 +129,7 @@ py::array_t<float> decode_dense(const PySae& s, const py::array& F, Index batch)
   if (f.d != s.d_sae())
     throw std::invalid_argument("codes have " + std::to_string(f.d) +
                                 " columns but the SAE has d_sae=" + std::to_string(s.d_sae()));
-  const Index d = s.d_in(), m = s.d_sae();
+  const Index d = s.d_out(), m = s.d_sae();
   py::array_t<float> out = new_rows(f.n, d);
   float* Y = out.mutable_data();
   {
@@ -186,22 +187,33 @@ py::array_t<float> steer(const PySae& s, const py::array& X,
 }
 
 /// The metrics of `sae eval` (EvalMetrics::to_json, plus mmcs with @p features).
+/// A transcoder is evaluated against @p target [N, d_out] (required for it, refused for an SAE).
 py::object evaluate(const PySae& s, const py::array& X, const std::optional<py::array>& features, Index limit,
-                    Index batch) {
+                    Index batch, const std::optional<py::array>& target) {
   const Tokens t = input(s, X, batch);
   if (limit < 0) throw std::invalid_argument("limit must be >= 0 (0: all tokens)");
-  std::optional<Tokens> f;
+  std::optional<Tokens> f, y;
   if (features) {
     f = tokens_of(*features, "features");
-    if (f->d != s.d_in())
-      throw std::invalid_argument("features have dimension " + std::to_string(f->d) +
-                                  " but the SAE has d_in=" + std::to_string(s.d_in()));
+    if (f->d != s.d_out())
+      throw std::invalid_argument("features have dimension " + std::to_string(f->d) + " but the SAE's decoder has " +
+                                  std::to_string(s.d_out()));
+  }
+  if (s.model.is_transcoder() && !target)
+    throw std::invalid_argument("this SAE is a transcoder (d_out=" + std::to_string(s.d_out()) +
+                                "): give target=, the activations it predicts for X");
+  if (target) {
+    if (!s.model.is_transcoder())
+      throw std::invalid_argument("target= is for transcoders; this SAE reconstructs X itself");
+    y = tokens_of(*target, "target");
   }
   json j;
   const auto t0 = std::chrono::steady_clock::now();
   {
     py::gil_scoped_release nogil;
-    sae::EvalMetrics r = std::visit([&](const auto& m) { return sae::evaluate(m, t.matrix(), limit, batch); }, s.model);
+    sae::EvalMetrics r = std::visit(
+        [&](const auto& m) { return sae::evaluate(m, t.matrix(), y ? y->matrix() : t.matrix(), limit, batch); },
+        s.model);
     if (f) r.mmcs = sae::mmcs(s.params().W_dec, f->matrix());
     j = r.to_json();
   }
@@ -305,6 +317,15 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PySae>(m, "Sae")
       .def_property_readonly("d_in", &PySae::d_in)
       .def_property_readonly("d_sae", &PySae::d_sae)
+      .def_property_readonly("d_out", &PySae::d_out)
+      .def_property_readonly("is_transcoder", [](const PySae& s) { return s.model.is_transcoder(); })
+      .def_property_readonly("W_skip",
+                             [](py::object self) -> py::object {
+                               const auto& p = self.cast<const PySae&>().params();
+                               if (!p.has_skip()) return py::none();
+                               // d_out x d_in column-major = SAELens's [d_out, d_in] with strides (1, d_out)
+                               return view(self, p.W_skip.data(), {p.d_out(), p.d_in()}, {1, p.d_out()});
+                             })
       .def_property_readonly("architecture", [](const PySae& s) { return s.config().architecture; })
       .def_property_readonly("format", [](const PySae& s) { return std::string(sae::io::sae_format_name(s.format)); })
       .def_property_readonly("cfg", [](const PySae& s) { return json_to_python(s.config().to_json()); })
@@ -317,7 +338,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("W_dec",
                              [](py::object self) {
                                const auto& p = self.cast<const PySae&>().params();
-                               return view(self, p.W_dec.data(), {p.d_sae(), p.d_in()}, {p.d_in(), 1});
+                               return view(self, p.W_dec.data(), {p.d_sae(), p.d_out()}, {p.d_out(), 1});
                              })
       .def_property_readonly("b_enc",
                              [](py::object self) {
@@ -327,7 +348,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("b_dec",
                              [](py::object self) {
                                const auto& p = self.cast<const PySae&>().params();
-                               return view(self, p.b_dec.data(), {p.d_in()}, {1});
+                               return view(self, p.b_dec.data(), {p.d_out()}, {1});
                              })
       .def_property_readonly("threshold",
                              [](py::object self) -> py::object {
@@ -342,7 +363,8 @@ PYBIND11_MODULE(_core, m) {
       .def("decode_dense", &decode_dense, py::arg("F"), py::arg("batch"))
       .def("steer", &steer, py::arg("X"), py::arg("edits"), py::arg("batch"))
       .def("report", &report, py::arg("data"), py::arg("data_name"), py::arg("args"))
-      .def("evaluate", &evaluate, py::arg("X"), py::arg("features"), py::arg("limit"), py::arg("batch"))
+      .def("evaluate", &evaluate, py::arg("X"), py::arg("features"), py::arg("limit"), py::arg("batch"),
+           py::arg("target"))
       .def(
           "save",
           [](const PySae& s, const std::string& path, const std::string& dtype) {
@@ -361,7 +383,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("path"), py::return_value_policy::take_ownership);
   m.def("read_npy", &read_npy, py::arg("path"));
-  m.def("train", &train, py::arg("options"), py::arg("X"), py::arg("name"), py::arg("callback"), py::arg("verbose"));
+  m.def("train", &train, py::arg("options"), py::arg("X"), py::arg("name"), py::arg("callback"), py::arg("verbose"),
+        py::arg("Y"), py::arg("target_name"));
   m.def(
       "set_threads", [](int n) { sae::set_num_threads(n); }, py::arg("n"));
   m.def("threads", [] { return sae::num_threads(); });

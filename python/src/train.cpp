@@ -22,7 +22,7 @@ sae::TrainSettings settings_from(const py::dict& kw) {
     } else if (key == "gemm") {
       a.gemm = value.get<std::string>();
     } else if (j.contains(key)) {
-      if (key == "data" && value.is_string())
+      if ((key == "data" || key == "target") && value.is_string())
         j[key] = json::array({value});
       else
         j[key] = value;
@@ -46,12 +46,18 @@ sae::TrainSettings settings_from(const py::dict& kw) {
 }  // namespace
 
 py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std::string& name,
-                const py::object& callback, bool verbose) {
+                const py::object& callback, bool verbose, const std::optional<py::array>& Y,
+                const std::string& target_name) {
   sae::TrainSettings a = settings_from(kw);
-  std::optional<sae::TrainData> data;
+  std::optional<sae::TrainData> data, target;
   if (X) {
     const Tokens t = tokens_of(*X, "X");
     data = sae::TrainData::borrow(t.data, t.d, t.n, name);
+  }
+  if (Y) {
+    if (!X) throw std::invalid_argument("target as an array needs X as an array (the inputs it pairs with)");
+    const Tokens t = tokens_of(*Y, "target");
+    target = sae::TrainData::borrow(t.data, t.d, t.n, target_name);
   }
   py::object write = py::module_::import("sys").attr("stderr").attr("write");
   py::object flush = py::module_::import("sys").attr("stderr").attr("flush");
@@ -105,7 +111,7 @@ py::tuple train(const py::dict& kw, const std::optional<py::array>& X, const std
   std::optional<sae::TrainRun> run;
   try {
     py::gil_scoped_release nogil;
-    run.emplace(sae::run_training(std::move(a), hooks, data ? &*data : nullptr));
+    run.emplace(sae::run_training(std::move(a), hooks, data ? &*data : nullptr, target ? &*target : nullptr));
   } catch (const sae::TrainingInterrupted& e) {
     if (verbose) {
       write(std::string("libsae.train: ") + e.what() + "\n");

@@ -51,6 +51,7 @@ torch.set_num_threads(1)
 F64 = torch.float64
 
 D, M, B = 12, 40, 64
+D_OUT = 7  # the transcoder cases: targets of another width than the inputs
 RTOL = 1e-4      # float32 libsae vs float64 reference, relative to the tensor's largest entry
 MARGIN = 3e-5    # minimum distance of every discrete decision from its edge (see docstring)
 CONDITIONING = 100  # minimum |g| / (float32 rounding of g) of every nonzero first-step gradient entry
@@ -156,8 +157,9 @@ def cut_gap(sorted_desc, k):
     return torch.where(below > 0, gap, torch.full_like(gap, float("inf")))
 
 
-def loss_terms(P, X, o, dead, margins):
-    """Loss terms (autograd graph) of one batch; appends the step's decision margins."""
+def loss_terms(P, X, Y, o, dead, margins):
+    """Loss terms (autograd graph) of one batch of inputs X and targets Y (X itself for an SAE,
+    another layer's activations for a transcoder); appends the step's decision margins."""
     arch, Bn = o["arch"], X.shape[0]
     xin = X - P["b_dec"] if o["apply_b_dec"] else X
     z = xin @ P["W_enc"] + P["b_enc"]
@@ -186,10 +188,12 @@ def loss_terms(P, X, o, dead, margins):
             mask = topk_mask(flat, kb, 0).view_as(r)
         f = r * mask
     x_hat = f @ P["W_dec"] + P["b_dec"]
-    terms = {"mse_loss": ((x_hat - X) ** 2).sum(1).mean()}
+    if "W_skip" in P:  # a skip transcoder: y_hat = W_dec f + b_dec + W_skip x
+        x_hat = x_hat + X @ P["W_skip"].T
+    terms = {"mse_loss": ((x_hat - Y) ** 2).sum(1).mean()}
     if arch == "matryoshka_batchtopk":  # every inner prefix of latents reconstructs on its own
         widths = o["matryoshka_widths"]
-        terms["inner_mse_loss"] = sum(((f[:, :w] @ P["W_dec"][:w] + P["b_dec"] - X) ** 2).sum(1).mean()
+        terms["inner_mse_loss"] = sum(((f[:, :w] @ P["W_dec"][:w] + P["b_dec"] - Y) ** 2).sum(1).mean()
                                       for w in widths[:-1])
     if arch == "relu":
         terms["l1_loss"] = o["l1"] / Bn * (f * P["W_dec"].norm(dim=1)).sum()
@@ -201,7 +205,7 @@ def loss_terms(P, X, o, dead, margins):
             terms["target_l0_loss"] = o["l0"] * (l0 / o["target_l0"] - 1) ** 2
     if arch in SPARSE:
         if dead.any():
-            e = (X - x_hat).detach()
+            e = (Y - x_hat).detach()
             rd = torch.relu(z[:, dead])
             ka = min(o["aux_k"], int(dead.sum()))
             margins.append(cut_gap(torch.sort(rd.detach(), dim=1, descending=True).values, ka).min())
@@ -227,10 +231,10 @@ def project_decoder_gradient(P):
     g -= (g * W).sum(1, keepdim=True) / (W * W).sum(1, keepdim=True) * W
 
 
-def first_grads(init, X, o, dead, dtype):
+def first_grads(init, X, Y, o, dead, dtype):
     """The gradients Adam's first step sees (projected where the variant projects), in dtype."""
     P = {n: torch.tensor(a, dtype=dtype, requires_grad=True) for n, a in init.items()}
-    terms, _ = loss_terms(P, torch.tensor(X, dtype=dtype), o, dead, [])
+    terms, _ = loss_terms(P, torch.tensor(X, dtype=dtype), torch.tensor(Y, dtype=dtype), o, dead, [])
     sum(terms.values()).backward()
     with torch.no_grad():
         if o["arch"] in UNIT_NORM:
@@ -238,22 +242,22 @@ def first_grads(init, X, o, dead, dtype):
     return {n: p.grad.double() for n, p in P.items()}
 
 
-def reference(init, X, o, steps):
+def reference(init, X, Y, o, steps):
     """Runs `steps` training steps; returns first-step terms / l0 / grads and the final weights."""
     P = {n: torch.tensor(a, dtype=F64, requires_grad=True) for n, a in init.items()}
-    Xt = torch.tensor(X, dtype=F64)
+    Xt, Yt = torch.tensor(X, dtype=F64), torch.tensor(Y, dtype=F64)
     opt = torch.optim.Adam(list(P.values()), lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"])
     dead = torch.tensor(o["dead_mask"] != 0) if o.get("dead_mask") is not None else torch.zeros(M, dtype=torch.bool)
     margins, res, theta_bt = [], {"dead_per_step": []}, None
     # Adam's first step is about lr * sign(g): an entry whose float32 rounding error is not far
     # below its value could flip. The float32 replay of the same formulas measures that error.
-    g64, g32 = first_grads(init, X, o, dead, F64), first_grads(init, X, o, dead, torch.float32)
+    g64, g32 = first_grads(init, X, Y, o, dead, F64), first_grads(init, X, Y, o, dead, torch.float32)
     res["conditioning"] = min(float((g64[n].abs() / (g64[n] - g32[n]).abs().clamp(min=1e-300))[g64[n] != 0].min())
                               if (g64[n] != 0).any() else float("inf") for n in g64)
     for step in range(steps):
         res["dead_per_step"].append(int(dead.sum()))
         opt.zero_grad()
-        terms, info = loss_terms(P, Xt, o, dead, margins)
+        terms, info = loss_terms(P, Xt, Yt, o, dead, margins)
         total = sum(terms.values())
         total.backward()
         if step == 0:
@@ -291,14 +295,16 @@ def make_inputs(o, seed):
     rng = np.random.default_rng(seed)
     arch = o["arch"]
     X = (rng.normal(size=(B, D)) + 0.2).astype(np.float32)
-    W_dec = rng.normal(size=(M, D))
+    d_out = o.get("d_out") or D  # a transcoder's targets Y [B, d_out]; an SAE's are X
+    Y = (rng.normal(size=(B, d_out)) * 0.8 - 0.1).astype(np.float32) if o.get("d_out") else X
+    W_dec = rng.normal(size=(M, d_out))
     if arch in UNIT_NORM:
         W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
     else:
         W_dec *= (rng.uniform(0.2, 1.0, size=M) / np.linalg.norm(W_dec, axis=1))[:, None]
     W_enc = rng.normal(size=(D, M)) / np.sqrt(D)
     b_enc = rng.normal(size=M) * 0.2
-    b_dec = rng.normal(size=D) * 0.2
+    b_dec = rng.normal(size=d_out) * 0.2
     dead_mask = None
     if o.get("aux_k"):
         dead = rng.permutation(M)[: M // 4]
@@ -306,6 +312,8 @@ def make_inputs(o, seed):
         dead_mask = np.zeros(M, dtype=np.float32)
         dead_mask[dead] = 1.0
     w = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
+    if o.get("skip"):
+        w["W_skip"] = rng.normal(size=(d_out, D)) * 0.1
     w = {n: a.astype(np.float32) for n, a in w.items()}
     if arch in JUMP:
         x64 = X.astype(np.float64) - w["b_dec"] if o["apply_b_dec"] else X.astype(np.float64)
@@ -315,18 +323,22 @@ def make_inputs(o, seed):
         th = np.maximum(th, 0.02)
         th[rng.permutation(M)[:4]] = 1e-3  # near zero: the target-L0 step drives these below 0 (clamp)
         w["threshold"] = th.astype(np.float32)
-    return w, X, dead_mask
+    return w, X, Y, dead_mask
 
 
 DEFAULTS = dict(k=4, l1=0.1, l0=0.05, target_l0=25.0, bandwidth=0.5, ortho=2.0, chunks=1, aux_k=0,
                 aux_coeff=1.0, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, apply_b_dec=1, steps=1)
 
 
-def run_tool(o, w, X, dead_mask, tag):
+def run_tool(o, w, X, Y, dead_mask, tag):
     wp, xp, op = (os.path.join(TMP, f"{tag}.{s}") for s in ("w.safetensors", "x.npy", "out.safetensors"))
     write_safetensors(wp, w)
     np.save(xp, X)
     args = [TOOL, "--arch", o["arch"], "--weights", wp, "--data", xp, "--out", op]
+    if o.get("d_out"):
+        yp = os.path.join(TMP, f"{tag}.y.npy")
+        np.save(yp, Y)
+        args += ["--target", yp]
     for key in ("k", "l1", "l0", "target_l0", "bandwidth", "ortho", "chunks", "aux_k", "aux_coeff",
                 "lr", "beta1", "beta2", "eps", "apply_b_dec", "steps"):
         args += ["--" + key.replace("_", "-"), repr(o[key])]
@@ -359,8 +371,8 @@ def compare(name, got, ref, tol=RTOL):
 def run_case(tag, worst, **kw):
     o = dict(DEFAULTS, **kw)
     for seed in range(1000, 1300):
-        w, X, dead_mask = make_inputs(o, seed)
-        ref = reference(w, X, dict(o, dead_mask=dead_mask), o["steps"])
+        w, X, Y, dead_mask = make_inputs(o, seed)
+        ref = reference(w, X, Y, dict(o, dead_mask=dead_mask), o["steps"])
         if ref["margin"] > MARGIN and ref["conditioning"] > CONDITIONING:
             break
     else:
@@ -368,7 +380,7 @@ def run_case(tag, worst, **kw):
                              f"and the first gradients {CONDITIONING}x above their rounding")
     print(f"# {tag}: seed {seed}, decision margin {ref['margin']:.1e}, "
           f"first-step gradients >= {ref['conditioning']:.0f} x their float32 rounding")
-    out, got = run_tool(o, w, X, dead_mask, tag)
+    out, got = run_tool(o, w, X, Y, dead_mask, tag)
     devs = []
     arch = o["arch"]
 
@@ -430,6 +442,13 @@ def main():
     run_case("matryoshka", worst, arch="matryoshka_batchtopk", aux_k=4, matryoshka_widths=[5, 17, M])
     run_case("matryoshka 3 steps no-b_dec", worst, arch="matryoshka_batchtopk", matryoshka_widths=[8, M], steps=3,
              apply_b_dec=0)
+    # Transcoders (targets Y of width d_out != d_in; no b_dec subtraction) and skip transcoders.
+    run_case("relu transcoder", worst, arch="relu", d_out=D_OUT, apply_b_dec=0)
+    run_case("relu skip transcoder 3 steps", worst, arch="relu", d_out=D_OUT, skip=True, apply_b_dec=0, steps=3)
+    run_case("jumprelu skip transcoder", worst, arch="jumprelu", d_out=D_OUT, skip=True, apply_b_dec=0)
+    run_case("batchtopk skip transcoder 3 steps", worst, arch="batchtopk", aux_k=4, d_out=D_OUT, skip=True,
+             apply_b_dec=0, steps=3)
+    run_case("topk transcoder", worst, arch="topk", aux_k=4, d_out=D_OUT, apply_b_dec=0)
     print("# worst relative deviation per case: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0

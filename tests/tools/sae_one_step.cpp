@@ -7,9 +7,11 @@
 //                [--k K] [every variant option of `sae train`: --l1 C --l0 C --target-l0 T --bandwidth EPS --ortho G --chunks K ...]
 //                [--aux-k N] [--aux-coeff A] [--dead-mask M.npy] [--dead-tokens N] [--matryoshka-widths W1,W2,..]
 //                [--lr LR] [--beta1 B1] [--beta2 B2] [--eps E] [--apply-b-dec 0|1] [--steps S]
+//                [--target Y.npy]   (a transcoder: Y [B, d_out] are the targets of X's rows)
 //
 // W.safetensors holds SAELens-layout tensors W_enc [d, m], W_dec [m, d], b_enc [m], b_dec [d]
-// and, for jumprelu, threshold [m]. Each step is exactly the trainer's: forward_backward,
+// and, for jumprelu, threshold [m]; for a transcoder W_dec [m, d_out], b_dec [d_out] and, for a
+// skip transcoder, W_skip [d_out, d]. Each step is exactly the trainer's: forward_backward,
 // projection of the decoder gradient (unit-norm variants), Adam at the fixed lr, after_update.
 // OUT holds W_enc ... threshold after the steps and grad_W_enc ... grad_threshold of step 1
 // (before the projection). stdout: one JSON line with the first step's loss terms and l0.
@@ -28,7 +30,7 @@
 namespace {
 
 struct Args {
-  std::string arch, weights, data, out;
+  std::string arch, weights, data, out, target;
   std::optional<std::string> dead_mask;
   sae::Index k = 4;
   nlohmann::json options = nlohmann::json::object();  // the variant options (--l1, --chunks, ...)
@@ -40,28 +42,39 @@ struct Args {
 sae::Parameters<float> read_weights(const std::string& path, bool with_threshold) {
   const auto r = sae::io::SafetensorsReader::open(path);
   const auto& shape = r.info("W_enc").shape;
-  const sae::Index d = shape.at(0), m = shape.at(1);
-  sae::Parameters<float> p(d, m, with_threshold);
+  const sae::Index d = shape.at(0), m = shape.at(1), d_out = r.info("W_dec").shape.at(1);
+  const bool skip = r.contains("W_skip");
+  sae::Parameters<float> p(d, m, with_threshold, d_out, skip);
   sae::Mat<float> Wt(m, d);
   r.read_into("W_enc", Wt.data(), static_cast<std::size_t>(d * m));
   p.W_enc = Wt.transpose();
-  r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d * m));
+  r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d_out * m));
   r.read_into("b_enc", p.b_enc.data(), static_cast<std::size_t>(m));
-  r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d));
+  r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d_out));
   if (with_threshold) r.read_into("threshold", p.threshold.data(), static_cast<std::size_t>(m));
+  if (skip) {
+    sae::Mat<float> St(d, d_out);  // C-order [d_out, d]
+    r.read_into("W_skip", St.data(), static_cast<std::size_t>(d * d_out));
+    p.W_skip = St.transpose();
+  }
   return p;
 }
 
 void add_params(sae::io::SafetensorsWriter& w, const std::string& prefix, const sae::Parameters<float>& p,
                 std::vector<sae::Mat<float>>& keep) {
-  const std::int64_t d = p.d_in(), m = p.d_sae();
+  const std::int64_t d = p.d_in(), m = p.d_sae(), d_out = p.d_out();
   keep.push_back(p.W_enc.transpose());
   w.add(prefix + "W_enc", {d, m}, std::span<const float>(keep.back().data(), static_cast<std::size_t>(d * m)));
-  w.add(prefix + "W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)));
+  w.add(prefix + "W_dec", {m, d_out}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d_out * m)));
   w.add(prefix + "b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)));
-  w.add(prefix + "b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)));
+  w.add(prefix + "b_dec", {d_out}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d_out)));
   if (p.has_threshold())
     w.add(prefix + "threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)));
+  if (p.has_skip()) {
+    keep.push_back(p.W_skip.transpose());
+    w.add(prefix + "W_skip", {d_out, d},
+          std::span<const float>(keep.back().data(), static_cast<std::size_t>(d * d_out)));
+  }
 }
 
 template <class Model>
@@ -70,6 +83,7 @@ int run(Model& model, const Args& a) {
   model.set_params(read_weights(a.weights, Act::has_threshold));
   auto reader = sae::io::NpyReader::open(a.data);
   const sae::Mat<float> X = reader.matrix();
+  const sae::Mat<float> Y = a.target.empty() ? X : sae::io::NpyReader::open(a.target).matrix();
   if constexpr (Model::loss_type::template has<sae::AuxK>()) {
     auto& aux = model.loss().template get<sae::AuxK>();  // k_aux, coefficient, dead_tokens: set by the variant
     aux.since_fired.assign(static_cast<std::size_t>(model.d_sae()), 0);
@@ -88,7 +102,7 @@ int run(Model& model, const Args& a) {
   sae::Parameters<float> grads, first_grads;
   nlohmann::json out;
   for (std::int64_t step = 0; step < a.steps; ++step) {
-    const auto r = model.forward_backward(X, grads, s, step);
+    const auto r = model.forward_backward(X, Y, grads, s, step);
     if (step == 0) {
       first_grads = grads;
       out["loss"] = r.total;
@@ -103,7 +117,7 @@ int run(Model& model, const Args& a) {
   if constexpr (std::is_same_v<Act, sae::BatchTopK>) out["batchtopk_threshold"] = model.activation().threshold;
   sae::io::SafetensorsWriter w;
   std::vector<sae::Mat<float>> keep;
-  keep.reserve(2);
+  keep.reserve(4);
   add_params(w, "", model.params(), keep);
   add_params(w, "grad_", first_grads, keep);
   w.write(a.out);
@@ -132,6 +146,7 @@ int main(int argc, char** argv) {
   app.add_option("--eps", a.eps);
   app.add_option("--apply-b-dec", a.apply_b_dec);
   app.add_option("--steps", a.steps);
+  app.add_option("--target", a.target);
   CLI11_PARSE(app, argc, argv);
   sae::set_num_threads(1);
   try {
@@ -154,6 +169,11 @@ int main(int argc, char** argv) {
     cfg.architecture = sae::canonical_variant_name(t.arch);
     cfg.k = sae::variant_name_uses_k(t.arch) ? a.k : 0;
     cfg.apply_b_dec_to_input = a.apply_b_dec != 0;
+    if (!a.target.empty()) {  // a transcoder: d_out from the weights, W_skip if they hold one
+      cfg.d_out = r.info("W_dec").shape.at(1);
+      cfg.skip = r.contains("W_skip");
+      cfg.apply_b_dec_to_input = false;
+    }
     nlohmann::json tr;
     return sae::with_training_model(t, cfg, tr, [&](auto& m) { return run(m, a); });
   } catch (const std::exception& e) {

@@ -74,7 +74,7 @@ void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eig
 template <class Scalar>
 void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_hat) {
   const Index B = F.cols(), nt = (B + tiles::tokens - 1) / tiles::tokens;
-  X_hat.resize(p.d_in(), B);
+  X_hat.resize(p.d_out(), B);
   SAE_OMP(parallel for schedule(dynamic, 1) if (nt > 1))
   for (Index q = 0; q < nt; ++q) {
     const Index t0 = q * tiles::tokens, bt = std::min(tiles::tokens, B - t0);
@@ -89,7 +89,7 @@ void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_ha
 template <class Scalar>
 void decode(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes, Mat<Scalar>& X_hat) {
   const Index B = codes.tokens();
-  X_hat.resize(p.d_in(), B);
+  X_hat.resize(p.d_out(), B);
   SAE_OMP(parallel for schedule(static))
   for (Index t = 0; t < B; ++t) {
     auto x = X_hat.col(t);

@@ -34,6 +34,13 @@ inline constexpr std::string_view architecture_name_of = Activation::family;
 ///     f     = Activation(z)                    codes: dense (ReLU) or SparseCodes (TopK)
 ///     x_hat = W_dec f + b_dec                  reconstruction
 ///
+/// or, configured as a transcoder (cfg.d_out > 0; Dunefsky et al. 2024), a map from x (d_in
+/// values) to a target y of d_out values, with the optional linear skip term of a skip
+/// transcoder (cfg.skip; Paulo et al. 2025):
+///
+///     z     = W_enc^T x + b_enc                 (no b_dec subtraction: b_dec has d_out values)
+///     y_hat = W_dec f + b_dec [+ W_skip x]     trained against y (forward_backward(X, Y, ...))
+///
 /// Batches are d x B column-major matrices, one token per column (a C-order [B, d] array
 /// viewed without a copy). The variant is fixed at compile time: @p Activation is an
 /// Activation policy (relu.hpp documents the interface), @p Loss a CombinedLoss of LossTerms,
@@ -75,7 +82,7 @@ class SparseAutoencoder {
       throw std::invalid_argument("k must be in [1, d_sae=" + std::to_string(cfg_.d_sae) + "], got " +
                                   std::to_string(cfg_.k));
     act_.configure(cfg_);
-    params_ = Parameters<Scalar>(cfg_.d_in, cfg_.d_sae, Activation::has_threshold);
+    params_ = Parameters<Scalar>(cfg_.d_in, cfg_.d_sae, Activation::has_threshold, cfg_.output_width(), cfg_.skip);
   }
 
   /// The configuration (read-only: k and the architecture are fixed at construction, and the
@@ -90,15 +97,21 @@ class SparseAutoencoder {
   const Loss& loss() const { return loss_; }
   Loss& loss() { return loss_; }
   Index d_in() const { return params_.d_in(); }
+  /// Width of the reconstruction: d_in for an SAE, d_out for a transcoder.
+  Index d_out() const { return params_.d_out(); }
   Index d_sae() const { return params_.d_sae(); }
+  bool is_transcoder() const { return cfg_.is_transcoder(); }
 
   /// Replaces the parameters (shapes must match the config).
   void set_params(Parameters<Scalar> p) {
     p.check_shapes();
-    if (p.d_in() != cfg_.d_in || p.d_sae() != cfg_.d_sae)
+    if (p.d_in() != cfg_.d_in || p.d_sae() != cfg_.d_sae || p.d_out() != cfg_.output_width() ||
+        p.has_skip() != cfg_.skip)
       throw std::invalid_argument("parameters are " + std::to_string(p.d_in()) + "x" + std::to_string(p.d_sae()) +
-                                  ", config says d_in=" + std::to_string(cfg_.d_in) +
-                                  ", d_sae=" + std::to_string(cfg_.d_sae));
+                                  " (d_out " + std::to_string(p.d_out()) + (p.has_skip() ? ", W_skip" : "") +
+                                  "), config says d_in=" + std::to_string(cfg_.d_in) +
+                                  ", d_sae=" + std::to_string(cfg_.d_sae) + " (d_out " +
+                                  std::to_string(cfg_.output_width()) + (cfg_.skip ? ", W_skip" : "") + ")");
     if (p.has_threshold() != Activation::has_threshold)
       throw std::invalid_argument(std::string("parameters ") + (p.has_threshold() ? "have" : "lack") +
                                   " a threshold, which architecture '" + std::string(architecture()) +
@@ -108,20 +121,41 @@ class SparseAutoencoder {
 
   /// Initialisation: decoder columns are random unit directions scaled to
   /// Activation::decoder_init_norm, W_enc = W_dec (SAELens's W_enc = W_dec^T in its layout),
-  /// b_enc = 0, b_dec = mean of @p sample (d x n, any n >= 1).
+  /// b_enc = 0, b_dec = mean of @p sample (d x n, any n >= 1). For SAEs only.
   template <class Derived>
   void initialize(const Eigen::MatrixBase<Derived>& sample, std::uint64_t seed) {
-    if (sample.rows() != d_in() || sample.cols() < 1)
+    if (is_transcoder())
+      throw std::invalid_argument("initialize: a transcoder is initialised from inputs and targets (X, Y)");
+    initialize(sample, sample, seed);
+  }
+
+  /// Initialisation from inputs @p X (d_in x n) and targets @p Y (d_out x n, the same n >= 1):
+  /// for an SAE (Y = X) as above; for a transcoder the decoder columns likewise (in the d_out
+  /// space), the encoder columns independent random directions of the same norm (input and
+  /// output spaces differ, so tying them means nothing), b_dec = mean of Y, W_skip = 0.
+  template <class DerivedX, class DerivedY>
+  void initialize(const Eigen::MatrixBase<DerivedX>& X, const Eigen::MatrixBase<DerivedY>& Y, std::uint64_t seed) {
+    if (X.rows() != d_in() || X.cols() < 1)
       throw std::invalid_argument("initialize: sample must be d_in x n with n >= 1");
+    if (Y.rows() != d_out() || Y.cols() != X.cols())
+      throw std::invalid_argument("initialize: targets must be d_out x n, the n of the inputs");
     detail::Rng rng(seed);
-    for (Index j = 0; j < d_sae(); ++j) {
-      auto w = params_.W_dec.col(j);
-      for (Index i = 0; i < d_in(); ++i) w[i] = static_cast<Scalar>(rng.normal());
-      w *= static_cast<Scalar>(Activation::decoder_init_norm) / w.norm();
-    }
-    params_.W_enc = params_.W_dec;
+    const Scalar norm = static_cast<Scalar>(Activation::decoder_init_norm);
+    auto random_columns = [&](Mat<Scalar>& W) {
+      for (Index j = 0; j < W.cols(); ++j) {
+        auto w = W.col(j);
+        for (Index i = 0; i < W.rows(); ++i) w[i] = static_cast<Scalar>(rng.normal());
+        w *= norm / w.norm();
+      }
+    };
+    random_columns(params_.W_dec);
+    if (is_transcoder())
+      random_columns(params_.W_enc);
+    else
+      params_.W_enc = params_.W_dec;
     params_.b_enc.setZero();
-    params_.b_dec = sample.template cast<Scalar>().rowwise().mean();
+    params_.b_dec = Y.template cast<Scalar>().rowwise().mean();
+    params_.W_skip.setZero();
     if constexpr (Activation::has_threshold) params_.threshold.setConstant(static_cast<Scalar>(act_.initial_threshold));
   }
 
@@ -140,33 +174,61 @@ class SparseAutoencoder {
     return codes;
   }
 
-  /// X_hat = W_dec f + b_dec (d x B).
+  /// X_hat = W_dec f + b_dec (d_out x B): the reconstruction without a skip transcoder's
+  /// W_skip x (output() adds it).
   void decode(const Codes& codes, Mat<Scalar>& X_hat) const { kernels::decode(params_, codes, X_hat); }
+
+  /// The model's output for inputs @p X (d_in x B) and their codes: W_dec f + b_dec, plus
+  /// W_skip x for a skip transcoder (d_out x B).
+  template <class Derived>
+  void output(const Eigen::MatrixBase<Derived>& X, const Codes& codes, Mat<Scalar>& Y_hat) const {
+    decode(codes, Y_hat);
+    if (params_.has_skip()) Y_hat.noalias() += params_.W_skip * X.template cast<Scalar>();
+  }
 
   /// One forward and backward pass on the batch X (d x B) at 0-based training step @p step.
   /// Fills @p grads (resized and zeroed here) with dL/dtheta and returns the loss terms.
+  /// SAEs only (the target is X itself); a transcoder takes its targets (overload below).
   template <class Derived>
   Report forward_backward(const Eigen::MatrixBase<Derived>& X, Parameters<Scalar>& grads, State& s,
                           std::int64_t step = 0) const {
-    static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
-                  "forward_backward: the batch must have the model's Scalar type");
+    if (is_transcoder())
+      throw std::invalid_argument("forward_backward: a transcoder needs its targets Y (d_out x B) beside X");
+    return forward_backward(X, X, grads, s, step);
+  }
+
+  /// One forward and backward pass on inputs @p X (d_in x B) against targets @p Y (d_out x B;
+  /// Y = X for an SAE): the loss terms compare the output with Y.
+  template <class DerivedX, class DerivedY>
+  Report forward_backward(const Eigen::MatrixBase<DerivedX>& X, const Eigen::MatrixBase<DerivedY>& Y,
+                          Parameters<Scalar>& grads, State& s, std::int64_t step = 0) const {
+    static_assert(
+        std::is_same_v<typename DerivedX::Scalar, Scalar> && std::is_same_v<typename DerivedY::Scalar, Scalar>,
+        "forward_backward: the batch must have the model's Scalar type");
+    if (Y.rows() != d_out() || Y.cols() != X.cols())
+      throw std::invalid_argument("targets are " + std::to_string(Y.rows()) + " x " + std::to_string(Y.cols()) +
+                                  ", the model needs d_out=" + std::to_string(d_out()) + " x " +
+                                  std::to_string(X.cols()) + " tokens");
     s.step = step;
     s.apply_b_dec_to_input = cfg_.apply_b_dec_to_input;
     if constexpr (requires { act_.bandwidth; }) s.bandwidth = static_cast<double>(act_.bandwidth);
     encode_impl(X, s.codes, s, /*training=*/true);
-    decode(s.codes, s.X_hat);
+    output(X, s.codes, s.X_hat);
 
     if (!grads.same_shape(params_))
-      grads = Parameters<Scalar>(d_in(), d_sae(), params_.has_threshold());
+      grads = Parameters<Scalar>::zeros_like(params_);
     else
       grads.set_zero();
-    s.grad_xhat.setZero(d_in(), X.cols());
+    s.grad_xhat.setZero(d_out(), X.cols());
     if constexpr (Activation::sparse)
       s.grad_codes.assign(s.codes.values.size(), Scalar(0));
     else
       s.grad_codes.per_latent.setZero(d_sae());
 
-    Report r = loss_.accumulate(X, params_, s, grads);
+    s.input.emplace(X.derived());
+    Report r = loss_.accumulate(Y, params_, s, grads);
+    s.input.reset();
+    if (params_.has_skip()) grads.W_skip.noalias() += s.grad_xhat * X.transpose();  // y_hat += W_skip x
 
     if constexpr (Activation::sparse) {
       s.groups.build(s.codes);
@@ -187,6 +249,14 @@ class SparseAutoencoder {
     State s;
     Parameters<Scalar> g;
     return forward_backward(X, g, s, step);
+  }
+  /// Loss of inputs X against targets Y without gradients (for checks; allocates).
+  template <class DerivedX, class DerivedY>
+  Report loss_value(const Eigen::MatrixBase<DerivedX>& X, const Eigen::MatrixBase<DerivedY>& Y,
+                    std::int64_t step = 0) const {
+    State s;
+    Parameters<Scalar> g;
+    return forward_backward(X, Y, g, s, step);
   }
 
   /// For unit-norm decoders: removes from each decoder-column gradient its component along

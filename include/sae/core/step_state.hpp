@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "fused_encoder.hpp"
 #include "kernels.hpp"
@@ -27,6 +28,10 @@ struct StepState {
   std::int64_t step = 0;             ///< 0-based training step (for coefficient warm-up)
   double bandwidth = 0;              ///< STE kernel width of the activation (JumpReLU), read by L0 terms
   bool apply_b_dec_to_input = true;  ///< the model's setting, for terms that backpropagate to the encoder
+  /// The encoder's inputs of the pass in progress (d_in x B), set by forward_backward for the
+  /// terms that backpropagate to the encoder (AuxK): a loss term's X argument is the target,
+  /// which is the inputs themselves for an SAE but not for a transcoder. Empty between passes.
+  std::optional<Eigen::Ref<const Mat<Scalar>>> input;
 
   // scratch owned by the model's kernels
   Mat<Scalar> Z;                          ///< pre-activations of a block (BatchTopK inference, the plain encoder path)

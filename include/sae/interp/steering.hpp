@@ -72,6 +72,10 @@ template <class Model, class Derived>
 void apply_steering(const Model& model, const Eigen::MatrixBase<Derived>& X, std::span<const SteerEdit> edits,
                     Mat<typename Model::scalar_type>& out, SteeringWorkspace<Model>& ws) {
   using Scalar = typename Model::scalar_type;
+  if (model.config().is_transcoder())
+    throw std::invalid_argument("steer: a transcoder's decoder writes into another layer's activations (d_out=" +
+                                std::to_string(model.d_out()) +
+                                "), so the edit x' = x + (f'_j - f_j) W_dec[:, j] has no meaning on its input");
   if (X.rows() != model.d_in())
     throw std::invalid_argument("steer: data has d_in=" + std::to_string(X.rows()) +
                                 ", the SAE has d_in=" + std::to_string(model.d_in()));

@@ -4,6 +4,7 @@
 ///     DIR/cfg.json                   SaeConfig::to_json() (d_in, d_sae, architecture, k, ...)
 ///     DIR/sae_weights.safetensors    W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
 ///                                    b_dec [d_in], threshold [d_sae] (jumprelu)
+///                                    (transcoders: d_out for the decoder's d_in, W_skip [d_out, d_in])
 ///                                    (saved as F32, F16 or BF16; F32/F16/BF16/F64 loaded)
 ///
 /// cfg.json is read defensively (size limit, nesting pre-scan, duplicate keys, invalid UTF-8
@@ -17,8 +18,10 @@
 /// SAELens forms libsae has no variant of: "gated" (b_gate, b_mag, r_mag instead of b_enc) is
 /// read as the JumpReLU SAE that computes the same codes (fold_gated); batchtopk and
 /// matryoshka_batchtopk training saves as their inference form (jumprelu, threshold =
-/// topk_threshold); abstopk, transcoders, temporal and matching_pursuit are refused with the
-/// reason (map_saelens_architecture). cfg.json's metadata.sae_lens_version
+/// topk_threshold); abstopk, temporal and matching_pursuit are refused with the reason
+/// (map_saelens_architecture). Transcoders ("transcoder", "skip_transcoder",
+/// "jumprelu_transcoder", "jumprelu_skip_transcoder": SaeConfig::d_out > 0) are read and written
+/// with d_out, W_dec [d_sae, d_out], b_dec [d_out] and, for the skip forms, W_skip [d_out, d_in]. cfg.json's metadata.sae_lens_version
 /// is written as saelens_version_tag() (config.hpp), so SAELens reads the file as a v6 config
 /// and keeps its metadata.
 ///
@@ -192,10 +195,6 @@ inline bool map_saelens_architecture(nlohmann::json& j, const std::filesystem::p
                   "architecture 'abstopk' keeps the k pre-activations of largest magnitude with their "
                   "signs (codes can be negative), which no libsae architecture computes (topk keeps the k "
                   "largest through a relu): refused");
-  if (a == "transcoder" || a == "skip_transcoder" || a == "jumprelu_transcoder" || a == "jumprelu_skip_transcoder")
-    throw IoError(path, "architecture '" + a +
-                            "' is a transcoder (it decodes into another layer's activations); libsae reads SAEs "
-                            "only: refused");
   if (a == "temporal")
     throw IoError(path,
                   "architecture 'temporal' encodes each token with attention over the preceding tokens, "
@@ -247,25 +246,35 @@ inline void save_saelens(DirectoryWriter& w, const SaeConfig& cfg, const Paramet
                          StDtype dtype = StDtype::F32) {
   detail::saelens::check_storable(dtype);
   p.check_shapes();
-  if (p.d_in() != cfg.d_in || p.d_sae() != cfg.d_sae)
-    throw IoError(w.path(), "parameters do not match the configuration's d_in/d_sae");
+  if (p.d_in() != cfg.d_in || p.d_sae() != cfg.d_sae || p.d_out() != cfg.output_width() || p.has_skip() != cfg.skip)
+    throw IoError(w.path(), "parameters do not match the configuration's d_in/d_sae/d_out/skip");
+  nlohmann::json cfg_json;
+  try {
+    cfg_json = cfg.to_json();
+  } catch (const std::invalid_argument& e) {  // a transcoder SAELens has no form of
+    throw IoError(w.path(), e.what());
+  }
 
-  const std::int64_t d = p.d_in(), m = p.d_sae();
+  const std::int64_t d = p.d_in(), m = p.d_sae(), d_o = p.d_out();
   const Mat<float> W_enc_t = p.W_enc.transpose();  // m x d column-major = C-order [d, m]
   SafetensorsWriter st;
   st.add("W_enc", {d, m}, std::span<const float>(W_enc_t.data(), static_cast<std::size_t>(d * m)), dtype);
-  st.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)), dtype);
+  st.add("W_dec", {m, d_o}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d_o * m)), dtype);
   st.add("b_enc", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)), dtype);
-  st.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)), dtype);
+  st.add("b_dec", {d_o}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d_o)), dtype);
   if (p.has_threshold())
     st.add("threshold", {m}, std::span<const float>(p.threshold.data(), static_cast<std::size_t>(m)), dtype);
+  Mat<float> W_skip_t;
+  if (p.has_skip()) {
+    W_skip_t = p.W_skip.transpose();  // d_in x d_out column-major = C-order [d_out, d_in]
+    st.add("W_skip", {d_o, d}, std::span<const float>(W_skip_t.data(), static_cast<std::size_t>(d * d_o)), dtype);
+  }
   st.metadata()["format"] = "pt";
   st.metadata()["writer"] = std::string("libsae ") + version_string;
   st.write_to(w.file(saelens_weights_file));
 
-  SaeConfig c = cfg;
-  c.dtype = detail::saelens::torch_dtype_name(dtype);
-  const std::string text = c.to_json().dump(2) + "\n";
+  cfg_json["dtype"] = detail::saelens::torch_dtype_name(dtype);
+  const std::string text = cfg_json.dump(2) + "\n";
   w.write_file(saelens_config_file,
                std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
 }
@@ -347,7 +356,7 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw IoError(path, "not found");
   const SafetensorsReader r = SafetensorsReader::open(path);
-  const std::int64_t d = out.config.d_in, m = out.config.d_sae;
+  const std::int64_t d = out.config.d_in, m = out.config.d_sae, d_o = out.config.output_width();
   auto expect = [&](const char* name, std::vector<std::int64_t> shape) {
     const TensorInfo& t = r.info(name);
     if (t.shape != shape) {
@@ -356,18 +365,24 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
         for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
         return o + "]";
       };
-      throw IoError(path, std::string("tensor '") + name + "' has shape " + fmt(t.shape) + ", cfg.json (d_in=" +
-                              std::to_string(d) + ", d_sae=" + std::to_string(m) + ") needs " + fmt(shape));
+      throw IoError(path, std::string("tensor '") + name + "' has shape " + fmt(t.shape) +
+                              ", cfg.json (d_in=" + std::to_string(d) + ", d_sae=" + std::to_string(m) +
+                              (out.config.is_transcoder() ? ", d_out=" + std::to_string(d_o) : std::string()) +
+                              ") needs " + fmt(shape));
     }
   };
   expect("W_enc", {d, m});
-  expect("W_dec", {m, d});
+  expect("W_dec", {m, d_o});
   // SAELens gated SAEs have b_gate, b_mag and r_mag instead of b_enc (read as jumprelu: fold_gated).
   const bool gated = raw.is_object() && raw.value("architecture", std::string()) == "gated";
   for (const char* name :
        gated ? std::vector<const char*>{"b_gate", "b_mag", "r_mag"} : std::vector<const char*>{"b_enc"})
     expect(name, {m});
-  expect("b_dec", {d});
+  expect("b_dec", {d_o});
+  if (out.config.skip) expect("W_skip", {d_o, d});
+  if (!out.config.skip && r.contains("W_skip"))
+    throw IoError(path, "holds W_skip, but cfg.json's architecture '" + raw.value("architecture", std::string()) +
+                            "' has no skip connection: refused (a skip transcoder says skip_transcoder)");
   const bool with_threshold = out.config.architecture == "jumprelu";
   // SAELens BatchTopK training saves hold one scalar topk_threshold (map_saelens_architecture).
   const std::string raw_arch = raw.is_object() ? raw.value("architecture", std::string()) : std::string();
@@ -383,12 +398,17 @@ inline LoadedWeights load_saelens(const std::filesystem::path& dir) {
   const bool log_threshold = with_threshold && !r.contains("threshold") && r.contains("log_threshold");
   if (with_threshold && !gated && !topk_threshold) expect(log_threshold ? "log_threshold" : "threshold", {m});
   Parameters<float>& p = out.params;
-  p = Parameters<float>(d, m, with_threshold);
+  p = Parameters<float>(d, m, with_threshold, d_o, out.config.skip);
   Mat<float> W_enc_t(m, d);
   r.read_into("W_enc", W_enc_t.data(), static_cast<std::size_t>(d * m));
   p.W_enc = W_enc_t.transpose();
-  r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d * m));
-  r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d));
+  r.read_into("W_dec", p.W_dec.data(), static_cast<std::size_t>(d_o * m));
+  r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d_o));
+  if (out.config.skip) {
+    Mat<float> W_skip_t(d, d_o);  // C-order [d_out, d_in]
+    r.read_into("W_skip", W_skip_t.data(), static_cast<std::size_t>(d * d_o));
+    p.W_skip = W_skip_t.transpose();
+  }
   if (gated) {
     Vec<float> b_gate(m), b_mag(m), r_mag(m);
     r.read_into("b_gate", b_gate.data(), static_cast<std::size_t>(m));

@@ -20,14 +20,15 @@
 namespace sae {
 
 /// A latent is dead when it has not fired for `dead_tokens` training tokens. With e = x - x_hat
-/// (the main reconstruction's residual, held constant) and z_aux the k_aux largest positive
+/// (the main reconstruction's residual, held constant; for a transcoder e = y - y_hat, while the
+/// pre-activations come from its inputs, StepState::input) and z_aux the k_aux largest positive
 /// pre-activations among dead latents of each token,
 ///
 /// \f[ \hat e_t = \sum_{j \in aux(t)} z_{tj} W_{dec}[:,j], \qquad
 ///     L_{aux} = \alpha \frac{\sum_t \lVert e_t - \hat e_t \rVert^2}{\sum_t \lVert e_t \rVert^2} \f]
 ///
 /// (no bias in e_hat), which gives dead latents a gradient towards the error the live ones
-/// leave. Defaults: dead after 10M tokens, k_aux = d_in / 2, alpha = 1/32.
+/// leave. Defaults: dead after 10M tokens, k_aux = d_out / 2 (d_in / 2 for an SAE), alpha = 1/32.
 ///
 /// The dead latents' pre-activations are computed here with one product over the dead columns
 /// of W_enc only (n_dead x d x B, nothing when no latent is dead). Gradients, with
@@ -43,7 +44,7 @@ struct AuxK {
   static constexpr const char* name = "auxk_loss";
 
   double coefficient = 1.0 / 32.0;  ///< alpha
-  Index k_aux = 0;                  ///< 0: d_in / 2
+  Index k_aux = 0;                  ///< 0: d_out / 2
   std::int64_t dead_tokens = 10'000'000;
   std::vector<std::int64_t> since_fired;  ///< per latent, tokens since it last fired
 
@@ -56,7 +57,7 @@ struct AuxK {
   template <class Scalar, class DerivedX>
   double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
                     StepState<Scalar, SparseCodes<Scalar>>& s, Parameters<Scalar>& grads) const {
-    const Index m = p.d_sae(), d = p.d_in(), B = X.cols();
+    const Index m = p.d_sae(), d = p.d_out(), B = X.cols();
     std::vector<Index> dead;
     if (static_cast<Index>(since_fired.size()) == m)
       for (Index j = 0; j < m; ++j)
@@ -65,7 +66,10 @@ struct AuxK {
     const Index nd = static_cast<Index>(dead.size());
     const Index ka = std::min<Index>(k_aux > 0 ? k_aux : std::max<Index>(1, d / 2), nd);
 
-    Mat<Scalar> We(d, nd), Wd(d, nd);
+    if (!s.input)
+      throw std::logic_error("AuxK: the step's encoder inputs are not set (call it through forward_backward)");
+    const auto& In = *s.input;  // the encoder's inputs (d_in x B): X itself for an SAE
+    Mat<Scalar> We(p.d_in(), nd), Wd(d, nd);
     Vec<Scalar> cd(nd);
     for (Index a = 0; a < nd; ++a) {
       We.col(a) = p.W_enc.col(dead[a]);
@@ -73,7 +77,7 @@ struct AuxK {
       cd[a] = s.c[dead[a]];
     }
     Mat<Scalar> Zd;
-    Zd.noalias() = We.transpose() * X;
+    Zd.noalias() = We.transpose() * In;
     Zd.colwise() += cd;
     // Keep the ka largest positive entries of each column (zero the rest); one scratch
     // vector per thread, not per token.
@@ -114,7 +118,7 @@ struct AuxK {
     const Mat<Scalar> gWd = R * Zd.transpose();
     const Vec<Scalar> dz_sum = dZ.rowwise().sum();
     Mat<Scalar> gWe;
-    gWe.noalias() = X * dZ.transpose();
+    gWe.noalias() = In * dZ.transpose();
     for (Index a = 0; a < nd; ++a) {
       const Index j = dead[a];
       grads.W_dec.col(j) += gWd.col(a);

@@ -58,9 +58,10 @@ struct MatryoshkaInner : StatelessTerm {
   double accumulate(const Eigen::MatrixBase<DerivedX>& X, const Parameters<Scalar>& p,
                     StepState<Scalar, SparseCodes<Scalar>>& s, Parameters<Scalar>& grads) const {
     check(p.d_sae());
+    if (p.has_skip()) throw std::invalid_argument("matryoshka: skip transcoders (W_skip) are not supported");
     const Index n_in = static_cast<Index>(widths.size()) - 1;  // inner levels
     if (n_in == 0) return 0.0;
-    const Index d = p.d_in(), B = X.cols();
+    const Index d = p.d_out(), B = X.cols();
     const auto& codes = s.codes;
     auto segment = [&](std::int32_t j) {  // index of the first width > j
       return static_cast<Index>(std::upper_bound(widths.begin(), widths.end(), static_cast<Index>(j)) - widths.begin());

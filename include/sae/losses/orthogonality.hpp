@@ -53,14 +53,14 @@ struct Orthogonality : StatelessTerm {
     for (Index q = 0; q < K; ++q) {
       const Index begin = q * m / K, end = (q + 1) * m / K, c = end - begin;
       if (c < 2) continue;
-      Mat<Scalar> Wc(p.d_in(), c);
+      Mat<Scalar> Wc(p.d_out(), c);
       for (Index a = 0; a < c; ++a) Wc.col(a) = p.W_dec.col(perm[begin + a]);
       Vec<Scalar> inv = Wc.colwise().norm().transpose();
       for (Index a = 0; a < c; ++a) inv[a] = inv[a] > Scalar(0) ? Scalar(1) / inv[a] : Scalar(0);
       Mat<Scalar> C;
       C.noalias() = Wc.transpose() * Wc;  // Gram matrix, then cosines
       C = inv.asDiagonal() * C * inv.asDiagonal();
-      Mat<Scalar> G = Mat<Scalar>::Zero(p.d_in(), c);  // this chunk's gradient columns
+      Mat<Scalar> G = Mat<Scalar>::Zero(p.d_out(), c);  // this chunk's gradient columns
       for (Index a = 0; a < c; ++a) {
         Index best = -1;
         Scalar cmax = -std::numeric_limits<Scalar>::infinity();

@@ -14,14 +14,15 @@ namespace sae {
 ///     \qquad \frac{\partial L_{rec}}{\partial \hat x_t} = \frac{2}{B} (\hat x_t - x_t) \f]
 ///
 /// (Summed over the d dimensions, as SAELens and dictionary_learning do; `sae eval`'s `mse`
-/// is this divided by d.)
+/// is this divided by d.) For a transcoder x_t is the target y_t and x_hat_t the output.
 ///
 /// ## The LossTerm policy
 /// Every term of a CombinedLoss provides:
 /// @code
 /// struct MyTerm {
 ///   static constexpr const char* name = "my_term";   // key in reports and logs
-///   // Returns the term's value for the batch X (d x B) and ADDS its gradient to
+///   // Returns the term's value for the batch whose target is X (d_out x B: the inputs
+///   // themselves for an SAE, a transcoder's targets y) and ADDS its gradient to
 ///   // s.grad_xhat (dL/dX_hat), s.grad_codes (dL/df, in the codes' structure) and/or
 ///   // grads (parameters it touches directly). s.codes and s.X_hat hold the forward pass.
 ///   template <class Scalar, class Codes, class DerivedX>

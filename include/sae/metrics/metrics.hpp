@@ -110,25 +110,48 @@ class MetricsAccumulator {
 
 /// Evaluates @p model on the first @p limit tokens of X (d x N float; limit <= 0: all),
 /// in batches of @p batch tokens. NumericalError naming the row if X holds NaN or Inf there
-/// (a non-finite token would make every metric meaningless).
+/// (a non-finite token would make every metric meaningless). SAEs only: a transcoder is
+/// evaluated against its targets (the overload below).
 template <class Model>
 EvalMetrics evaluate(const Model& model, const Eigen::Ref<const Mat<float>>& X, Index limit = 0, Index batch = 4096) {
+  if (model.config().is_transcoder())
+    throw std::invalid_argument(
+        "a transcoder is evaluated against targets (the activations it predicts), not its inputs");
+  return evaluate(model, X, X, limit, batch);
+}
+
+/// Evaluates @p model's output for the inputs X (d_in x N) against the targets Y (d_out x N:
+/// X itself for an SAE, what a transcoder predicts): the metrics' x_t is y_t, x_hat_t the output.
+template <class Model>
+EvalMetrics evaluate(const Model& model, const Eigen::Ref<const Mat<float>>& X, const Eigen::Ref<const Mat<float>>& Y,
+                     Index limit = 0, Index batch = 4096) {
   using Scalar = typename Model::scalar_type;
   if (X.rows() != model.d_in())
     throw std::invalid_argument("data has d_in=" + std::to_string(X.rows()) +
                                 ", the SAE has d_in=" + std::to_string(model.d_in()));
+  if (Y.rows() != model.d_out())
+    throw std::invalid_argument("targets have d_out=" + std::to_string(Y.rows()) +
+                                ", the transcoder has d_out=" + std::to_string(model.d_out()));
+  if (Y.cols() != X.cols())
+    throw std::invalid_argument("targets have " + std::to_string(Y.cols()) + " tokens, the inputs " +
+                                std::to_string(X.cols()) + ": every input token needs its target");
+  const bool paired = Y.data() != X.data();
   const Index N = limit > 0 ? std::min(limit, X.cols()) : X.cols();
-  MetricsAccumulator acc(model.d_in(), model.d_sae());
+  MetricsAccumulator acc(model.d_out(), model.d_sae());
   typename Model::State s;
   typename Model::Codes codes;
-  Mat<Scalar> Xb, X_hat;
+  Mat<Scalar> Xb, Yb, Y_hat;
   for (Index t0 = 0; t0 < N; t0 += batch) {
     const Index b = std::min(batch, N - t0);
     Xb = X.middleCols(t0, b).template cast<Scalar>();
     check_finite_tokens(X.middleCols(t0, b), t0, "");
+    if (paired) {
+      check_finite_tokens(Y.middleCols(t0, b), t0, "targets");
+      Yb = Y.middleCols(t0, b).template cast<Scalar>();
+    }
     model.encode(Xb, codes, s);
-    model.decode(codes, X_hat);
-    acc.add(Xb, X_hat, codes);
+    model.output(Xb, codes, Y_hat);
+    acc.add(paired ? Yb : Xb, Y_hat, codes);
   }
   return acc.finish();
 }
@@ -139,7 +162,7 @@ template <class Scalar>
 double mmcs(const Mat<Scalar>& W_dec, const Eigen::Ref<const Mat<float>>& features) {
   if (features.rows() != W_dec.rows())
     throw std::invalid_argument("features have dimension " + std::to_string(features.rows()) +
-                                ", the SAE has d_in=" + std::to_string(W_dec.rows()));
+                                ", the decoder's columns have " + std::to_string(W_dec.rows()));
   if (features.cols() == 0) throw std::invalid_argument("mmcs: no features");
   Eigen::MatrixXd U = features.template cast<double>();
   Eigen::MatrixXd W = W_dec.template cast<double>();

@@ -33,9 +33,9 @@ template <class Scalar>
 class Adam {
  public:
   Adam() = default;
-  /// Zero moments shaped like @p like (including its threshold, if any).
+  /// Zero moments shaped like @p like (including its threshold and W_skip, if any).
   Adam(const AdamOptions& opts, const Parameters<Scalar>& like)
-      : opts_(opts), m_(like.d_in(), like.d_sae(), like.has_threshold()), v_(m_) {}
+      : opts_(opts), m_(Parameters<Scalar>::zeros_like(like)), v_(m_) {}
 
   const AdamOptions& options() const { return opts_; }
   std::int64_t steps_taken() const { return t_; }

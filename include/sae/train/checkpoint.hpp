@@ -5,9 +5,10 @@
 /// Format (`checkpoint.safetensors`, version 1): tensors in the checkpoint's Scalar (F32 for
 /// float training, F64 for double), raw bytes, so they round-trip exactly:
 ///
-///     model.W_enc, model.W_dec    [d_sae, d_in]  libsae layout (column j of the d x m matrix
+///     model.W_enc [d_sae, d_in], model.W_dec [d_sae, d_out]  libsae layout (column j of the d x m matrix
 ///                                               = row j), NOT SAELens's W_enc [d_in, d_sae]
-///     model.b_enc [d_sae], model.b_dec [d_in], model.threshold [d_sae] (JumpReLU only)
+///     model.b_enc [d_sae], model.b_dec [d_out], model.threshold [d_sae] (JumpReLU only)
+///     model.W_skip [d_in, d_out]                 skip transcoders only (libsae layout, d_out x d_in)
 ///     adam.m.<tensor>, adam.v.<tensor>           Adam's moments, same shapes
 ///     trainer.since_fired [d_sae] I64             tokens since each latent fired (reports)
 ///     loss.<term>.<key> [d_sae] I64               a loss term's per-latent counts (PolicyState::counts;
@@ -17,6 +18,7 @@
 /// and `__metadata__` = {"format": "libsae-checkpoint", "state": JSON text} with the JSON
 ///
 ///     {"format": "libsae-checkpoint", "version": 1, "architecture", "d_in", "d_sae", "scalar",
+///      "d_out", "skip" (transcoders only; absent: d_out = d_in, no W_skip),
 ///      "step", "tokens", "adam": {"t", "beta1", "beta2", "eps"},
 ///      "activation": {...}  (the activation's PolicyState values: BatchTopK's inference threshold),
 ///      "loss": {"<term>": {...}}  (a loss term's PolicyState values, when it has any),
@@ -153,6 +155,10 @@ void save_checkpoint(const std::filesystem::path& file, const Model& model,
   j["architecture"] = std::string(Model::architecture());
   j["d_in"] = model.d_in();
   j["d_sae"] = model.d_sae();
+  if (model.config().is_transcoder()) {  // absent in SAE checkpoints (and in those of libsae < 0.9)
+    j["d_out"] = model.params().d_out();
+    j["skip"] = model.params().has_skip();
+  }
   j["scalar"] = dc::scalar_name<Scalar>();
   j["step"] = st.step;
   j["tokens"] = st.tokens;
@@ -221,14 +227,18 @@ nlohmann::json load_checkpoint(const std::filesystem::path& file, Model& model,
   try {
     if (j.at("architecture").get<std::string>() != arch || j.at("d_in").get<std::int64_t>() != model.d_in() ||
         j.at("d_sae").get<std::int64_t>() != model.d_sae() ||
-        j.at("scalar").get<std::string>() != dc::scalar_name<Scalar>())
+        j.at("scalar").get<std::string>() != dc::scalar_name<Scalar>() ||
+        j.value("d_out", model.d_in()) != model.params().d_out() || j.value("skip", false) != model.params().has_skip())
       fail("checkpoint is for a " + j.at("architecture").get<std::string>() + " SAE with d_in=" + j.at("d_in").dump() +
-           ", d_sae=" + j.at("d_sae").dump() + " (" + j.at("scalar").get<std::string>() + "); this run trains a " +
-           arch + " SAE with d_in=" + std::to_string(model.d_in()) + ", d_sae=" + std::to_string(model.d_sae()) + " (" +
-           dc::scalar_name<Scalar>() + ")");
+           ", d_sae=" + j.at("d_sae").dump() +
+           ", d_out=" + std::to_string(j.value("d_out", j.at("d_in").get<std::int64_t>())) +
+           (j.value("skip", false) ? " with W_skip" : "") + " (" + j.at("scalar").get<std::string>() +
+           "); this run trains a " + arch + " SAE with d_in=" + std::to_string(model.d_in()) +
+           ", d_sae=" + std::to_string(model.d_sae()) + ", d_out=" + std::to_string(model.params().d_out()) +
+           (model.params().has_skip() ? " with W_skip" : "") + " (" + dc::scalar_name<Scalar>() + ")");
 
     auto read_params = [&](const std::string& prefix, Parameters<Scalar>& q) {
-      q = Parameters<Scalar>(model.d_in(), model.d_sae(), model.params().has_threshold());
+      q = Parameters<Scalar>::zeros_like(model.params());
       zip_tensors(
           [&](const char* name, auto& t) {
             if (t.size() == 0) return;

@@ -58,7 +58,11 @@ inline nlohmann::json train_settings_to_json(const TrainSettings& a) {
   using nlohmann::json;
   json d = json::array();
   for (const auto& p : a.data) d.push_back(p.string());
+  json t = json::array();
+  for (const auto& p : a.target) t.push_back(p.string());
   json j = {{"data", d},
+            {"target", t},
+            {"skip", a.skip},
             {"out", a.out.string()},
             {"arch", a.arch},
             {"d_sae", a.d_sae},
@@ -88,6 +92,9 @@ inline nlohmann::json train_settings_to_json(const TrainSettings& a) {
 inline TrainSettings train_settings_from_json(const nlohmann::json& j) {
   TrainSettings a;
   for (const auto& p : j.at("data")) a.data.emplace_back(p.get<std::string>());
+  if (const auto it = j.find("target"); it != j.end())  // absent in checkpoints of libsae < 0.9
+    for (const auto& p : *it) a.target.emplace_back(p.get<std::string>());
+  a.skip = j.value("skip", false);
   a.out = j.at("out").get<std::string>();
   a.arch = j.at("arch").get<std::string>();
   a.d_sae = j.at("d_sae").get<Index>();
@@ -169,62 +176,136 @@ class TrainData {
 /// file converted once into memory). Several files, a directory, or a shuffle buffer:
 /// StreamingBatches (memory-mapped chunks through a shuffle buffer; data larger than memory).
 /// Both report the file and row of a bad token and can seek to a checkpoint's position.
+///
+/// With @p target data (a transcoder's: check_paired_data), a second source of the same kind,
+/// seed, shuffle buffer and chunk size runs in lockstep over the targets: both orders are
+/// functions of the seed and the files' row counts only, so column t of target() is the target
+/// of column t of next() (token i of the inputs pairs with token i of the targets).
 class TrainSource {
  public:
-  TrainSource(const TrainData& data, const TrainSettings& a, double scale) {
+  TrainSource(const TrainData& data, const TrainSettings& a, double scale, const TrainData* target = nullptr) {
     const std::uint64_t seed = a.opt.seed ^ 0x5ae5ae5aULL;
-    const bool whole = data.in_memory() || (data.files() == 1 && !a.shuffle_buffer);
     if (data.in_memory() && a.shuffle_buffer)
       throw std::invalid_argument(
           "shuffle_buffer applies to streamed .npy files; an in-memory array is shuffled whole");
-    if (whole) {
-      const float* x = data.memory();
-      std::string name = data.name();
-      if (!x) {
-        const io::NpyReader& r = data.dataset().file(0);
-        if (r.dtype() == io::NpyDtype::F32) {
-          x = r.f32_data();
-        } else {
-          converted_.resize(data.d_in(), static_cast<Index>(data.tokens()));
-          r.copy_rows_f32(0, r.rows(), converted_.data());
-          x = converted_.data();
-        }
-      }
-      shuffled_.emplace(x, data.d_in(), static_cast<Index>(data.tokens()), a.opt.batch, seed);
-      shuffled_->set_name(name);
-      if (scale != 1.0) shuffled_->set_scale(scale);
-      describe_ = {{"kind", "shuffled"}, {"seed", seed}};
-    } else {
-      StreamingOptions o;
-      o.batch = a.opt.batch;
-      o.shuffle_buffer = a.shuffle_buffer.value_or(0);
-      o.seed = seed;
-      o.scale = scale;
-      streaming_.emplace(data.dataset(), o);
-      describe_ = {{"kind", "streaming"},
-                   {"seed", seed},
-                   {"shuffle_buffer", streaming_->shuffle_buffer()},
-                   {"chunk", streaming_->chunk()}};
+    x_.emplace(data, a, scale, seed, 0, 0);
+    describe_ = x_->describe();
+    if (target) {
+      if (target->in_memory() != data.in_memory())
+        throw std::invalid_argument("inputs and targets must both be arrays or both be .npy files");
+      y_.emplace(*target, a, scale, seed, x_->streaming ? x_->streaming->shuffle_buffer() : 0,
+                 x_->streaming ? x_->streaming->chunk() : 0);
     }
   }
-  Index d_in() const { return shuffled_ ? shuffled_->d_in() : streaming_->d_in(); }
-  const Mat<float>& next() { return shuffled_ ? shuffled_->next() : streaming_->next(); }
-  std::string origin(Index col) const { return shuffled_ ? shuffled_->origin(col) : streaming_->origin(col); }
-  std::int64_t position() const { return shuffled_ ? shuffled_->position() : streaming_->position(); }
-  void seek(std::int64_t p) { shuffled_ ? shuffled_->seek(p) : streaming_->seek(p); }
+  Index d_in() const { return x_->d_in(); }
+  const Mat<float>& next() {
+    if (y_) y_->next();
+    return x_->next();
+  }
+  /// Transcoders: targets are present, their width, and those of the last next() (d_out x B).
+  bool has_target() const { return y_.has_value(); }
+  Index d_out() const { return y_ ? y_->d_in() : x_->d_in(); }
+  const Mat<float>& target() const { return y_ ? y_->last() : x_->last(); }
+  std::string origin(Index col) const { return x_->origin(col); }
+  std::string target_origin(Index col) const { return y_ ? y_->origin(col) : x_->origin(col); }
+  std::int64_t position() const { return x_->position(); }
+  void seek(std::int64_t p) {
+    x_->seek(p);
+    if (y_) y_->seek(p);
+  }
   /// Kind, seed and buffer sizes (plus the position) for checkpoints and logs.
   nlohmann::json describe() const {
     nlohmann::json j = describe_;
     j["position"] = position();
+    if (y_) j["paired_targets"] = true;
     return j;
   }
 
  private:
-  Mat<float> converted_;
-  std::optional<ShuffledBatches<float>> shuffled_;
-  std::optional<StreamingBatches<float>> streaming_;
+  /// One side (inputs or targets): a ShuffledBatches or a StreamingBatches over one TrainData.
+  /// Not movable: the shuffled source borrows `converted`.
+  struct Side {
+    std::uint64_t seed;
+    Mat<float> converted;
+    std::optional<ShuffledBatches<float>> shuffled;
+    std::optional<StreamingBatches<float>> streaming;
+    const Mat<float>* last_batch = nullptr;
+
+    Side(const TrainData& data, const TrainSettings& a, double scale, std::uint64_t seed, std::int64_t buffer,
+         std::int64_t chunk)
+        : seed(seed) {
+      const bool whole = data.in_memory() || (data.files() == 1 && !a.shuffle_buffer);
+      if (whole) {
+        const float* x = data.memory();
+        if (!x) {
+          const io::NpyReader& r = data.dataset().file(0);
+          if (r.dtype() == io::NpyDtype::F32) {
+            x = r.f32_data();
+          } else {
+            converted.resize(data.d_in(), static_cast<Index>(data.tokens()));
+            r.copy_rows_f32(0, r.rows(), converted.data());
+            x = converted.data();
+          }
+        }
+        shuffled.emplace(x, data.d_in(), static_cast<Index>(data.tokens()), a.opt.batch, seed);
+        shuffled->set_name(data.name());
+        if (scale != 1.0) shuffled->set_scale(scale);
+      } else {
+        StreamingOptions o;
+        o.batch = a.opt.batch;
+        o.shuffle_buffer = buffer > 0 ? buffer : a.shuffle_buffer.value_or(0);
+        o.chunk = chunk;
+        o.seed = seed;
+        o.scale = scale;
+        streaming.emplace(data.dataset(), o);
+      }
+    }
+    Side(const Side&) = delete;
+    Side& operator=(const Side&) = delete;
+
+    Index d_in() const { return shuffled ? shuffled->d_in() : streaming->d_in(); }
+    const Mat<float>& next() { return *(last_batch = shuffled ? &shuffled->next() : &streaming->next()); }
+    const Mat<float>& last() const {
+      if (!last_batch) throw std::logic_error("TrainSource: target() before next()");
+      return *last_batch;
+    }
+    std::string origin(Index col) const { return shuffled ? shuffled->origin(col) : streaming->origin(col); }
+    std::int64_t position() const { return shuffled ? shuffled->position() : streaming->position(); }
+    void seek(std::int64_t p) { shuffled ? shuffled->seek(p) : streaming->seek(p); }
+    nlohmann::json describe() const {
+      if (shuffled) return {{"kind", "shuffled"}, {"seed", seed}};
+      return {{"kind", "streaming"},
+              {"seed", streaming->seed()},
+              {"shuffle_buffer", streaming->shuffle_buffer()},
+              {"chunk", streaming->chunk()}};
+    }
+  };
+
+  std::optional<Side> x_, y_;
   nlohmann::json describe_;
 };
+
+/// Checks that @p target pairs token for token with @p data (a transcoder's inputs and targets):
+/// the same number of files with the same rows each (so the shuffles line up), or arrays of
+/// the same length. io::IoError naming the first target file that differs.
+inline void check_paired_data(const TrainData& data, const TrainData& target) {
+  if (data.in_memory() || target.in_memory()) {
+    if (data.tokens() != target.tokens())
+      throw std::invalid_argument("targets have " + std::to_string(target.tokens()) + " tokens, the inputs " +
+                                  std::to_string(data.tokens()) + ": every input token needs its target");
+    return;
+  }
+  if (data.files() != target.files())
+    throw std::invalid_argument("--target names " + std::to_string(target.files()) + " .npy files, --data " +
+                                std::to_string(data.files()) +
+                                ": give one target file per input file (same order, same rows)");
+  for (std::size_t f = 0; f < data.files(); ++f)
+    if (data.dataset().file_tokens(f) != target.dataset().file_tokens(f))
+      throw io::IoError(target.dataset().file_path(f),
+                        "has " + std::to_string(target.dataset().file_tokens(f)) + " rows, but its input file " +
+                            data.dataset().file_path(f).string() + " has " +
+                            std::to_string(data.dataset().file_tokens(f)) + " (targets pair with inputs row by row)");
+}
 
 /// What a run reports while it works. Every member may be empty (then: progress lines and
 /// messages go to std::cerr, and the run is never asked to stop).
@@ -413,6 +494,22 @@ inline void check_train_settings(const TrainSettings& a) {
   } catch (const std::invalid_argument& e) {
     fail(e.what());
   }
+  if (a.skip && a.target.empty())
+    fail("--skip makes a skip transcoder, which needs --target (the activations to predict)");
+  if (!a.target.empty()) {
+    with_variant(a.arch, [&]<class V>(std::type_identity<V>) {
+      const std::string_view saved = V::saved_as_itself ? V::name : JumpReLUVariant::name;
+      if (saelens_transcoder_architecture(saved, a.skip).empty())
+        fail("--arch " + std::string(V::name) + " with --target: a " + std::string(saved) +
+             " transcoder has no SAELens form (SAELens has relu and jumprelu transcoders): use --arch standard, "
+             "jumprelu, batchtopk, ortsae or matryoshka_batchtopk (the BatchTopK family is saved as "
+             "jumprelu_transcoder)");
+    });
+    if (parse_normalization(a.normalize) != Normalization::None)
+      fail("--normalize " + a.normalize +
+           " with --target: normalising a transcoder's inputs and targets is not "
+           "supported; use --normalize none");
+  }
   if (a.d_sae <= 0) fail("--d-sae must be positive");
   if (variant_name_uses_k(a.arch) && (a.k <= 0 || a.k > a.d_sae))
     fail("--k must be in [1, d_sae=" + std::to_string(a.d_sae) + "], got " + std::to_string(a.k));
@@ -501,11 +598,17 @@ inline void check_training_memory(const TrainSettings& a, const TrainData& data)
 
 /// The SaeConfig of a run of @p a on data of dimension @p d_in, after checking the settings
 /// (check_train_settings); also sets a.opt.lr (a.lr or default_lr) and a.opt.dead_tokens.
-inline SaeConfig training_config(TrainSettings& a, Index d_in) {
+/// A transcoder's (a.target given) has @p d_out, the targets' width, and a.skip.
+inline SaeConfig training_config(TrainSettings& a, Index d_in, Index d_out = 0) {
   check_train_settings(a);
   SaeConfig cfg;
   cfg.d_in = d_in;
   cfg.d_sae = a.d_sae;
+  if (!a.target.empty()) {
+    cfg.d_out = d_out;
+    cfg.skip = a.skip;
+    cfg.apply_b_dec_to_input = false;
+  }
   cfg.architecture = canonical_variant_name(a.arch);
   cfg.k = variant_name_uses_k(a.arch) ? a.k : 0;
   a.opt.lr = a.lr.value_or(default_lr(a.d_sae));
@@ -529,10 +632,10 @@ namespace detail {
 /// checkpoint every a.checkpoint_every steps; then folds the normalisation factor into the
 /// weights and, with a.out, writes the SAE directory and its train_log.jsonl.
 template <class Model>
-TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data, double scale,
+TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data, const TrainData* target, double scale,
                      const std::optional<ResumeFrom>& resume, nlohmann::json meta, const TrainHooks& h) {
   using nlohmann::json;
-  TrainSource source(data, a, scale);
+  TrainSource source(data, a, scale, target);
   TrainState<float> st;
   std::vector<std::string> log_lines;
   std::int64_t tokens0 = 0;  // tokens trained before this process started
@@ -569,6 +672,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                         {"scale_bits", std::bit_cast<std::uint64_t>(scale)},
                         {"source", source.describe()},
                         {"data", data.fingerprint()},
+                        {"target", target ? target->fingerprint() : json(nullptr)},
                         {"log", log},
                         {"gemm_backend", gemm_backend_name()}};
     save_checkpoint(ckpt_dir / checkpoint_file_name, model, s, extra);
@@ -620,6 +724,8 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   json result = {{"out", a.out.empty() ? json(nullptr) : json(a.out.string())},
                  {"architecture", model.config().architecture},
                  {"d_in", model.d_in()},
+                 {"d_out", model.config().is_transcoder() ? json(model.d_out()) : json(nullptr)},
+                 {"skip", model.config().skip},
                  {"d_sae", model.d_sae()},
                  {"k", model.config().k},
                  {"steps", r.steps},
@@ -650,8 +756,12 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
 /// TrainingInterrupted when hooks.stop asked it to stop.
 /// (A template only so that a translation unit that includes this header without training does
 /// not compile the training of every variant: Hooks is always TrainHooks.)
+///
+/// A transcoder is trained when settings.target names target files (or @p target is given with
+/// @p data: arrays pairing token for token, check_paired_data).
 template <class Hooks = TrainHooks>
-TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData* data = nullptr) {
+TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData* data = nullptr,
+                      const TrainData* target = nullptr) {
   using nlohmann::json;
   std::optional<detail::ResumeFrom> resume;
   if (!a.resume.empty()) {
@@ -667,7 +777,14 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
     opened = TrainData::open(a.data);
     data = &*opened;
   }
+  std::optional<TrainData> opened_target;
+  if (!target && !a.target.empty()) {
+    opened_target = TrainData::open(a.target);
+    target = &*opened_target;
+  }
+  if (target && a.target.empty()) a.target = {target->name()};  // arrays: what the settings record
   check_train_settings(a);
+  if (target) check_paired_data(*data, *target);
   set_num_threads(a.threads);
   if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
   const Normalization norm = parse_normalization(a.normalize);
@@ -685,14 +802,23 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
     if (!same)
       throw io::IoError(resume->file,
                         "the activation files differ from the ones the run was trained on (" + was.dump() + ")");
+    const json was_target = extra.value("target", json(nullptr));
+    const json now_target = target ? target->fingerprint() : json(nullptr);
+    if (was_target.is_null() != now_target.is_null() ||
+        (!now_target.is_null() &&
+         (was_target.at("d_in") != now_target.at("d_in") || was_target.at("tokens") != now_target.at("tokens"))))
+      throw io::IoError(resume->file,
+                        "the target files differ from the ones the run was trained on (" + was_target.dump() + ")");
   } else {
     scale = data->scale(norm);
   }
-  const SaeConfig cfg = training_config(a, data->d_in());
+  const SaeConfig cfg = training_config(a, data->d_in(), target ? target->d_in() : 0);
   check_training_memory(a, *data);
   const bool uses_k = cfg.k > 0;
-  std::string head =
-      "sae train: " + cfg.architecture + " d_in " + std::to_string(cfg.d_in) + " d_sae " + std::to_string(cfg.d_sae);
+  std::string head = "sae train: " + cfg.architecture +
+                     (cfg.is_transcoder() ? (cfg.skip ? " skip transcoder" : " transcoder") : "") + " d_in " +
+                     std::to_string(cfg.d_in) + (cfg.is_transcoder() ? " d_out " + std::to_string(cfg.d_out) : "") +
+                     " d_sae " + std::to_string(cfg.d_sae);
   if (uses_k) head += " k " + std::to_string(cfg.k);
   char lr[32];
   std::snprintf(lr, sizeof lr, "%g", a.opt.lr);
@@ -718,6 +844,14 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
     meta["dataset_path"] = json::array();
     for (const auto& p : a.data) meta["dataset_path"].push_back(p.string());
   }
+  if (target) {
+    if (target->in_memory() || a.target.size() != 1) {
+      meta["target_path"] = json::array();
+      for (const auto& p : a.target) meta["target_path"].push_back(p.string());
+    } else {
+      meta["target_path"] = a.target.front().string();
+    }
+  }
   if (norm != Normalization::None)
     meta["activation_normalization"] = {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}};
   json& tr = meta["training"];
@@ -730,8 +864,9 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
         {"decay_steps", a.opt.schedule().decay_steps}};
   if (data->files() > 1 || a.shuffle_buffer)
     tr["shuffle_buffer"] = a.shuffle_buffer ? json(*a.shuffle_buffer) : json("default");
-  return with_training_model(
-      a, cfg, tr, [&](auto& model) { return detail::train_model(model, a, *data, scale, resume, meta, hooks); });
+  return with_training_model(a, cfg, tr, [&](auto& model) {
+    return detail::train_model(model, a, *data, target, scale, resume, meta, hooks);
+  });
 }
 
 }  // namespace sae

@@ -30,10 +30,14 @@ struct SettingsError : std::invalid_argument {
 /// as '_'). Defaults are the measured ones of docs/variants.md.
 struct TrainSettings {
   std::vector<std::filesystem::path> data;  ///< .npy files and/or directories of them
-  std::filesystem::path out;                ///< SAE directory to write (empty: keep in memory only)
-  std::string arch = "topk";                ///< a variant's name or alias (variant_names())
-  Index d_sae = 0;                          ///< m
-  Index k = 32;                             ///< active latents per token (variants that use k)
+  /// A transcoder's targets (e.g. an MLP's outputs when `data` holds its inputs): .npy files
+  /// pairing row by row with `data` (one per input file, same rows). Empty: an SAE.
+  std::vector<std::filesystem::path> target;
+  bool skip = false;          ///< a skip transcoder: adds a learned linear W_skip x to the output (needs target)
+  std::filesystem::path out;  ///< SAE directory to write (empty: keep in memory only)
+  std::string arch = "topk";  ///< a variant's name or alias (variant_names())
+  Index d_sae = 0;            ///< m
+  Index k = 32;               ///< active latents per token (variants that use k)
   /// The variant's own options (`--l1`, `--chunks` ...), by key, as given; the variant declares
   /// their types and defaults (sae/variants/, `options`), resolved by resolve_options().
   nlohmann::json options = nlohmann::json::object();
@@ -62,8 +66,8 @@ inline std::string setting_key(std::string name) {
 
 /// Settings that may change when resuming; every other one comes from the checkpoint.
 inline const std::set<std::string>& resume_settings_allowed() {
-  static const std::set<std::string> s = {"resume", "threads", "checkpoint_every", "checkpoint_dir",
-                                          "out",    "data",    "log_every",        "gemm"};
+  static const std::set<std::string> s = {
+      "resume", "threads", "checkpoint_every", "checkpoint_dir", "out", "data", "log_every", "gemm", "target"};
   return s;
 }
 

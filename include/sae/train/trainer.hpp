@@ -94,18 +94,27 @@ struct TrainState {
 };
 
 namespace detail {
-/// Throws NumericalError naming the step, the first non-finite entry of X and, when the source
-/// can tell (`origin(column)`), the file and row it came from.
+/// Throws NumericalError naming the step, the first non-finite entry of X (a batch of inputs,
+/// or with @p targets of a transcoder's targets) and, when the source can tell
+/// (`origin(column)`, `target_origin(column)`), the file and row it came from.
 template <class Source, class Derived>
-void check_finite_input(const Source& source, const Eigen::MatrixBase<Derived>& X, std::int64_t step) {
+void check_finite_input(const Source& source, const Eigen::MatrixBase<Derived>& X, std::int64_t step,
+                        bool targets = false) {
   if (X.allFinite()) return;
   for (Index t = 0; t < X.cols(); ++t)
     for (Index i = 0; i < X.rows(); ++i) {
       const double v = static_cast<double>(X(i, t));
       if (std::isfinite(v)) continue;
       std::string where = "batch column " + std::to_string(t);
-      if constexpr (requires { source.origin(t); }) where = source.origin(t);
-      throw NumericalError("step " + std::to_string(step + 1) + ": input activation is " +
+      if constexpr (requires {
+                      source.origin(t);
+                      source.target_origin(t);
+                    })
+        where = targets ? source.target_origin(t) : source.origin(t);
+      else if constexpr (requires { source.origin(t); })
+        if (!targets) where = source.origin(t);
+      throw NumericalError("step " + std::to_string(step + 1) + ": " + (targets ? "target" : "input") +
+                           " activation is " +
                            (std::isnan(v) ? std::string("nan") : std::string(v > 0 ? "inf" : "-inf")) + " at " + where +
                            ", dimension " + std::to_string(i));
     }
@@ -129,6 +138,17 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
   if (source.d_in() != model.d_in())
     throw std::invalid_argument("training data has d_in=" + std::to_string(source.d_in()) +
                                 ", the SAE has d_in=" + std::to_string(model.d_in()));
+  // A transcoder trains against targets: the source's target() after each next() (d_out x B).
+  constexpr bool source_has_targets = requires { source.target(); };
+  bool paired = false;
+  if constexpr (source_has_targets) paired = source.has_target();
+  if (paired != model.config().is_transcoder())
+    throw std::invalid_argument(paired ? "the training data has targets, but the model is an SAE (not a transcoder)"
+                                       : "a transcoder needs target data beside its inputs (--target)");
+  if constexpr (source_has_targets)
+    if (paired && source.d_out() != model.d_out())
+      throw std::invalid_argument("target data has d_out=" + std::to_string(source.d_out()) +
+                                  ", the transcoder has d_out=" + std::to_string(model.d_out()));
   if (opts.steps < 0) throw std::invalid_argument("steps must be >= 0");
   if (st.step < 0 || st.step > opts.steps)
     throw std::invalid_argument("cannot start at step " + std::to_string(st.step) + " of " +
@@ -154,11 +174,19 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
   for (std::int64_t step = st.step; step < opts.steps; ++step) {
     const Mat<Scalar>& X = source.next();
     detail::check_finite_input(source, X, step);
+    const Mat<Scalar>* target = &X;  // what the output is compared with: X itself, or the targets
+    if constexpr (source_has_targets) {
+      if (paired) {
+        target = &source.target();
+        detail::check_finite_input(source, *target, step, /*targets=*/true);
+      }
+    }
+    const Mat<Scalar>& Y = *target;
     if (step == 0 && opts.initialize) {
-      model.initialize(X, opts.seed);
+      model.initialize(X, Y, opts.seed);
       if constexpr (Act::unit_norm_decoder) model.normalize_decoder();
     }
-    const auto report = model.forward_backward(X, grads, state, step);
+    const auto report = model.forward_backward(X, Y, grads, state, step);
     if (!std::isfinite(report.total))
       throw NumericalError("training diverged at step " + std::to_string(step + 1) + ": loss is " +
                            std::to_string(report.total));
@@ -176,9 +204,9 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
     for (std::size_t i = 0; i < names.size(); ++i) w.terms[i] += report.terms[i];
     w.l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
     kernels::update_since_fired(state.codes, st.since_fired);
-    w.err += static_cast<double>((state.X_hat - X).squaredNorm());
-    batch_mean.noalias() = X.rowwise().mean();
-    w.var += static_cast<double>((X.colwise() - batch_mean).squaredNorm());
+    w.err += static_cast<double>((state.X_hat - Y).squaredNorm());
+    batch_mean.noalias() = Y.rowwise().mean();
+    w.var += static_cast<double>((Y.colwise() - batch_mean).squaredNorm());
 
     const bool last = step + 1 == opts.steps;
     if (last || (opts.log_every > 0 && (step + 1) % opts.log_every == 0)) {
@@ -222,7 +250,9 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
 }
 
 /// Trains @p model on batches from @p source (DataSource: `d_in()`, `next()` returning a
-/// d x B matrix of the model's Scalar; see ShuffledBatches) for opts.steps Adam steps.
+/// d x B matrix of the model's Scalar; see ShuffledBatches) for opts.steps Adam steps. A
+/// transcoder's source also has `has_target()` (true), `d_out()` and `target()`, the d_out x B
+/// targets of the last next() (TrainSource with target data).
 ///
 /// Each step: forward/backward on one batch; for unit-norm decoders (TopK family) project
 /// the decoder gradient onto the sphere's tangent; Adam with the scheduled lr; then

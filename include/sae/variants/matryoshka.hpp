@@ -64,6 +64,8 @@ struct MatryoshkaBatchTopKVariant {
     } catch (const std::invalid_argument& e) {
       throw std::invalid_argument("--matryoshka-widths: " + std::string(e.what()));
     }
+    if (a.skip)  // the prefix reconstructions would need the skip term and its gradient too
+      throw std::invalid_argument("--arch " + std::string(name) + " does not support --skip (skip transcoders)");
   }
 
   template <class F>

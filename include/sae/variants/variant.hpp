@@ -77,7 +77,7 @@ struct AuxKOptions {
     aux.k_aux = o.integer("aux_k");
     aux.coefficient = o.real("aux_coeff");
     aux.dead_tokens = a.dead_tokens;
-    tr["aux_k"] = aux.k_aux > 0 ? aux.k_aux : std::max<Index>(1, model.d_in() / 2);
+    tr["aux_k"] = aux.k_aux > 0 ? aux.k_aux : std::max<Index>(1, model.d_out() / 2);
     tr["aux_coeff"] = aux.coefficient;
     tr["dead_tokens"] = aux.dead_tokens;
   }

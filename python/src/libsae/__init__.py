@@ -111,6 +111,21 @@ class Sae:
         return self._s.d_sae
 
     @property
+    def d_out(self) -> int:
+        """The output's width: d_in for an SAE, the target's width for a transcoder."""
+        return self._s.d_out
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True for a transcoder (trained with target=; SAELens's transcoder forms)."""
+        return self._s.is_transcoder
+
+    @property
+    def W_skip(self) -> Optional[np.ndarray]:
+        """A skip transcoder's W_skip [d_out, d_in] (output += x @ W_skip.T), else None."""
+        return self._s.W_skip
+
+    @property
     def architecture(self) -> str:
         """'standard', 'topk' or 'jumprelu' (as cfg.json names it)."""
         return self._s.architecture
@@ -189,7 +204,8 @@ class Sae:
         return self._s.decode_dense(_tokens(codes, "codes"), _batch(batch))
 
     def reconstruct(self, X: ArrayLike, *, batch: int = DEFAULT_BATCH, threads: Optional[int] = None) -> np.ndarray:
-        """decode(encode(X)) [N, d_in], without materialising the codes."""
+        """decode(encode(X)) [N, d_in], without materialising the codes; for a transcoder its output
+        [N, d_out] (plus W_skip x for a skip transcoder)."""
         A = _tokens(X)
         _threads(threads)
         return self._s.reconstruct(A, _batch(batch))
@@ -234,18 +250,24 @@ def load(path: PathLike) -> Sae:
 
 
 def evaluate(sae: Sae, X: ArrayLike, features: Optional[ArrayLike] = None, *, limit: int = 0,
-             batch: int = DEFAULT_BATCH, threads: Optional[int] = None) -> Dict[str, Any]:
+             batch: int = DEFAULT_BATCH, threads: Optional[int] = None,
+             target: Optional[ArrayLike] = None) -> Dict[str, Any]:
     """The metrics of `sae eval` on X [N, d_in] (array or .npy path), with its keys: tokens,
     l0, mse, fvu, explained_variance, dead_fraction, architecture, sae (the path it was loaded
     from, or None), data (the .npy path, or "array [N, d]"), seconds, and mmcs when the true
-    features [n, d_in] are given. limit > 0 evaluates the first `limit` tokens only."""
+    features [n, d_out] are given. limit > 0 evaluates the first `limit` tokens only.
+    A transcoder needs target [N, d_out], what it predicts for X (`sae eval --target`): the
+    metrics then compare its output with target."""
     A = _tokens(X)
     F = None if features is None else _tokens(features, "features")
+    Y = None if target is None else _tokens(target, "target")
     _threads(threads)
     if int(limit) != limit or limit < 0:
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
-    m = sae._s.evaluate(A, F, int(limit), _batch(batch))
+    m = sae._s.evaluate(A, F, int(limit), _batch(batch), Y)
     m["data"] = os.fspath(X) if _is_path(X) else f"array [{A.shape[0]}, {A.shape[1]}]"
+    if target is not None:
+        m["target"] = os.fspath(target) if _is_path(target) else f"array [{Y.shape[0]}, {Y.shape[1]}]"
     return m
 
 
@@ -312,7 +334,8 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
           threads: Optional[int] = None, gemm: Optional[str] = None, log_every: Optional[int] = None,
           out: Optional[PathLike] = None, checkpoint_every: Optional[int] = None,
           checkpoint_dir: Optional[PathLike] = None, resume: Optional[PathLike] = None,
-          callback: Optional[Callable[[Dict[str, Any]], Any]] = None, verbose: bool = True) -> Sae:
+          callback: Optional[Callable[[Dict[str, Any]], Any]] = None, verbose: bool = True,
+          target: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, skip: bool = False) -> Sae:
     """Trains an SAE, exactly as `sae train` does with the same options (same seed, threads
     and GEMM backend: same weights), and returns it.
 
@@ -329,6 +352,11 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
     (auto|eigen|blas), log_every (100), out (also save an SAELens directory there, with
     train_log.jsonl), checkpoint_every / checkpoint_dir (need out or checkpoint_dir), resume
     (a run directory or checkpoint file; X or the run's data must be the same tokens).
+
+    target (`sae train --target`) trains a transcoder: the activations to predict from X's
+    (e.g. an MLP's outputs for its inputs), pairing row by row with X: an array [N, d_out] when
+    X is an array, else .npy paths matching X's files. skip=True (`--skip`) adds a learned
+    linear term W_skip x (a skip transcoder). Saved as SAELens's transcoder forms.
 
     Progress lines go to sys.stderr every log_every steps (verbose=False silences them), or,
     with callback=f, f(dict) is called instead with step, steps, tokens, loss, l0, fvu,
@@ -383,7 +411,21 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
     else:
         array = _tokens(X)
         name = f"array [{array.shape[0]}, {array.shape[1]}]"
+    target_array = None
+    target_name = "target"
+    if target is not None:
+        if _is_path(target):
+            options["target"] = [os.fspath(target)]
+        elif isinstance(target, (list, tuple)) and target and all(_is_path(p) for p in target):
+            options["target"] = [os.fspath(p) for p in target]
+        else:
+            target_array = _tokens(target, "target")
+            target_name = f"array [{target_array.shape[0]}, {target_array.shape[1]}]"
+    if not isinstance(skip, bool):
+        raise ValueError(f"skip must be a bool, got {skip!r}")
+    if skip:
+        options["skip"] = True
     if resume is None and d_sae is None:
         raise ValueError("train needs d_sae (the number of latents)")
-    core, result = _core.train(options, array, name, callback, bool(verbose))
+    core, result = _core.train(options, array, name, callback, bool(verbose), target_array, target_name)
     return Sae(core, result)
