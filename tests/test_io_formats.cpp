@@ -163,17 +163,38 @@ TEST_CASE("Gemma Scope 2 params.safetensors (lowercase keys, F32/F16/BF16)", "[i
   write_gemma2(tmp / "other.safetensors", p, sae::io::StDtype::BF16);
   const auto b = std::get<sae::JumpReluSae<float>>(sae::load_sae(tmp / "other.safetensors"));
   REQUIRE(b.params().W_dec.isApprox(p.W_dec, 1e-2f));
-  SECTION("a transcoder or skip transcoder is rejected clearly") {
+  SECTION("a (skip) transcoder is read as one: W_dec [m, d_out], affine_skip_connection [d_in, d_out]") {
+    // d_in 6, d_out 4, m 10, with values that tell every element apart.
+    std::vector<float> we(60), wd(40), be(10), bd(4), th(10), a(24);
+    for (std::size_t i = 0; i < we.size(); ++i) we[i] = 0.01f * float(i);
+    for (std::size_t i = 0; i < wd.size(); ++i) wd[i] = -0.02f * float(i);
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = 0.5f + float(i);
+    for (std::size_t i = 0; i < 10; ++i) th[i] = 0.1f;
+    bd = {1, 2, 3, 4};
     sae::io::SafetensorsWriter w;
-    const std::vector<float> z(6 * 10 + 10 + 6 + 10 + 36, 0.0f);
-    w.add("w_enc", {6, 10}, std::span<const float>(z.data(), 60));
-    w.add("w_dec", {10, 6}, std::span<const float>(z.data(), 60));
-    w.add("b_enc", {10}, std::span<const float>(z.data(), 10));
-    w.add("b_dec", {6}, std::span<const float>(z.data(), 6));
-    w.add("threshold", {10}, std::span<const float>(z.data(), 10));
-    w.add("affine_skip_connection", {6, 6}, std::span<const float>(z.data(), 36));
+    w.add("w_enc", {6, 10}, std::span<const float>(we));
+    w.add("w_dec", {10, 4}, std::span<const float>(wd));
+    w.add("b_enc", {10}, std::span<const float>(be));
+    w.add("b_dec", {4}, std::span<const float>(bd));
+    w.add("threshold", {10}, std::span<const float>(th));
+    w.add("affine_skip_connection", {6, 4}, std::span<const float>(a));
     w.write(tmp / "skip.safetensors");
-    require_io_error(tmp / "skip.safetensors", {"skip.safetensors", "skip transcoders"});
+    const sae::AnySae t = sae::load_sae(tmp / "skip.safetensors");
+    REQUIRE(t.is_transcoder());
+    REQUIRE(t.d_out() == 4);
+    REQUIRE(t.config().skip);
+    REQUIRE(t.params().W_dec(3, 2) == wd[2 * 4 + 3]);  // W_dec[j=2][r=3]
+    REQUIRE(t.params().b_dec[2] == 3.0f);
+    REQUIRE(t.params().W_skip(3, 5) == a[5 * 4 + 3]);  // y_r += sum_c x_c A[c][r]: W_skip(r, c) = A[c][r]
+    const auto x = sae_test::random_matrix<float>(6, 3, 5);
+    Eigen::MatrixXf y;
+    std::get<sae::JumpReluSae<float>>(t.variant())
+        .output(x, std::get<sae::JumpReluSae<float>>(t.variant()).encode(x), y);
+    const Eigen::Map<const Eigen::Matrix<float, 6, 4, Eigen::RowMajor>> A(a.data());
+    const Eigen::MatrixXf skip_part = A.transpose() * x;
+    Eigen::MatrixXf codes_part = y - skip_part;
+    codes_part.colwise() -= t.params().b_dec;
+    REQUIRE((codes_part - t.params().W_dec * std::get<sae::JumpReluSae<float>>(t.variant()).encode(x)).norm() < 1e-4f);
   }
 }
 
@@ -210,8 +231,7 @@ TEST_CASE("sparsify directory round trip (TopK, k from cfg.json)", "[io][formats
     write_text(d / "cfg.json",
                R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "skip_connection": true})");
     require_io_error(d, {"cfg.json", "skip_connection", "W_skip x", "refused"});
-    write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": 3, "d_in": 4, "transcode": true})");
-    require_io_error(d, {"cfg.json", "transcoder", "SAEs only"});
+    // (transcode: true is a TopK transcoder, read since libsae trains them: test_transcoder.cpp)
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "k": -3, "d_in": 4})");
     require_io_error(d, {"cfg.json", "'k'"});
     write_text(d / "cfg.json", R"({"activation": "topk", "num_latents": 12, "d_in": 4})");

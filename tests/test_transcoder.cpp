@@ -6,6 +6,7 @@
 
 using sae::Index;
 using sae::Mat;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -168,6 +169,42 @@ TEST_CASE("Transcoder: saved as SAELens's transcoder forms and read back exactly
   REQUIRE(back.params().W_dec == p.W_dec);
   REQUIRE(back.params().W_enc == p.W_enc);
   REQUIRE(back.params().b_dec == p.b_dec);
+}
+
+TEST_CASE("Transcoder: a TopK transcoder is saved as a sparsify directory and read back exactly", "[io][transcoder]") {
+  const bool skip = GENERATE(false, true);
+  sae_test::TempDir tmp("transcoder_sparsify");
+  const Index d = 5, m = 12;
+  sae::TopKSae<float> model(transcoder_config(d, d, m, 3, skip));
+  const sae::Parameters<float> p = random_transcoder<float>(d, d, m, skip, false, 71);
+  model.set_params(p);
+  sae::save_sae(tmp / "t", model);
+  REQUIRE(fs::exists(tmp / "t" / "sae.safetensors"));
+  REQUIRE_FALSE(fs::exists(tmp / "t" / "sae_weights.safetensors"));
+  const nlohmann::json j = nlohmann::json::parse(sae_test::read_all(tmp / "t" / "cfg.json"));
+  REQUIRE(j.at("transcode") == true);
+  REQUIRE(j.at("skip_connection") == skip);
+  REQUIRE(j.at("k") == 3);
+  REQUIRE(j.at("num_latents") == m);
+  sae::io::SaeFormat fmt{};
+  const sae::AnySae back = sae::load_sae(tmp / "t", &fmt);
+  REQUIRE(fmt == sae::io::SaeFormat::Sparsify);
+  REQUIRE(back.is_transcoder());
+  REQUIRE_FALSE(back.config().apply_b_dec_to_input);
+  REQUIRE(back.params().W_enc == p.W_enc);
+  REQUIRE(back.params().W_dec == p.W_dec);
+  REQUIRE(back.params().b_dec == p.b_dec);
+  REQUIRE(back.params().W_skip == p.W_skip);
+  // The same directory then saved as an SAE: the sparsify weights file leaves with the old one.
+  sae::TopKSae<float> plain(sae_test::config(d, m, 3));
+  plain.set_params(sae_test::random_params<float>(d, m, 72));
+  sae::save_sae(tmp / "t", plain);
+  REQUIRE_FALSE(fs::exists(tmp / "t" / "sae.safetensors"));
+  REQUIRE_FALSE(sae::load_sae(tmp / "t").is_transcoder());
+  // A TopK transcoder whose output width differs has no file format: refused with the reason.
+  sae::TopKSae<float> wide(transcoder_config(d, d + 1, m, 3, false));
+  REQUIRE_THROWS_WITH(sae::save_sae(tmp / "w", wide), Catch::Contains("no transcoder form"));
+  REQUIRE_FALSE(fs::exists(tmp / "w"));
 }
 
 TEST_CASE("Transcoder: a W_skip in a file whose cfg.json says no skip is refused", "[io][transcoder]") {

@@ -126,17 +126,29 @@ inline AnySae load_sae(const std::filesystem::path& path, io::SaeFormat* format 
   }
 }
 
-/// Saves any float SAE (its config and weights) as an SAELens directory.
+/// Writes @p cfg and @p p into @p w (committed by the caller): an SAELens directory, or for a
+/// TopK transcoder, which SAELens has no form of, a sparsify directory (io::save_sparsify).
+inline void save_sae_files(io::DirectoryWriter& w, const SaeConfig& cfg, const Parameters<float>& p,
+                           io::StDtype dtype = io::StDtype::F32) {
+  if (io::sparsify_only_transcoder(cfg))
+    io::save_sparsify(w, cfg, p, dtype);
+  else
+    io::save_saelens(w, cfg, p, dtype);
+}
+
+/// Saves any float SAE (its config and weights) as an SAELens directory (a TopK transcoder as a
+/// sparsify one; save_sae_files).
 template <class Model>
 void save_sae(const std::filesystem::path& dir, const Model& model) {
-  const auto [cfg, params] = inference_form(model);
-  io::save_saelens(dir, cfg, params);
+  io::DirectoryWriter w(dir, io::saelens_config_file, io::saelens_owned_files());
+  save_sae(w, model);
+  w.commit();
 }
 /// The same, into a directory writer the caller commits (e.g. with a training log added).
 template <class Model>
 void save_sae(io::DirectoryWriter& dir, const Model& model) {
   const auto [cfg, params] = inference_form(model);
-  io::save_saelens(dir, cfg, params);
+  save_sae_files(dir, cfg, params);
 }
 inline void save_sae(const std::filesystem::path& dir, const AnySae& sae) {
   sae.visit([&](const auto& m) { save_sae(dir, m); });
@@ -153,12 +165,19 @@ inline io::StDtype parse_weights_dtype(const std::string& s) {
 
 /// Saves @p sae, loaded from a file of format @p from, as an SAELens directory with weights
 /// stored as @p dtype (what `sae convert` writes): the configuration as read, plus
-/// metadata.converted_from when the source was not an SAELens directory.
+/// metadata.converted_from when the source was not an SAELens directory. A TopK transcoder
+/// (SAELens has none) is written as a sparsify directory.
 inline void save_sae_as(const std::filesystem::path& dir, const AnySae& sae, io::StDtype dtype,
                         io::SaeFormat from = io::SaeFormat::SAELens) {
   SaeConfig cfg = sae.config();
   if (!cfg.metadata.is_object()) cfg.metadata = nlohmann::json::object();
   if (from != io::SaeFormat::SAELens) cfg.metadata["converted_from"] = io::sae_format_name(from);
+  if (io::sparsify_only_transcoder(cfg)) {  // SAELens has no TopK transcoder: written as sparsify's
+    io::DirectoryWriter w(dir, io::saelens_config_file, io::saelens_owned_files());
+    io::save_sparsify(w, cfg, sae.params(), dtype);
+    w.commit();
+    return;
+  }
   io::save_saelens(dir, cfg, sae.params(), dtype);
 }
 

@@ -109,9 +109,7 @@ def test_sparsify_half_precision(dtype, data, tmp_path):
 
 
 REFUSED = {
-    "skip_connection": ({"skip_connection": True}, r"skip_connection: .*W_skip x.*refused"),
-    "transcode": ({"transcode": True}, r"transcoder \(transcode: true\).*SAEs only: refused"),
-    "transcode_skip": ({"transcode": True, "skip_connection": True}, r"transcoder \(transcode: true\)"),
+    "skip_connection": ({"skip_connection": True}, r"skip_connection without transcode: .*W_skip x.*refused"),
     "groupmax": ({"activation": "groupmax", "num_latents": 96, "k": 8}, r"'groupmax' .* k groups.*refused"),
 }
 
@@ -140,3 +138,37 @@ def test_sparsify_sae_through_libsae_into_saelens(data, tmp_path):
         f_sl = sl.encode(torch.from_numpy(X)).numpy()
     f, _ = _sparsify_codes(theirs, X)
     _assert_same_codes(f_sl, f)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["transcoder", "skip_transcoder"])
+def test_sparsify_transcoders_both_ways(skip, data, tmp_path):
+    """sparsify's TopK transcoders (transcode: true, skip_connection: W_skip x) are read with
+    sparsify's codes and outputs; libsae writes its TopK transcoders as sparsify directories
+    (SAELens has no TopK transcoder), which sparsify loads with libsae's outputs."""
+    X = data["X"][:1500]
+    theirs = _random_sparsify(X.shape[1], seed=4, transcode=True, skip_connection=skip)
+    theirs.save_to_disk(tmp_path / "sparsify")
+    ours = libsae.load(tmp_path / "sparsify")
+    assert ours.is_transcoder and ours.d_out == X.shape[1] and (ours.W_skip is not None) == skip
+    with torch.no_grad():
+        y_hat = theirs(torch.from_numpy(X)).sae_out.numpy()
+    f, _ = _sparsify_codes(theirs, X)
+    _assert_same_codes(ours.encode(X, dense=True), f)
+    assert np.abs(ours.reconstruct(X) - y_hat).max() <= 1e-4 * max(1.0, np.abs(y_hat).max())
+    # libsae's save of it is a sparsify directory again, and so is a TopK transcoder it trains
+    ours.save(tmp_path / "again")
+    assert not (tmp_path / "again" / "sae_weights.safetensors").exists()
+    from sparsify import SparseCoder
+    back = SparseCoder.load_from_disk(tmp_path / "again")
+    assert back.cfg.transcode and back.cfg.skip_connection == skip
+    with torch.no_grad():
+        assert np.abs(back(torch.from_numpy(X)).sae_out.numpy() - y_hat).max() <= 1e-5 * max(1.0, np.abs(y_hat).max())
+    rng = np.random.default_rng(1)
+    Y = (X @ rng.standard_normal((X.shape[1], X.shape[1])) * 0.3).astype(np.float32)
+    trained = libsae.train(X, target=Y, arch="topk", k=4, d_sae=64, steps=200, batch=256, skip=skip,
+                           verbose=False, out=tmp_path / "trained")
+    sp = SparseCoder.load_from_disk(tmp_path / "trained")
+    with torch.no_grad():
+        y_sp = sp(torch.from_numpy(X)).sae_out.numpy()
+    assert np.abs(trained.reconstruct(X) - y_sp).max() <= 1e-5 * max(1.0, np.abs(y_sp).max())
+    assert libsae.evaluate(trained, X, target=Y)["fvu"] < 0.9

@@ -149,7 +149,7 @@ def test_transcoder_refusals(tmp_path):
         assert not (tmp_path / "o").exists()
 
     refused("--skip", match="--skip makes a skip transcoder, which needs --target")
-    refused("--target", tmp_path / "y.npy", "--arch", "topk", match="has no SAELens form")
+    refused("--target", tmp_path / "y.npy", "--arch", "topk", match="output has the input's width")
     refused("--target", tmp_path / "y_short.npy", "--arch", "relu", match="has 599 rows, but its input file")
     refused("--target", tmp_path / "y.npy", "--arch", "matryoshka", "--skip", match="does not support --skip")
     refused("--target", tmp_path / "y.npy", "--arch", "relu", "--normalize", "expected-norm", match="--normalize none")
@@ -161,3 +161,26 @@ def test_transcoder_refusals(tmp_path):
     t.save(tmp_path / "t")
     p = run_sae("eval", "--sae", tmp_path / "t", "--data", tmp_path / "x.npy", ok=False)
     assert p.returncode != 0 and "is a transcoder" in p.stderr
+
+
+def test_streamed_transcoder_resumes_bit_identical(tmp_path):
+    """Two input files and their two target files, streamed through a shuffle buffer (the paired
+    sources in lockstep), checkpointed at step 60 of 90: resuming the checkpoint gives the
+    uninterrupted run's weights bit for bit."""
+    X, Y, _, _ = pairs(n=3000, linear=0.5)
+    for i, (a, b) in enumerate([(0, 1700), (1700, 3000)]):
+        np.save(tmp_path / f"x{i}.npy", X[a:b])
+        np.save(tmp_path / f"y{i}.npy", Y[a:b])
+    args = ["train", "--data", tmp_path / "x0.npy", tmp_path / "x1.npy", "--target", tmp_path / "y0.npy",
+            tmp_path / "y1.npy", "--skip", "--arch", "batchtopk", "--k", "3", "--d-sae", "64", "--steps", "90",
+            "--batch", "256", "--shuffle-buffer", "700", "--threads", "2", "--seed", "4"]
+    run_sae(*args, "--checkpoint-every", "60", "--checkpoint-dir", tmp_path / "ckpt", "--out", tmp_path / "a")
+    r = last_json(run_sae("train", "--resume", tmp_path / "ckpt", "--out", tmp_path / "b"))
+    assert r["resumed_from_step"] == 60 and r["d_out"] == D_OUT
+    a = (tmp_path / "a" / "sae_weights.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "sae_weights.safetensors").read_bytes()
+    # the target files are part of what a checkpoint recognises
+    np.save(tmp_path / "y0.npy", Y[:1700, :-1])
+    np.save(tmp_path / "y1.npy", Y[1700:, :-1])
+    p = run_sae("train", "--resume", tmp_path / "ckpt", "--out", tmp_path / "c", ok=False)
+    assert p.returncode != 0 and "target files differ" in p.stderr, p.stderr

@@ -37,6 +37,8 @@
 #include "../config.hpp"
 #include "../core/parameters.hpp"
 #include "error.hpp"
+#include "../version.hpp"
+#include "directory.hpp"
 #include "npz.hpp"
 #include "saelens.hpp"
 #include "safetensors.hpp"
@@ -144,8 +146,8 @@ LoadedWeights load_gemma_like(const std::filesystem::path& path, const Source& s
     if (src.has(lower)) return lower;
     throw IoError(path, std::string("missing tensor '") + upper + "' (or '" + lower + "')");
   };
-  if (src.has("affine_skip_connection") || src.has("W_skip") || src.has("w_skip"))
-    throw IoError(path, "skip transcoders (affine_skip_connection) are not supported, only SAEs");
+  if (src.has("W_skip") || src.has("w_skip"))
+    throw IoError(path, "holds W_skip, which Gemma Scope files name affine_skip_connection [d_in, d_out]: refused");
   const std::string kWe = key("W_enc", "w_enc"), kWd = key("W_dec", "w_dec");
   const std::string kbe = key("b_enc", "B_enc"), kbd = key("b_dec", "B_dec");
   const std::string kth = key("threshold", "log_threshold");
@@ -159,14 +161,18 @@ LoadedWeights load_gemma_like(const std::filesystem::path& path, const Source& s
       throw IoError(path, "tensor '" + k + "' has shape " + fmt_shape(got) + ", but " + kWe + " " + fmt_shape(se) +
                               " needs " + fmt_shape(want));
   };
+  // Gemma Scope transcoders (JumpReLU): W_dec [d_sae, d_out], b_dec [d_out], and for skip
+  // transcoders affine_skip_connection [d_in, d_out] (y += x A, so W_skip = A^T, SAELens's
+  // loader reads it so). One whose d_out = d_in and has no skip term reads as an SAE: the same
+  // codes and outputs, only `eval` then compares with its input.
   const std::vector<std::size_t> sd = src.shape(kWd);
-  if (sd.size() == 2 && sd[0] == m && sd[1] != d)
-    throw IoError(path, "tensor '" + kWd + "' has shape " + fmt_shape(sd) +
-                            ": a transcoder (output width differs from input width) is not supported");
-  expect(kWd, {m, d});
+  const std::size_t e = sd.size() == 2 && sd[0] == m && dim_ok(sd[1]) ? sd[1] : d;
+  const bool skip = src.has("affine_skip_connection");
+  expect(kWd, {m, e});
   expect(kbe, {m});
-  expect(kbd, {d});
+  expect(kbd, {e});
   expect(kth, {m});
+  if (skip) expect("affine_skip_connection", {d, e});
 
   LoadedWeights out;
   SaeConfig& c = out.config;
@@ -179,14 +185,19 @@ LoadedWeights load_gemma_like(const std::filesystem::path& path, const Source& s
   c.dtype = "float32";
   c.metadata = nlohmann::json::object();
   c.metadata["converted_from"] = format_name;
+  if (e != d || skip) {
+    c.d_out = static_cast<std::int64_t>(e);
+    c.skip = skip;
+  }
   Parameters<float>& p = out.params;
-  p = Parameters<float>(c.d_in, c.d_sae, true);
+  p = Parameters<float>(c.d_in, c.d_sae, true, c.output_width(), skip);
   Mat<float> W_enc_t(c.d_sae, c.d_in);  // C-order [d, m] = column-major m x d
   src.read(kWe, W_enc_t.data(), d * m);
   p.W_enc = W_enc_t.transpose();
-  src.read(kWd, p.W_dec.data(), d * m);  // C-order [m, d] = column-major d x m: same bytes
+  src.read(kWd, p.W_dec.data(), e * m);  // C-order [m, e] = column-major e x m: same bytes
   src.read(kbe, p.b_enc.data(), m);
-  src.read(kbd, p.b_dec.data(), d);
+  src.read(kbd, p.b_dec.data(), e);
+  if (skip) src.read("affine_skip_connection", p.W_skip.data(), d * e);  // C-order [d, e] = W_skip (e x d)
   src.read(kth, p.threshold.data(), m);
   if (kth == "log_threshold") p.threshold = p.threshold.array().exp().matrix();
   if (!p.all_finite()) throw IoError(path, "weights contain NaN or Inf");
@@ -281,15 +292,15 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
       throw IoError(cfg_path, "activation '" + detail::st::printable(act, 40) +
                                   "' is not supported (only topk and the refused groupmax are known)");
   }
-  if (get_bool("transcode"))
+  // A sparsify transcoder (transcode: true) encodes x without the b_dec subtraction and decodes
+  // into d_in values of another module; skip_connection adds W_skip x (Paulo et al. 2025).
+  const bool transcode = get_bool("transcode");
+  const bool skip = get_bool("skip_connection");
+  if (skip && !transcode)
     throw IoError(cfg_path,
-                  "a transcoder (transcode: true) predicts another module's output from this one's "
-                  "input; libsae reads SAEs only: refused");
-  if (get_bool("skip_connection"))
-    throw IoError(cfg_path,
-                  "skip_connection: sparsify's reconstruction adds a linear term W_skip x that libsae's "
-                  "decoder does not have (the codes would agree, reconstructions and eval would not): "
-                  "refused");
+                  "skip_connection without transcode: sparsify's SAE reconstruction adds a linear term W_skip x, "
+                  "which libsae has for transcoders only (the codes would agree, reconstructions and eval "
+                  "would not): refused");
   const std::int64_t k = get_uint("k", true);
   const std::int64_t d_in = get_uint("d_in", true);
   std::int64_t m = get_uint("num_latents", false);
@@ -306,8 +317,8 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
   std::error_code ec;
   if (!std::filesystem::exists(w_path, ec)) throw IoError(w_path, "not found");
   const SafetensorsReader r = SafetensorsReader::open(w_path);
-  if (r.contains("W_skip"))
-    throw IoError(w_path, "holds W_skip, a linear skip connection that libsae's decoder does not have: refused");
+  if (r.contains("W_skip") && !skip)
+    throw IoError(w_path, "holds W_skip, but cfg.json has no skip_connection: refused");
   auto expect = [&](const char* name, std::vector<std::int64_t> want) {
     const TensorInfo& t = r.info(name);
     if (t.shape != want)
@@ -320,6 +331,7 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
   expect("encoder.bias", {m});
   expect("W_dec", {m, d_in});
   expect("b_dec", {d_in});
+  if (skip) expect("W_skip", {d_in, d_in});
 
   LoadedWeights out;
   SaeConfig& c = out.config;
@@ -327,7 +339,9 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
   c.d_sae = m;
   c.architecture = "topk";  // sparsify: SAELens's topk
   c.k = k;
-  c.apply_b_dec_to_input = true;
+  c.apply_b_dec_to_input = !transcode;
+  c.d_out = transcode ? d_in : 0;  // a sparsify transcoder's output has its input's width
+  c.skip = skip;
   c.dtype = "float32";
   c.metadata = nlohmann::json::object();
   c.metadata["converted_from"] = sae_format_name(SaeFormat::Sparsify);
@@ -337,15 +351,69 @@ inline LoadedWeights load_sparsify(const std::filesystem::path& dir) {
     throw IoError(cfg_path, e.what());
   }
   Parameters<float>& p = out.params;
-  p = Parameters<float>(d_in, m, false);
+  p = Parameters<float>(d_in, m, false, d_in, skip);
   const auto n = static_cast<std::size_t>(d_in * m);
   // C-order [m, d] is column-major d x m: encoder.weight is W_enc and W_dec as stored here.
   r.read_into("encoder.weight", p.W_enc.data(), n);
   r.read_into("W_dec", p.W_dec.data(), n);
   r.read_into("encoder.bias", p.b_enc.data(), static_cast<std::size_t>(m));
   r.read_into("b_dec", p.b_dec.data(), static_cast<std::size_t>(d_in));
+  if (skip) {
+    Mat<float> W_skip_t(d_in, d_in);  // C-order [d_out, d_in]: y += x @ W_skip.T
+    r.read_into("W_skip", W_skip_t.data(), static_cast<std::size_t>(d_in * d_in));
+    p.W_skip = W_skip_t.transpose();
+  }
   if (!p.all_finite()) throw IoError(w_path, "weights contain NaN or Inf");
   return out;
+}
+
+/// True when @p cfg is a transcoder SAELens has no form of but sparsify has: TopK codes, the
+/// output as wide as the input (sparsify's transcoders decode into d_in values).
+inline bool sparsify_only_transcoder(const SaeConfig& cfg) {
+  return cfg.is_transcoder() && cfg.architecture == "topk" && cfg.d_out == cfg.d_in;
+}
+
+/// Writes a TopK transcoder as a sparsify directory (cfg.json + sae.safetensors, what
+/// sparsify's SparseCoder.save_to_disk writes and load_from_disk reads): cfg.json
+/// {activation "topk", num_latents, k, transcode true, skip_connection, normalize_decoder, d_in},
+/// tensors encoder.weight [m, d], encoder.bias [m], W_dec [m, d], b_dec [d], W_skip [d, d].
+/// libsae's own settings ride along in cfg.json's "libsae" object (sparsify drops unknown
+/// fields). IoError for anything but a TopK transcoder with d_out = d_in.
+inline void save_sparsify(DirectoryWriter& w, const SaeConfig& cfg, const Parameters<float>& p,
+                          StDtype dtype = StDtype::F32) {
+  detail::saelens::check_storable(dtype);
+  p.check_shapes();
+  if (!sparsify_only_transcoder(cfg))
+    throw IoError(w.path(), "sparsify directories are written for TopK transcoders with d_out = d_in only");
+  const std::int64_t d = p.d_in(), m = p.d_sae();
+  SafetensorsWriter st;
+  st.add("encoder.weight", {m, d}, std::span<const float>(p.W_enc.data(), static_cast<std::size_t>(d * m)), dtype);
+  st.add("encoder.bias", {m}, std::span<const float>(p.b_enc.data(), static_cast<std::size_t>(m)), dtype);
+  st.add("W_dec", {m, d}, std::span<const float>(p.W_dec.data(), static_cast<std::size_t>(d * m)), dtype);
+  st.add("b_dec", {d}, std::span<const float>(p.b_dec.data(), static_cast<std::size_t>(d)), dtype);
+  Mat<float> W_skip_t;
+  if (p.has_skip()) {
+    W_skip_t = p.W_skip.transpose();
+    st.add("W_skip", {d, d}, std::span<const float>(W_skip_t.data(), static_cast<std::size_t>(d * d)), dtype);
+  }
+  st.metadata()["format"] = "pt";
+  st.metadata()["writer"] = std::string("libsae ") + version_string;
+  st.write_to(w.file(sparsify_weights_file));
+  nlohmann::json j = {{"activation", "topk"},
+                      {"expansion_factor", std::max<std::int64_t>(1, m / d)},
+                      {"normalize_decoder", true},
+                      {"num_latents", m},
+                      {"k", cfg.k},
+                      {"multi_topk", false},
+                      {"skip_connection", p.has_skip()},
+                      {"transcode", true},
+                      {"d_in", d}};
+  nlohmann::json md = cfg.metadata.is_object() ? cfg.metadata : nlohmann::json::object();
+  md["libsae_version"] = version_string;
+  j["libsae"] = md;
+  const std::string text = j.dump(2) + "\n";
+  w.write_file(sparsify_config_file,
+               std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
 }
 
 /// Detects the format of `path` and loads it. Throws IoError only.

@@ -235,7 +235,9 @@ inline void check_storable(StDtype dtype) {
 /// The files of an SAE directory that belong to the SAE: replacing the SAE replaces or removes
 /// them (a training log stays only if the new SAE comes with one); other entries are kept.
 inline std::vector<std::string> saelens_owned_files() {
-  return {saelens_config_file, saelens_weights_file, "train_log.jsonl"};
+  // sae.safetensors: a sparsify directory's weights (formats.hpp writes TopK transcoders so),
+  // which must not outlive the SAE they belong to (cfg.json names one format or the other).
+  return {saelens_config_file, saelens_weights_file, "sae.safetensors", "train_log.jsonl"};
 }
 
 /// Writes @p cfg and @p p (float) into the directory writer @p w (committed by the caller, who

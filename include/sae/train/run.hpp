@@ -499,11 +499,12 @@ inline void check_train_settings(const TrainSettings& a) {
   if (!a.target.empty()) {
     with_variant(a.arch, [&]<class V>(std::type_identity<V>) {
       const std::string_view saved = V::saved_as_itself ? V::name : JumpReLUVariant::name;
-      if (saelens_transcoder_architecture(saved, a.skip).empty())
+      // SAELens has relu and jumprelu transcoders; TopK ones are written as sparsify's, whose
+      // transcoders have the output width of the input (checked with the data, run_training).
+      if (saelens_transcoder_architecture(saved, a.skip).empty() && saved != TopKVariant::name)
         fail("--arch " + std::string(V::name) + " with --target: a " + std::string(saved) +
-             " transcoder has no SAELens form (SAELens has relu and jumprelu transcoders): use --arch standard, "
-             "jumprelu, batchtopk, ortsae or matryoshka_batchtopk (the BatchTopK family is saved as "
-             "jumprelu_transcoder)");
+             " transcoder has no SAELens or sparsify form: use --arch standard, jumprelu, topk, batchtopk, ortsae "
+             "or matryoshka_batchtopk");
     });
     if (parse_normalization(a.normalize) != Normalization::None)
       fail("--normalize " + a.normalize +
@@ -784,7 +785,19 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
   }
   if (target && a.target.empty()) a.target = {target->name()};  // arrays: what the settings record
   check_train_settings(a);
-  if (target) check_paired_data(*data, *target);
+  if (target) {
+    check_paired_data(*data, *target);
+    if (canonical_variant_name(a.arch) == TopKVariant::name && target->d_in() != data->d_in())
+      throw SettingsError(
+          "--arch topk with --target: a TopK transcoder is saved as sparsify's, whose output has the "
+          "input's width, but the targets have d=" +
+          std::to_string(target->d_in()) +
+          " and the "
+          "inputs d=" +
+          std::to_string(data->d_in()) +
+          " (use --arch batchtopk, saved as SAELens's "
+          "jumprelu_transcoder)");
+  }
   set_num_threads(a.threads);
   if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
   const Normalization norm = parse_normalization(a.normalize);
