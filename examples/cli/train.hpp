@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "mpi_session.hpp"
 
 #include <csignal>
 
@@ -29,14 +30,33 @@ inline int run_train(TrainArgs a) {
   std::signal(SIGTERM, on_stop_signal);
   sae::TrainHooks hooks;
   hooks.stop = [] { return stop_signal != 0; };
+  // Under mpirun / srun: data-parallel over the ranks (mpi_session.hpp); only rank 0 speaks.
+  MpiSession mpi;
+  hooks.collectives = mpi.collectives();
+  const bool quiet = mpi.rank() != 0;
+  if (quiet) {
+    hooks.progress = [](const sae::TrainProgress&, const std::string&) {};
+    hooks.message = [](const std::string&) {};
+  }
+  if (mpi.size() > 1 && a.threads == 0 && !std::getenv("OMP_NUM_THREADS"))  // the cores shared by this machine's ranks
+    a.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_ranks());
   try {
-    const sae::TrainRun run = sae::run_training(std::move(a), hooks);
-    print_result(run.result);
+    sae::TrainRun run = sae::run_training(std::move(a), hooks);
+    if (mpi.size() > 1)
+      run.result["mpi"] = {{"ranks", mpi.size()}, {"comm_seconds", mpi.comm_seconds()},
+                           {"comm_bytes_sent", mpi.comm_bytes()}};
+    if (!quiet) print_result(run.result);
     return 0;
   } catch (const sae::TrainingInterrupted& e) {
     const int sig = stop_signal != 0 ? static_cast<int>(stop_signal) : SIGINT;
-    std::cerr << "sae train: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": " << e.what() << std::endl;
+    if (!quiet) std::cerr << "sae train: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": " << e.what() << std::endl;
     return 128 + sig;
+  } catch (const sae::SettingsError&) {
+    if (quiet) return 2;  // every rank fails alike; rank 0 reports it
+    throw;
+  } catch (const std::exception&) {
+    if (quiet) return 1;
+    throw;
   }
 }
 

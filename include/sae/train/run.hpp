@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -316,6 +317,10 @@ struct TrainHooks {
   std::function<void(const std::string&)> message;
   /// Asked after every step; true stops the run there (see TrainingInterrupted).
   std::function<bool()> stop;
+  /// Data-parallel training over these ranks (sae/train/distributed.hpp; MpiCollectives in
+  /// sae/train/mpi.hpp), or nullptr: one process. Every rank calls run_training with the same
+  /// settings; rank 0 alone writes checkpoints and `out`; a stop asked on any rank stops all.
+  Collectives* collectives = nullptr;
 };
 
 /// Thrown by run_training when TrainHooks::stop asked it to stop: nothing was saved to `out`,
@@ -638,6 +643,19 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   using nlohmann::json;
   TrainSource source(data, a, scale, target);
   TrainState<float> st;
+  // Data-parallel (h.collectives): rank 0 writes; every rank decides together when to stop.
+  const int ranks = h.collectives ? h.collectives->size() : 1;
+  const bool writer = !h.collectives || h.collectives->rank() == 0;
+  if (ranks > 1) {
+    if (const std::string why = data_parallel_refusal(model); !why.empty()) throw SettingsError(why);
+  }
+  if (resume) {
+    const int was = resume->state.at("extra").value("ranks", 1);
+    if (was != ranks)
+      throw SettingsError("the checkpoint " + resume->file.string() + " was written by a run of " +
+                          std::to_string(was) + " rank(s); resume it with the same number (mpirun -np " +
+                          std::to_string(was) + "), not " + std::to_string(ranks));
+  }
   std::vector<std::string> log_lines;
   std::int64_t tokens0 = 0;  // tokens trained before this process started
   if (resume) {
@@ -653,7 +671,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                std::to_string(a.opt.steps));
   }
   const std::filesystem::path ckpt_dir = a.checkpoint_dir.empty() ? a.out / "checkpoint" : a.checkpoint_dir;
-  if (a.checkpoint_every > 0) remove_stale_checkpoint_temps(ckpt_dir);
+  if (a.checkpoint_every > 0 && writer) remove_stale_checkpoint_temps(ckpt_dir);
   const json args_json = train_settings_to_json(a);
   std::int64_t checkpointed = -1;
   auto write_checkpoint = [&](const TrainState<float>& s) {
@@ -675,11 +693,31 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                         {"data", data.fingerprint()},
                         {"target", target ? target->fingerprint() : json(nullptr)},
                         {"log", log},
-                        {"gemm_backend", gemm_backend_name()}};
+                        {"gemm_backend", gemm_backend_name()},
+                        {"ranks", ranks}};
     save_checkpoint(ckpt_dir / checkpoint_file_name, model, s, extra);
     checkpointed = s.step;
   };
   auto on_step = [&](const TrainState<float>& s) {
+    if (ranks > 1) {  // data-parallel: rank 0 writes; a stop or a failed write ends every rank
+      std::exception_ptr failed;
+      if (writer && a.checkpoint_every > 0 && s.step % a.checkpoint_every == 0) try {
+          write_checkpoint(s);
+        } catch (...) {
+          failed = std::current_exception();
+        }
+      std::uint8_t flags = static_cast<std::uint8_t>((failed ? 2 : 0) | (h.stop && s.step < a.opt.steps && h.stop()));
+      h.collectives->any(&flags, 1);
+      if (failed) std::rethrow_exception(failed);
+      if (flags & 2) throw std::runtime_error("rank 0 failed to write a checkpoint; all ranks stop");
+      if (!(flags & 1)) return;
+      std::filesystem::path written;
+      if (a.checkpoint_every > 0) {
+        if (writer && checkpointed != s.step) write_checkpoint(s);
+        written = ckpt_dir / checkpoint_file_name;
+      }
+      throw TrainingInterrupted(s.step, written);
+    }
     if (a.checkpoint_every > 0 && s.step % a.checkpoint_every == 0) write_checkpoint(s);
     if (h.stop && s.step < a.opt.steps && h.stop()) {
       std::filesystem::path written;
@@ -704,14 +742,15 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
         for (const auto& [name, v] : p.terms) j[name] = v;
         log_lines.push_back(j.dump());
       },
-      on_step);
+      on_step, h.collectives);
   meta["training"]["tokens"] = r.tokens;
+  if (ranks > 1) meta["training"]["ranks"] = ranks;
   meta["training"]["seconds"] = r.seconds;
   meta["training"]["gemm_backend"] = gemm_backend_name();
   if (resume) meta["training"]["resumed_from_step"] = resume->state.at("step");
   if (scale != 1.0) fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
   model.set_metadata(meta);
-  if (!a.out.empty()) {
+  if (!a.out.empty() && writer) {
     // The SAE and its log change together (io::DirectoryWriter); checkpoint/ is kept.
     io::DirectoryWriter out(a.out, io::saelens_config_file, io::saelens_owned_files());
     save_sae(out, model);
@@ -739,6 +778,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                  {"dead_fraction", r.final_dead_fraction},
                  {"threads", num_threads()},
                  {"gemm_backend", gemm_backend_name()}};
+  if (ranks > 1) result["ranks"] = ranks;
   if (scale != 1.0) result["normalize"] = {{"method", a.normalize}, {"scale", scale}};
   if (resume) result["resumed_from_step"] = resume->state.at("step");
   auto [cfg, params] = inference_form(model);

@@ -19,6 +19,7 @@
 #include "../core/parameters.hpp"
 #include "../optim/adam.hpp"
 #include "../optim/schedule.hpp"
+#include "distributed.hpp"
 
 namespace sae {
 
@@ -130,9 +131,14 @@ void check_finite_input(const Source& source, const Eigen::MatrixBase<Derived>& 
 /// Checks every batch for NaN/Inf before using it and the loss after the forward pass: either
 /// throws NumericalError naming the 1-based step (and the file and row of a bad token, see
 /// detail::check_finite_input) before that step changes any state, so on_step never sees it.
+///
+/// With @p collectives of N > 1 ranks (distributed.hpp), trains data-parallel: every rank runs
+/// this with the same source, options and state; each computes its share of every batch and
+/// all end each step with the same weights, state and (global) progress numbers.
 template <class Model, class Source, class OnProgress, class OnStep>
 TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
-                       TrainState<typename Model::scalar_type>& st, OnProgress&& on_progress, OnStep&& on_step) {
+                       TrainState<typename Model::scalar_type>& st, OnProgress&& on_progress, OnStep&& on_step,
+                       Collectives* collectives = nullptr) {
   using Scalar = typename Model::scalar_type;
   using Act = typename Model::activation_type;
   if (source.d_in() != model.d_in())
@@ -156,6 +162,8 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
   const LrSchedule schedule = opts.schedule();
   const auto names = Model::loss_type::names();
 
+  DataParallel<Scalar> dp(collectives);  // data-parallel hooks (distributed.hpp); off without collectives
+  if (dp) dp.check(model, opts.batch);
   typename Model::State state;
   Parameters<Scalar> grads;
   Vec<Scalar> batch_mean;
@@ -186,14 +194,18 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
       model.initialize(X, Y, opts.seed);
       if constexpr (Act::unit_norm_decoder) model.normalize_decoder();
     }
-    const auto report = model.forward_backward(X, Y, grads, state, step);
+    const auto report = dp ? dp.forward_backward(model, X, Y, grads, state, step)  // data-parallel hook
+                           : model.forward_backward(X, Y, grads, state, step);
     if (!std::isfinite(report.total))
       throw NumericalError("training diverged at step " + std::to_string(step + 1) + ": loss is " +
                            std::to_string(report.total));
     if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
     const double lr = schedule(step);
     st.adam.step(model.params(), grads, lr);
-    model.after_update(state);
+    if (dp)  // data-parallel hook
+      dp.after_update(model, state);
+    else
+      model.after_update(state);
 
     const Index B = X.cols();
     st.tokens += B;
@@ -202,11 +214,18 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
     ++w.steps;
     w.loss += report.total;
     for (std::size_t i = 0; i < names.size(); ++i) w.terms[i] += report.terms[i];
-    w.l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
-    kernels::update_since_fired(state.codes, st.since_fired);
-    w.err += static_cast<double>((state.X_hat - Y).squaredNorm());
-    batch_mean.noalias() = Y.rowwise().mean();
-    w.var += static_cast<double>((Y.colwise() - batch_mean).squaredNorm());
+    if (dp) {  // data-parallel hook: the global batch's numbers
+      w.l0 += dp.l0();
+      dp.update_since_fired(st.since_fired);
+      w.err += dp.err();
+      w.var += dp.var();
+    } else {
+      w.l0 += static_cast<double>(kernels::count_active(state.codes)) / static_cast<double>(B);
+      kernels::update_since_fired(state.codes, st.since_fired);
+      w.err += static_cast<double>((state.X_hat - Y).squaredNorm());
+      batch_mean.noalias() = Y.rowwise().mean();
+      w.var += static_cast<double>((Y.colwise() - batch_mean).squaredNorm());
+    }
 
     const bool last = step + 1 == opts.steps;
     if (last || (opts.log_every > 0 && (step + 1) % opts.log_every == 0)) {

@@ -1,0 +1,306 @@
+/// @file sae/train/distributed.hpp
+/// Data-parallel training: N processes (ranks) train one SAE, each on a contiguous share of
+/// every global batch, and the step is the step of one process on the whole batch.
+///
+/// This header needs no MPI: the message passing is the Collectives interface below, which
+/// sae/train/mpi.hpp implements with MPI (built only where MPI is found). A program that never
+/// passes a Collectives trains exactly as before.
+///
+///     #include <sae/train/mpi.hpp>                      // SAE_HAVE_MPI builds only
+///     sae::MpiCollectives comm(MPI_COMM_WORLD);
+///     sae::TrainState<float> st;
+///     sae::train_from(model, source, opts, st, on_progress, on_step, &comm);
+///
+/// What is combined, per step (docs/distributed.md has the cost model):
+///   - the gradients: every rank's gradient (its loss terms normalised by its own B_r tokens) is
+///     weighted by B_r / B and the weighted gradients are summed element by element in rank
+///     order 0, 1, ..., N-1 (Collectives::sum_in_rank_order), so the sum has the same bits on
+///     every rank and in every run with the same N;
+///   - AuxK, whose normaliser sum_t ||e_t||^2 is over the whole batch: its gradient is computed
+///     apart and weighted by each rank's share of that global sum;
+///   - the loss terms, L0, FVU (from per-rank sums, counts, column sums and centred sums of
+///     squares) by one small all-gather, added in rank order;
+///   - which latents fired (a bitwise OR of m bytes): the trainer's and AuxK's dead-latent
+///     counters advance by the global B and reset where a latent fired on any rank.
+/// Every rank then runs the same Adam step on the same weights, so the weights stay identical
+/// without being broadcast.
+///
+/// Exact for the variants whose loss is a sum over tokens divided by B plus terms that see only
+/// the weights: standard (ReLU + L1), topk (+ AuxK) and jumprelu (L0 penalty). The others are
+/// refused (data_parallel_refusal) rather than trained wrongly: batchtopk, ortsae and
+/// matryoshka_batchtopk select the top B*k pre-activations over the whole batch, and jumprelu's
+/// target-L0 penalty is a non-linear function of the batch's L0.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../activations/jumprelu.hpp"
+#include "../activations/relu.hpp"
+#include "../activations/topk.hpp"
+#include "../core/kernels.hpp"
+#include "../core/parameters.hpp"
+#include "../losses/aux_k.hpp"
+#include "../losses/combined_loss.hpp"
+#include "../losses/l0_sparsity.hpp"
+#include "../losses/l1_sparsity.hpp"
+#include "../losses/reconstruction.hpp"
+
+namespace sae {
+
+/// What data-parallel training asks of a message-passing layer. Every call is collective: all
+/// ranks of the group make it, in the same order, with the same n. (A virtual interface: it is
+/// called a few times per training step, never per token.)
+class Collectives {
+ public:
+  virtual ~Collectives() = default;
+  /// This process's rank in [0, size()).
+  virtual int rank() const = 0;
+  /// Number of ranks N.
+  virtual int size() const = 0;
+  /// Every rank gives @p n doubles in @p in; @p out (N * n values) receives rank r's at
+  /// out[r * n], on every rank.
+  virtual void allgather(const double* in, std::size_t n, double* out) = 0;
+  /// @p x (n values, the same n on every rank) becomes the element-wise sum over ranks,
+  /// x_0 + x_1 + ... + x_{N-1} added left to right in rank order for every element: the same
+  /// bits on every rank and in every run with the same N.
+  virtual void sum_in_rank_order(float* x, std::size_t n) = 0;
+  virtual void sum_in_rank_order(double* x, std::size_t n) = 0;
+  /// @p flags (n bytes) become the bitwise OR over ranks.
+  virtual void any(std::uint8_t* flags, std::size_t n) = 0;
+};
+
+/// Rank r's share of a global batch of B tokens: the columns [begin, begin + count), with
+/// begin = r B / N (uneven splits differ by at most one token).
+struct BatchShare {
+  Index begin = 0;
+  Index count = 0;
+};
+inline BatchShare batch_share(Index B, int rank, int size) {
+  const Index b0 = static_cast<Index>(rank) * B / size, b1 = static_cast<Index>(rank + 1) * B / size;
+  return {b0, b1 - b0};
+}
+
+namespace detail {
+template <class Loss>
+struct data_parallel_loss : std::false_type {};
+template <class... Terms>
+struct data_parallel_loss<CombinedLoss<Terms...>>
+    : std::bool_constant<((std::is_same_v<Terms, Reconstruction> || std::is_same_v<Terms, L1Sparsity> ||
+                           std::is_same_v<Terms, L0Sparsity> || std::is_same_v<Terms, AuxK>)&&...)> {};
+}  // namespace detail
+
+/// True when data-parallel training of Model gives the step of one process on the global batch.
+template <class Model>
+inline constexpr bool data_parallel_exact =
+    (std::is_same_v<typename Model::activation_type, ReLU> || std::is_same_v<typename Model::activation_type, TopK> ||
+     std::is_same_v<typename Model::activation_type,
+                    JumpReLU>)&&detail::data_parallel_loss<typename Model::loss_type>::value;
+
+/// Empty when Model can be trained data-parallel, else why not (one sentence naming the
+/// architecture).
+template <class Model>
+std::string data_parallel_refusal(const Model& model) {
+  if constexpr (data_parallel_exact<Model>) {
+    (void)model;
+    return {};
+  } else {
+    const std::string arch(model.architecture());
+    std::string why;
+    if constexpr (!detail::data_parallel_loss<typename Model::loss_type>::value &&
+                  std::is_same_v<typename Model::activation_type, JumpReLU>)
+      why = "its target-L0 penalty is a non-linear function of the whole batch's L0 (use --l0 instead of --target-l0)";
+    else
+      why = "its batch-wide top-k selection and threshold are not yet combined across ranks";
+    return "data-parallel training (MPI) does not support architecture '" + arch + "': " + why +
+           "; train it in one process, or use topk, standard or jumprelu";
+  }
+}
+
+/// The data-parallel hooks of the training loop (trainer.hpp). Built from a Collectives (or
+/// nullptr: then `bool(*this)` is false and the trainer runs its single-process code; a group
+/// of one rank also takes that path, so `mpirun -np 1` is bit for bit one process).
+template <class Scalar>
+class DataParallel {
+ public:
+  explicit DataParallel(Collectives* c = nullptr) : c_(c) {}
+
+  explicit operator bool() const { return c_ != nullptr && c_->size() > 1; }
+  Collectives* collectives() const { return c_; }
+
+  /// Throws std::invalid_argument when the model cannot be trained data-parallel, or when the
+  /// batch has fewer tokens than there are ranks.
+  template <class Model>
+  void check(const Model& model, Index batch) const {
+    if (const std::string why = data_parallel_refusal(model); !why.empty()) throw std::invalid_argument(why);
+    if (batch < c_->size())
+      throw std::invalid_argument("data-parallel training: --batch " + std::to_string(batch) + " is smaller than the " +
+                                  std::to_string(c_->size()) + " ranks");
+  }
+
+  /// This rank's forward/backward on its share of the global batch @p X (d x B, identical on
+  /// every rank), then the combination: @p grads receives the gradient of the global batch and
+  /// the report holds the global loss terms, on every rank.
+  template <class Model>
+  typename Model::Report forward_backward(Model& model, const Mat<Scalar>& X, Parameters<Scalar>& grads,
+                                          typename Model::State& s, std::int64_t step) {
+    using Report = typename Model::Report;
+    constexpr bool has_aux = Model::loss_type::template has<AuxK>();
+    const int N = c_->size(), me = c_->rank();
+    const Index d = X.rows(), B = X.cols(), m = model.d_sae();
+    const BatchShare share = batch_share(B, me, N);
+    const Eigen::Map<const Mat<Scalar>> Xr(X.data() + share.begin * d, d, share.count);
+
+    // The local pass, with AuxK silenced (no dead latents): its normaliser is global, so it
+    // runs below on its own.
+    Report r;
+    if constexpr (has_aux) {
+      struct Silenced {  // AuxK's counters set aside for the pass, put back even on an exception
+        std::vector<std::int64_t>& counts;
+        std::vector<std::int64_t> kept;
+        explicit Silenced(std::vector<std::int64_t>& c) : counts(c) { kept.swap(counts); }
+        ~Silenced() { kept.swap(counts); }
+        Silenced(const Silenced&) = delete;
+        Silenced& operator=(const Silenced&) = delete;
+      } silenced(model.loss().template get<AuxK>().since_fired);
+      r = model.forward_backward(Xr, grads, s, step);
+    } else {
+      r = model.forward_backward(Xr, grads, s, step);
+    }
+    double aux_value = 0, aux_denom = 0;
+    bool aux_on = false;
+    if constexpr (has_aux) {
+      const AuxK& aux = model.loss().template get<AuxK>();
+      if (aux.dead_count() > 0) {  // the same on every rank: the counters are global
+        aux_on = true;
+        if (!aux_grads_.same_shape(grads))
+          aux_grads_ = Parameters<Scalar>(grads.d_in(), grads.d_sae(), grads.has_threshold());
+        else
+          aux_grads_.set_zero();
+        aux_value = aux.accumulate(Xr, model.params(), s, aux_grads_);
+        aux_denom = static_cast<double>((Xr - s.X_hat).squaredNorm());
+      }
+    }
+
+    // Small sums, gathered once: terms, active codes, error, centred sum of squares, AuxK's
+    // numerator and normaliser, column sums.
+    const std::size_t nt = r.terms.size(), ns = nt + 6 + static_cast<std::size_t>(d);
+    stats_.assign(ns, 0.0);
+    for (std::size_t i = 0; i < nt; ++i) stats_[i] = r.terms[i];
+    stats_[nt] = static_cast<double>(kernels::count_active(s.codes));
+    stats_[nt + 1] = static_cast<double>((s.X_hat - Xr).squaredNorm());
+    const Eigen::VectorXd colsum = Xr.template cast<double>().rowwise().sum();
+    const Eigen::VectorXd mean_r = colsum / static_cast<double>(share.count);
+    stats_[nt + 2] = (Xr.template cast<double>().colwise() - mean_r).squaredNorm();
+    stats_[nt + 3] = aux_value * aux_denom;
+    stats_[nt + 4] = aux_denom;
+    stats_[nt + 5] = static_cast<double>(share.count);
+    for (Index i = 0; i < d; ++i) stats_[nt + 6 + static_cast<std::size_t>(i)] = colsum[i];
+    all_.resize(ns * static_cast<std::size_t>(N));
+    c_->allgather(stats_.data(), ns, all_.data());
+
+    Report g;
+    double active = 0, err = 0, m2 = 0, aux_num = 0, aux_den = 0;
+    Eigen::VectorXd mean = Eigen::VectorXd::Zero(d);
+    for (int q = 0; q < N; ++q) {
+      const double* a = all_.data() + static_cast<std::size_t>(q) * ns;
+      const double w = a[nt + 5] / static_cast<double>(B);
+      for (std::size_t i = 0; i < nt; ++i) g.terms[i] += w * a[i];
+      active += a[nt];
+      err += a[nt + 1];
+      m2 += a[nt + 2];
+      aux_num += a[nt + 3];
+      aux_den += a[nt + 4];
+      mean += Eigen::Map<const Eigen::VectorXd>(a + nt + 6, d);
+    }
+    mean /= static_cast<double>(B);
+    for (int q = 0; q < N; ++q) {  // var = sum_q M2_q + sum_q B_q ||mean_q - mean||^2
+      const double* a = all_.data() + static_cast<std::size_t>(q) * ns;
+      m2 += a[nt + 5] * (Eigen::Map<const Eigen::VectorXd>(a + nt + 6, d) / a[nt + 5] - mean).squaredNorm();
+    }
+    if constexpr (has_aux) {
+      const auto names = Model::loss_type::names();
+      for (std::size_t i = 0; i < nt; ++i)
+        if (std::string(names[i]) == AuxK::name) g.terms[i] = aux_den > 0 ? aux_num / aux_den : 0.0;
+    }
+    for (double v : g.terms) g.total += v;
+    l0_ = active / static_cast<double>(B);
+    err_ = err;
+    var_ = m2;
+    B_ = B;
+
+    // The gradient: weighted, then summed in rank order.
+    const Scalar w = static_cast<Scalar>(static_cast<double>(share.count) / static_cast<double>(B));
+    const Scalar wa = static_cast<Scalar>(aux_on && aux_den > 0 ? aux_denom / aux_den : 0.0);
+    zip_tensors(
+        [&](const char*, auto& t, auto& ta) {
+          if (t.size() == 0) return;
+          t *= w;
+          if (aux_on) t += wa * ta;
+          c_->sum_in_rank_order(t.data(), static_cast<std::size_t>(t.size()));
+        },
+        grads, aux_on ? aux_grads_ : grads);
+
+    // Which latents fired anywhere.
+    fired_.assign(static_cast<std::size_t>(m), 0);
+    mark_fired(s.codes);
+    c_->any(fired_.data(), fired_.size());
+    return g;
+  }
+
+  /// model.after_update(s), with AuxK's dead-latent counters advanced from the global batch.
+  template <class Model>
+  void after_update(Model& model, const typename Model::State& s) {
+    if constexpr (Model::loss_type::template has<AuxK>()) {
+      std::vector<std::int64_t> counts = model.loss().template get<AuxK>().since_fired;
+      model.after_update(s);
+      update_since_fired(counts);
+      model.loss().template get<AuxK>().since_fired = std::move(counts);
+    } else {
+      model.after_update(s);
+    }
+  }
+
+  /// Tokens since each latent fired, advanced by the global batch (as kernels::update_since_fired).
+  void update_since_fired(std::vector<std::int64_t>& since_fired) const {
+    since_fired.resize(fired_.size(), 0);
+    for (std::size_t j = 0; j < fired_.size(); ++j) since_fired[j] = fired_[j] ? 0 : since_fired[j] + B_;
+  }
+
+  /// The last step's global L0 (active codes per token), sum ||x - x_hat||^2 and sum ||x - mean||^2.
+  double l0() const { return l0_; }
+  double err() const { return err_; }
+  double var() const { return var_; }
+
+ private:
+  template <class S>
+  void mark_fired(const SparseCodes<S>& codes) {
+    for (Index i = 0; i < codes.nnz(); ++i)
+      if (codes.values[i] != S(0)) fired_[static_cast<std::size_t>(codes.indices[i])] = 1;
+  }
+  template <class S>
+  void mark_fired(const Mat<S>& F) {
+    const Index m = F.rows();
+    for (Index t = 0; t < F.cols(); ++t) {
+      const S* f = F.data() + t * m;
+      for (Index j = 0; j < m; ++j)
+        if (f[j] != S(0)) fired_[static_cast<std::size_t>(j)] = 1;
+    }
+  }
+
+  Collectives* c_ = nullptr;
+  Parameters<Scalar> aux_grads_;
+  std::vector<double> stats_, all_;
+  std::vector<std::uint8_t> fired_;
+  double l0_ = 0, err_ = 0, var_ = 0;
+  Index B_ = 0;
+};
+
+}  // namespace sae
