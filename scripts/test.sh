@@ -55,8 +55,10 @@ venv_log="$BUILD_DIR/venv.log"
 venv_pid=$!
 
 step "configure + build ${BUILD_DIR} (Release)"
+# SAE_REQUIRE_MPI: the tool is built with MPI (setup-deps installs OpenMPI), so
+# tests/python/test_mpi.py runs `mpirun -np 2` and `-np 3` instead of being skipped.
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
-  -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=ON
+  -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=ON -DSAE_REQUIRE_MPI=ON
 cmake --build "$BUILD_DIR" -j "$JOBS"
 
 # The package uses the GEMM backend the tool's configure step measured (not a second

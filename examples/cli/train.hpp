@@ -43,8 +43,8 @@ inline int run_train(TrainArgs a) {
   try {
     sae::TrainRun run = sae::run_training(std::move(a), hooks);
     if (mpi.size() > 1)
-      run.result["mpi"] = {{"ranks", mpi.size()}, {"comm_seconds", mpi.comm_seconds()},
-                           {"comm_bytes_sent", mpi.comm_bytes()}};
+      run.result["mpi"] = {
+          {"ranks", mpi.size()}, {"comm_seconds", mpi.comm_seconds()}, {"comm_bytes_sent", mpi.comm_bytes()}};
     if (!quiet) print_result(run.result);
     return 0;
   } catch (const sae::TrainingInterrupted& e) {
