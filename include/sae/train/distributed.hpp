@@ -14,16 +14,22 @@
 /// What is combined, per step (docs/distributed.md has the cost model):
 ///   - the gradients: every rank's gradient (its loss terms normalised by its own B_r tokens) is
 ///     weighted by B_r / B and the weighted gradients are summed element by element in rank
-///     order 0, 1, ..., N-1 (Collectives::sum_in_rank_order), so the sum has the same bits on
-///     every rank and in every run with the same N;
+///     order 0, 1, ..., N-1, so the sum has the same bits on every rank and in every run with the
+///     same N. W_enc and W_dec (the d x m bulk) are reduce-scattered by latent columns: rank q
+///     receives the summed gradient of its own m/N columns only, applies the decoder projection
+///     and the Adam update to those columns (the same arithmetic as Adam::step), and the updated
+///     columns are all-gathered. The small tensors (b_enc, b_dec, threshold) are summed and
+///     updated on every rank. So the O(d m) optimizer work is divided among the ranks, and the
+///     traffic is that of one all-reduce (reduce-scatter + all-gather). Adam's moments of the
+///     other ranks' columns are stale until gather_sharded_moments (train_from calls it after
+///     the last step; a caller that checkpoints from on_step calls it first, as run.hpp does);
 ///   - AuxK, whose normaliser sum_t ||e_t||^2 is over the whole batch: its gradient is computed
 ///     apart and weighted by each rank's share of that global sum;
 ///   - the loss terms, L0, FVU (from per-rank sums, counts, column sums and centred sums of
 ///     squares) by one small all-gather, added in rank order;
 ///   - which latents fired (a bitwise OR of m bytes): the trainer's and AuxK's dead-latent
 ///     counters advance by the global B and reset where a latent fired on any rank.
-/// Every rank then runs the same Adam step on the same weights, so the weights stay identical
-/// without being broadcast.
+/// Every rank ends the step with the same weights, bit for bit.
 ///
 /// Exact for the variants whose loss is a sum over tokens divided by B plus terms that see only
 /// the weights: standard (ReLU + L1), topk (+ AuxK) and jumprelu (L0 penalty). The others are
@@ -32,10 +38,13 @@
 /// target-L0 penalty is a non-linear function of the batch's L0.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
+#include <limits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -47,11 +56,13 @@
 #include "../activations/topk.hpp"
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
+#include "../detail/omp.hpp"
 #include "../losses/aux_k.hpp"
 #include "../losses/combined_loss.hpp"
 #include "../losses/l0_sparsity.hpp"
 #include "../losses/l1_sparsity.hpp"
 #include "../losses/reconstruction.hpp"
+#include "../optim/adam.hpp"
 
 namespace sae {
 
@@ -68,14 +79,43 @@ class Collectives {
   /// Every rank gives @p n doubles in @p in; @p out (N * n values) receives rank r's at
   /// out[r * n], on every rank.
   virtual void allgather(const double* in, std::size_t n, double* out) = 0;
-  /// @p x (n values, the same n on every rank) becomes the element-wise sum over ranks,
-  /// x_0 + x_1 + ... + x_{N-1} added left to right in rank order for every element: the same
-  /// bits on every rank and in every run with the same N.
-  virtual void sum_in_rank_order(float* x, std::size_t n) = 0;
-  virtual void sum_in_rank_order(double* x, std::size_t n) = 0;
+  /// @p x holds @p units units of @p unit values each (the same on every rank); rank q owns
+  /// the units rank_range(units, q, N). Afterwards this rank's own units of x hold the weighted
+  /// sum over ranks, w_0 x_0 + w_1 x_1 + ... + w_{N-1} x_{N-1}, added left to right in rank
+  /// order for every element (@p weights: N values, or nullptr for all ones): the same bits in
+  /// every run with the same N. The other units of x are left as they were.
+  virtual void reduce_scatter(float* x, std::size_t units, std::size_t unit, const float* weights) = 0;
+  virtual void reduce_scatter(double* x, std::size_t units, std::size_t unit, const double* weights) = 0;
+  /// Every rank's own units of @p x (as in reduce_scatter) are copied to every other rank.
+  virtual void allgather_units(float* x, std::size_t units, std::size_t unit) = 0;
+  virtual void allgather_units(double* x, std::size_t units, std::size_t unit) = 0;
   /// @p flags (n bytes) become the bitwise OR over ranks.
   virtual void any(std::uint8_t* flags, std::size_t n) = 0;
+
+  /// x becomes the (weighted) sum over ranks on every rank, added in rank order.
+  template <class T>
+  void sum_in_rank_order(T* x, std::size_t n, const T* weights = nullptr) {
+    reduce_scatter(x, n, 1, weights);
+    allgather_units(x, n, 1);
+  }
 };
+
+/// The units [first, second) of @p units that rank @p q of @p N owns (contiguous, in rank order,
+/// sizes differing by at most one).
+inline std::pair<std::size_t, std::size_t> rank_range(std::size_t units, int q, int N) {
+  return {static_cast<std::size_t>(q) * units / static_cast<std::size_t>(N),
+          static_cast<std::size_t>(q + 1) * units / static_cast<std::size_t>(N)};
+}
+
+/// Completes the Adam moments of W_enc and W_dec on every rank after data-parallel steps (each
+/// rank updates only its own columns' moments). Collective; call it before saving a TrainState.
+template <class Scalar>
+void gather_sharded_moments(Collectives& c, Adam<Scalar>& adam) {
+  for (Parameters<Scalar>* p : {&adam.first_moment(), &adam.second_moment()})
+    for (Mat<Scalar>* t : {&p->W_enc, &p->W_dec})
+      if (t->size() > 0)
+        c.allgather_units(t->data(), static_cast<std::size_t>(t->cols()), static_cast<std::size_t>(t->rows()));
+}
 
 /// Rank r's share of a global batch of B tokens: the columns [begin, begin + count), with
 /// begin = r B / N (uneven splits differ by at most one token).
@@ -236,23 +276,87 @@ class DataParallel {
     var_ = m2;
     B_ = B;
 
-    // The gradient: weighted, then summed in rank order.
-    const Scalar w = static_cast<Scalar>(static_cast<double>(share.count) / static_cast<double>(B));
-    const Scalar wa = static_cast<Scalar>(aux_on && aux_den > 0 ? aux_denom / aux_den : 0.0);
+    // The gradient: weighted by B_q / B (by the receiver, in the sum) and summed in rank order;
+    // with AuxK active each rank first adds its AuxK gradient weighted by its share of the
+    // global normaliser, divided by its own weight. W_enc and W_dec are only reduce-scattered:
+    // step() updates this rank's columns and gathers them.
+    weights_.resize(static_cast<std::size_t>(N));
+    for (int q = 0; q < N; ++q) {
+      const double* a = all_.data() + static_cast<std::size_t>(q) * ns;
+      weights_[static_cast<std::size_t>(q)] = static_cast<Scalar>(a[nt + 5] / static_cast<double>(B));
+    }
+    const Scalar* wts = weights_.data();
+    if (aux_on && aux_den > 0) {  // rare (only while latents are dead): weight locally, sum plainly
+      const Scalar w = weights_[static_cast<std::size_t>(me)];
+      const Scalar wa = static_cast<Scalar>(aux_denom / aux_den);
+      zip_tensors([&](const char*, auto& t, auto& ta) { t = w * t + wa * ta; }, grads, aux_grads_);
+      wts = nullptr;
+    }
     zip_tensors(
-        [&](const char*, auto& t, auto& ta) {
+        [&](const char* name, auto& t) {
           if (t.size() == 0) return;
-          t *= w;
-          if (aux_on) t += wa * ta;
-          c_->sum_in_rank_order(t.data(), static_cast<std::size_t>(t.size()));
+          if (std::string_view(name) == "W_enc" || std::string_view(name) == "W_dec")
+            c_->reduce_scatter(t.data(), static_cast<std::size_t>(t.cols()), static_cast<std::size_t>(t.rows()), wts);
+          else
+            c_->sum_in_rank_order(t.data(), static_cast<std::size_t>(t.size()), wts);
         },
-        grads, aux_on ? aux_grads_ : grads);
+        grads);
 
     // Which latents fired anywhere.
     fired_.assign(static_cast<std::size_t>(m), 0);
     mark_fired(s.codes);
     c_->any(fired_.data(), fired_.size());
     return g;
+  }
+
+  /// The optimizer step on the combined gradient (in place of the trainer's decoder projection
+  /// and Adam::step): this rank's columns of W_enc and W_dec and all of the small tensors, then
+  /// the updated columns are gathered from every rank.
+  template <class Model>
+  void step(Model& model, Parameters<Scalar>& grads, Adam<Scalar>& adam, double lr) {
+    Parameters<Scalar>& p = model.params();
+    const auto [j0, j1] = rank_range(static_cast<std::size_t>(p.d_sae()), c_->rank(), c_->size());
+    if constexpr (Model::activation_type::unit_norm_decoder) {  // as project_decoder_gradient
+      SAE_OMP(parallel for schedule(static))
+      for (Index j = static_cast<Index>(j0); j < static_cast<Index>(j1); ++j) {
+        const auto w = p.W_dec.col(j);
+        const Scalar nn = w.squaredNorm();
+        if (nn > Scalar(0)) grads.W_dec.col(j) -= (grads.W_dec.col(j).dot(w) / nn) * w;
+      }
+    }
+    // Adam::step's arithmetic, element for element, on the owned ranges.
+    adam.set_steps_taken(adam.steps_taken() + 1);
+    const AdamOptions& o = adam.options();
+    const double t = static_cast<double>(adam.steps_taken());
+    const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
+    const Scalar b1 = static_cast<Scalar>(o.beta1), b2 = static_cast<Scalar>(o.beta2);
+    const Scalar step_size = static_cast<Scalar>(lr / bc1);
+    const Scalar inv_sqrt_bc2 = static_cast<Scalar>(1.0 / std::sqrt(bc2));
+    Scalar eps = static_cast<Scalar>(o.eps);
+    if (!(eps > Scalar(0))) eps = Scalar(10) * std::numeric_limits<Scalar>::epsilon();
+    zip_tensors(
+        [&](const char* name, auto& pt, const auto& g, auto& m, auto& v) {
+          if (pt.size() == 0) return;
+          const bool bulk = std::string_view(name) == "W_enc" || std::string_view(name) == "W_dec";
+          const Index rows = pt.rows();
+          const Index i0 = bulk ? static_cast<Index>(j0) * rows : 0;
+          const Index i1 = bulk ? static_cast<Index>(j1) * rows : pt.size();
+          Scalar* __restrict pp = pt.data();
+          const Scalar* __restrict gp = g.data();
+          Scalar* __restrict mp = m.data();
+          Scalar* __restrict vp = v.data();
+          SAE_OMP(parallel for simd schedule(static) if (i1 - i0 > 65536))
+          for (Index i = i0; i < i1; ++i) {
+            const Scalar gi = gp[i];
+            const Scalar mi = b1 * mp[i] + (Scalar(1) - b1) * gi;
+            const Scalar vi = b2 * vp[i] + (Scalar(1) - b2) * gi * gi;
+            mp[i] = mi;
+            vp[i] = vi;
+            pp[i] -= step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+          }
+          if (bulk) c_->allgather_units(pt.data(), static_cast<std::size_t>(pt.cols()), static_cast<std::size_t>(rows));
+        },
+        p, grads, adam.first_moment(), adam.second_moment());
   }
 
   /// model.after_update(s), with AuxK's dead-latent counters advanced from the global batch.
@@ -298,6 +402,7 @@ class DataParallel {
   Collectives* c_ = nullptr;
   Parameters<Scalar> aux_grads_;
   std::vector<double> stats_, all_;
+  std::vector<Scalar> weights_;
   std::vector<std::uint8_t> fired_;
   double l0_ = 0, err_ = 0, var_ = 0;
   Index B_ = 0;

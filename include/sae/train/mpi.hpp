@@ -5,11 +5,12 @@
 /// libsae never includes <mpi.h>.
 ///
 /// The gradient sum is deterministic by construction, not by the MPI library's choice of
-/// algorithm (MPI_Allreduce may add in an order that depends on N, the message sizes and the
-/// implementation's tuning): the n values are cut into N contiguous chunks; rank q owns chunk q,
-/// receives every rank's copy of it (MPI_Alltoallv), adds them in rank order 0..N-1, and the
-/// summed chunks are gathered back on every rank (MPI_Allgatherv). This is the same traffic as a
-/// ring reduce-scatter + all-gather: each rank sends and receives 2 (N-1)/N n values.
+/// algorithm (MPI_Allreduce and MPI_Reduce_scatter may add in an order that depends on N, the
+/// message sizes and the implementation's tuning): the n values are cut into N contiguous
+/// chunks; rank q owns chunk q and receives every rank's copy of it (MPI_Alltoallv), adds them
+/// in rank order 0..N-1 (reduce_scatter); the owned chunks are later gathered back on every rank
+/// (MPI_Allgatherv, allgather_units). The traffic is that of a ring all-reduce: each rank sends
+/// (and receives) 2 (N-1)/N n values, in N-1 messages per phase.
 #pragma once
 
 #include <mpi.h>
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,8 +46,18 @@ class MpiCollectives final : public Collectives {
     note(t0, 2.0 * static_cast<double>(n) * sizeof(double) * (size_ - 1));
   }
 
-  void sum_in_rank_order(float* x, std::size_t n) override { sum_blocks(x, n, MPI_FLOAT, recv_f_); }
-  void sum_in_rank_order(double* x, std::size_t n) override { sum_blocks(x, n, MPI_DOUBLE, recv_d_); }
+  void reduce_scatter(float* x, std::size_t units, std::size_t unit, const float* weights) override {
+    reduce_scatter_impl(x, units, unit, weights, MPI_FLOAT, recv_f_);
+  }
+  void reduce_scatter(double* x, std::size_t units, std::size_t unit, const double* weights) override {
+    reduce_scatter_impl(x, units, unit, weights, MPI_DOUBLE, recv_d_);
+  }
+  void allgather_units(float* x, std::size_t units, std::size_t unit) override {
+    allgather_impl(x, units, unit, MPI_FLOAT);
+  }
+  void allgather_units(double* x, std::size_t units, std::size_t unit) override {
+    allgather_impl(x, units, unit, MPI_DOUBLE);
+  }
 
   void any(std::uint8_t* flags, std::size_t n) override {
     const auto t0 = clock::now();
@@ -70,42 +82,57 @@ class MpiCollectives final : public Collectives {
     bytes_ += b;
   }
 
-  // Blocks of at most 2^28 values keep the counts within int.
-  template <class T>
-  void sum_blocks(T* x, std::size_t n, MPI_Datatype type, std::vector<T>& recv) {
-    constexpr std::size_t block = std::size_t{1} << 28;
-    for (std::size_t off = 0; off < n; off += block) sum_block(x + off, std::min(block, n - off), type, recv);
+  // counts_ / displs_: every rank's own values of x (units * unit values split by rank_range).
+  void layout(std::size_t units, std::size_t unit) {
+    if (units * unit > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+      throw std::length_error("MpiCollectives: a tensor of " + std::to_string(units * unit) +
+                              " values is more than one MPI message can count");
+    counts_.resize(static_cast<std::size_t>(size_));
+    displs_.resize(static_cast<std::size_t>(size_));
+    for (int q = 0; q < size_; ++q) {
+      const auto [u0, u1] = rank_range(units, q, size_);
+      displs_[static_cast<std::size_t>(q)] = static_cast<int>(u0 * unit);
+      counts_[static_cast<std::size_t>(q)] = static_cast<int>((u1 - u0) * unit);
+    }
   }
 
   template <class T>
-  void sum_block(T* x, std::size_t n, MPI_Datatype type, std::vector<T>& recv) {
+  void reduce_scatter_impl(T* x, std::size_t units, std::size_t unit, const T* weights, MPI_Datatype type,
+                           std::vector<T>& recv) {
     const auto t0 = clock::now();
     const int N = size_;
-    counts_.resize(static_cast<std::size_t>(N));
-    displs_.resize(static_cast<std::size_t>(N));
-    rcounts_.resize(static_cast<std::size_t>(N));
-    rdispls_.resize(static_cast<std::size_t>(N));
-    for (int q = 0; q < N; ++q) {
-      const std::size_t b0 = static_cast<std::size_t>(q) * n / static_cast<std::size_t>(N);
-      const std::size_t b1 = static_cast<std::size_t>(q + 1) * n / static_cast<std::size_t>(N);
-      displs_[static_cast<std::size_t>(q)] = static_cast<int>(b0);
-      counts_[static_cast<std::size_t>(q)] = static_cast<int>(b1 - b0);
-    }
+    layout(units, unit);
     const int mine = counts_[static_cast<std::size_t>(rank_)];
-    for (int q = 0; q < N; ++q) {
-      rcounts_[static_cast<std::size_t>(q)] = mine;
-      rdispls_[static_cast<std::size_t>(q)] = q * mine;
-    }
+    rcounts_.assign(static_cast<std::size_t>(N), mine);
+    rdispls_.resize(static_cast<std::size_t>(N));
+    for (int q = 0; q < N; ++q) rdispls_[static_cast<std::size_t>(q)] = q * mine;
     recv.resize(static_cast<std::size_t>(mine) * static_cast<std::size_t>(N));
     MPI_Alltoallv(x, counts_.data(), displs_.data(), type, recv.data(), rcounts_.data(), rdispls_.data(), type, comm_);
     T* out = x + displs_[static_cast<std::size_t>(rank_)];
-    for (int e = 0; e < mine; ++e) {
-      T acc = recv[static_cast<std::size_t>(e)];
-      for (int q = 1; q < N; ++q) acc += recv[static_cast<std::size_t>(q) * static_cast<std::size_t>(mine) + e];
-      out[e] = acc;
+    const std::size_t n = static_cast<std::size_t>(mine);
+    if (weights) {
+      for (std::size_t e = 0; e < n; ++e) out[e] = weights[0] * recv[e];
+      for (int q = 1; q < N; ++q) {
+        const T w = weights[q];
+        const T* r = recv.data() + static_cast<std::size_t>(q) * n;
+        for (std::size_t e = 0; e < n; ++e) out[e] += w * r[e];
+      }
+    } else {
+      for (std::size_t e = 0; e < n; ++e) out[e] = recv[e];
+      for (int q = 1; q < N; ++q) {
+        const T* r = recv.data() + static_cast<std::size_t>(q) * n;
+        for (std::size_t e = 0; e < n; ++e) out[e] += r[e];
+      }
     }
+    note(t0, static_cast<double>(units * unit - n) * sizeof(T));
+  }
+
+  template <class T>
+  void allgather_impl(T* x, std::size_t units, std::size_t unit, MPI_Datatype type) {
+    const auto t0 = clock::now();
+    layout(units, unit);
     MPI_Allgatherv(MPI_IN_PLACE, 0, type, x, counts_.data(), displs_.data(), type, comm_);
-    note(t0, 2.0 * static_cast<double>(n - static_cast<std::size_t>(mine)) * sizeof(T));
+    note(t0, static_cast<double>(counts_[static_cast<std::size_t>(rank_)]) * sizeof(T) * (size_ - 1));
   }
 
   MPI_Comm comm_;

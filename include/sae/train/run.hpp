@@ -700,8 +700,11 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   };
   auto on_step = [&](const TrainState<float>& s) {
     if (ranks > 1) {  // data-parallel: rank 0 writes; a stop or a failed write ends every rank
+      // Every rank completes Adam's moments (each updates its own columns') before rank 0 writes.
+      const bool due = a.checkpoint_every > 0 && s.step % a.checkpoint_every == 0;
+      if (due) gather_sharded_moments(*h.collectives, st.adam);
       std::exception_ptr failed;
-      if (writer && a.checkpoint_every > 0 && s.step % a.checkpoint_every == 0) try {
+      if (writer && due) try {
           write_checkpoint(s);
         } catch (...) {
           failed = std::current_exception();
@@ -713,7 +716,8 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
       if (!(flags & 1)) return;
       std::filesystem::path written;
       if (a.checkpoint_every > 0) {
-        if (writer && checkpointed != s.step) write_checkpoint(s);
+        if (!due) gather_sharded_moments(*h.collectives, st.adam);
+        if (writer && !due) write_checkpoint(s);
         written = ckpt_dir / checkpoint_file_name;
       }
       throw TrainingInterrupted(s.step, written);

@@ -199,9 +199,13 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
     if (!std::isfinite(report.total))
       throw NumericalError("training diverged at step " + std::to_string(step + 1) + ": loss is " +
                            std::to_string(report.total));
-    if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
     const double lr = schedule(step);
-    st.adam.step(model.params(), grads, lr);
+    if (dp) {  // data-parallel hook: each rank updates its own columns, then they are gathered
+      dp.step(model, grads, st.adam, lr);
+    } else {
+      if constexpr (Act::unit_norm_decoder) model.project_decoder_gradient(grads);
+      st.adam.step(model.params(), grads, lr);
+    }
     if (dp)  // data-parallel hook
       dp.after_update(model, state);
     else
@@ -260,6 +264,7 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
     }
     on_step(static_cast<const TrainState<Scalar>&>(st));
   }
+  if (dp) gather_sharded_moments(*collectives, st.adam);  // data-parallel hook: complete Adam's moments
   if (!model.params().all_finite())
     throw NumericalError("training produced non-finite weights after step " + std::to_string(opts.steps));
   result.steps = opts.steps;
