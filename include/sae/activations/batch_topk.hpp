@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "../core/collectives.hpp"
 #include "../core/fused_encoder.hpp"
 #include "../core/parameters.hpp"
 #include "../core/policies.hpp"
@@ -51,6 +52,9 @@ struct BatchTopK {
   double threshold = 0.0;        ///< theta, inference threshold (0 until the first training step)
   double threshold_rate = 0.01;  ///< EMA rate of theta
   bool threshold_started = false;
+  /// Data-parallel training (sae/train/distributed.hpp sets it for the run): the batch is split
+  /// over the ranks, and the selection and the threshold are taken over the whole batch.
+  Collectives* collectives = nullptr;
 
   void configure(const SaeConfig& cfg) { k = static_cast<Index>(cfg.k); }
 
@@ -99,8 +103,11 @@ struct BatchTopK {
     top_c(c, buf.cand_values.data(), buf.cand_indices.data(), buf.cand_count.data());
 
     // Tokens whose candidate list is full and entirely >= tau may hide more values >= tau: those
-    // get all their positive values (redo), and the cut is taken again.
-    const Index want = k * B;
+    // get all their positive values (redo), and the cut is taken again. Data-parallel: B is this
+    // rank's share, and the cut is taken over every rank's values (global_cut).
+    const bool split = collectives != nullptr && collectives->size() > 1;
+    const Index want = k * (split ? global_tokens(B) : B);
+    Index ties_for_me = -1;  // data-parallel: the ties at tau this rank may keep
     std::vector<std::vector<std::pair<Scalar, std::int32_t>>> redo;  // (token's values), rare
     std::vector<Index> redo_token;
     auto cut_now = [&]() {
@@ -114,6 +121,7 @@ struct BatchTopK {
           buf.cut.insert(buf.cut.end(), cv + t * c, cv + t * c + cn[t]);
         }
       }
+      if (split) return global_cut(buf.cut, want, ties_for_me);
       return cut(buf.cut, want);
     };
     Scalar tau = cut_now();
@@ -129,14 +137,16 @@ struct BatchTopK {
           if (z[j] > Scalar(0)) all.emplace_back(z[j], static_cast<std::int32_t>(j));
         redo_token.push_back(t);
       }
-      if (!redo_token.empty()) tau = cut_now();
+      std::uint8_t again = !redo_token.empty();
+      if (split) collectives->any(&again, 1);  // every rank takes part in the second cut
+      if (again) tau = cut_now();
     }
 
     // Keep values > tau, plus as many values == tau as needed to reach exactly kB, in token and
     // latent order.
     Index above = 0;
     for (const Scalar v : buf.cut) above += v > tau;
-    Index ties_left = std::max<Index>(0, want - above);
+    Index ties_left = split ? ties_for_me : std::max<Index>(0, want - above);
     codes.reset(m, B, k);
     std::size_t r = 0;
     auto keep = [&](Scalar val, std::int32_t j) {
@@ -163,8 +173,14 @@ struct BatchTopK {
   /// Tracks theta from the smallest activation kept in this training step.
   template <class Scalar>
   void after_update(Parameters<Scalar>&, const SparseCodes<Scalar>& codes) {
-    if (codes.values.empty()) return;
-    const double mn = static_cast<double>(*std::min_element(codes.values.begin(), codes.values.end()));
+    double mn = codes.values.empty() ? HUGE_VAL
+                                     : static_cast<double>(*std::min_element(codes.values.begin(), codes.values.end()));
+    if (collectives != nullptr && collectives->size() > 1) {  // the smallest kept value of the whole batch
+      std::vector<double> all(static_cast<std::size_t>(collectives->size()));
+      collectives->allgather(&mn, 1, all.data());
+      mn = *std::min_element(all.begin(), all.end());
+    }
+    if (!(mn < HUGE_VAL)) return;
     if (!threshold_started) {
       threshold = mn;
       threshold_started = true;
@@ -174,6 +190,37 @@ struct BatchTopK {
   }
 
  private:
+  /// Tokens of the whole batch: the sum of every rank's share.
+  Index global_tokens(Index B) const {
+    std::vector<double> all(static_cast<std::size_t>(collectives->size()));
+    const double mine = static_cast<double>(B);
+    collectives->allgather(&mine, 1, all.data());
+    double total = 0;
+    for (const double v : all) total += v;
+    return static_cast<Index>(total);
+  }
+
+  /// The cut over every rank's values (@p mine: this rank's, in token order), and in
+  /// @p ties_for_me how many values equal to it this rank keeps: of the want - (values above
+  /// the cut) ties the batch keeps, in token order, those left after the ranks before this one.
+  template <class Scalar>
+  Scalar global_cut(const std::vector<Scalar>& mine, Index want, Index& ties_for_me) const {
+    std::vector<Scalar> all, sorted;
+    std::vector<std::size_t> counts;
+    collectives->allgatherv(mine.data(), mine.size(), all, counts);
+    sorted = all;
+    const Scalar tau = cut(sorted, want);
+    Index above = 0, ties_before = 0;
+    std::size_t before = 0;
+    for (int q = 0; q < collectives->rank(); ++q) before += counts[static_cast<std::size_t>(q)];
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      above += all[i] > tau;
+      if (i < before) ties_before += all[i] == tau;
+    }
+    ties_for_me = std::max<Index>(0, std::max<Index>(0, want - above) - ties_before);
+    return tau;
+  }
+
   /// The want-th largest of @p all (reordered), or 0 if there are no more than want values.
   template <class Scalar>
   static Scalar cut(std::vector<Scalar>& all, Index want) {

@@ -40,8 +40,8 @@
 
 #include <cmath>
 #include <cstddef>
-#include <limits>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -51,9 +51,11 @@
 
 #include <Eigen/Core>
 
+#include "../activations/batch_topk.hpp"
 #include "../activations/jumprelu.hpp"
 #include "../activations/relu.hpp"
 #include "../activations/topk.hpp"
+#include "../core/collectives.hpp"
 #include "../core/kernels.hpp"
 #include "../core/parameters.hpp"
 #include "../detail/omp.hpp"
@@ -61,51 +63,11 @@
 #include "../losses/combined_loss.hpp"
 #include "../losses/l0_sparsity.hpp"
 #include "../losses/l1_sparsity.hpp"
+#include "../losses/matryoshka.hpp"
 #include "../losses/reconstruction.hpp"
 #include "../optim/adam.hpp"
 
 namespace sae {
-
-/// What data-parallel training asks of a message-passing layer. Every call is collective: all
-/// ranks of the group make it, in the same order, with the same n. (A virtual interface: it is
-/// called a few times per training step, never per token.)
-class Collectives {
- public:
-  virtual ~Collectives() = default;
-  /// This process's rank in [0, size()).
-  virtual int rank() const = 0;
-  /// Number of ranks N.
-  virtual int size() const = 0;
-  /// Every rank gives @p n doubles in @p in; @p out (N * n values) receives rank r's at
-  /// out[r * n], on every rank.
-  virtual void allgather(const double* in, std::size_t n, double* out) = 0;
-  /// @p x holds @p units units of @p unit values each (the same on every rank); rank q owns
-  /// the units rank_range(units, q, N). Afterwards this rank's own units of x hold the weighted
-  /// sum over ranks, w_0 x_0 + w_1 x_1 + ... + w_{N-1} x_{N-1}, added left to right in rank
-  /// order for every element (@p weights: N values, or nullptr for all ones): the same bits in
-  /// every run with the same N. The other units of x are left as they were.
-  virtual void reduce_scatter(float* x, std::size_t units, std::size_t unit, const float* weights) = 0;
-  virtual void reduce_scatter(double* x, std::size_t units, std::size_t unit, const double* weights) = 0;
-  /// Every rank's own units of @p x (as in reduce_scatter) are copied to every other rank.
-  virtual void allgather_units(float* x, std::size_t units, std::size_t unit) = 0;
-  virtual void allgather_units(double* x, std::size_t units, std::size_t unit) = 0;
-  /// @p flags (n bytes) become the bitwise OR over ranks.
-  virtual void any(std::uint8_t* flags, std::size_t n) = 0;
-
-  /// x becomes the (weighted) sum over ranks on every rank, added in rank order.
-  template <class T>
-  void sum_in_rank_order(T* x, std::size_t n, const T* weights = nullptr) {
-    reduce_scatter(x, n, 1, weights);
-    allgather_units(x, n, 1);
-  }
-};
-
-/// The units [first, second) of @p units that rank @p q of @p N owns (contiguous, in rank order,
-/// sizes differing by at most one).
-inline std::pair<std::size_t, std::size_t> rank_range(std::size_t units, int q, int N) {
-  return {static_cast<std::size_t>(q) * units / static_cast<std::size_t>(N),
-          static_cast<std::size_t>(q + 1) * units / static_cast<std::size_t>(N)};
-}
 
 /// Completes the Adam moments of W_enc and W_dec on every rank after data-parallel steps (each
 /// rank updates only its own columns' moments). Collective; call it before saving a TrainState.
@@ -129,20 +91,26 @@ inline BatchShare batch_share(Index B, int rank, int size) {
 }
 
 namespace detail {
+/// Loss terms that are a sum over tokens divided by B (or see only the weights): exact when each
+/// rank's value and gradient are weighted by B_r / B (AuxK is handled apart, see forward_backward).
+template <class T>
+inline constexpr bool data_parallel_term =
+    std::is_same_v<T, Reconstruction> || std::is_same_v<T, L1Sparsity> || std::is_same_v<T, L0Sparsity> ||
+    std::is_same_v<T, AuxK> || std::is_same_v<T, MatryoshkaInner>;
 template <class Loss>
-struct data_parallel_loss : std::false_type {};
+inline constexpr bool data_parallel_loss = false;
 template <class... Terms>
-struct data_parallel_loss<CombinedLoss<Terms...>>
-    : std::bool_constant<((std::is_same_v<Terms, Reconstruction> || std::is_same_v<Terms, L1Sparsity> ||
-                           std::is_same_v<Terms, L0Sparsity> || std::is_same_v<Terms, AuxK>)&&...)> {};
+inline constexpr bool data_parallel_loss<CombinedLoss<Terms...>> = (data_parallel_term<Terms> && ...);
+/// Activations that select per token, or (BatchTopK) over the whole batch through Collectives.
+template <class A>
+inline constexpr bool data_parallel_activation =
+    std::is_same_v<A, ReLU> || std::is_same_v<A, TopK> || std::is_same_v<A, JumpReLU> || std::is_same_v<A, BatchTopK>;
 }  // namespace detail
 
 /// True when data-parallel training of Model gives the step of one process on the global batch.
 template <class Model>
-inline constexpr bool data_parallel_exact =
-    (std::is_same_v<typename Model::activation_type, ReLU> || std::is_same_v<typename Model::activation_type, TopK> ||
-     std::is_same_v<typename Model::activation_type,
-                    JumpReLU>)&&detail::data_parallel_loss<typename Model::loss_type>::value;
+inline constexpr bool data_parallel_exact = detail::data_parallel_activation<typename Model::activation_type>&&
+    detail::data_parallel_loss<typename Model::loss_type>;
 
 /// Empty when Model can be trained data-parallel, else why not (one sentence naming the
 /// architecture).
@@ -154,13 +122,12 @@ std::string data_parallel_refusal(const Model& model) {
   } else {
     const std::string arch(model.architecture());
     std::string why;
-    if constexpr (!detail::data_parallel_loss<typename Model::loss_type>::value &&
-                  std::is_same_v<typename Model::activation_type, JumpReLU>)
+    if constexpr (std::is_same_v<typename Model::activation_type, JumpReLU>)
       why = "its target-L0 penalty is a non-linear function of the whole batch's L0 (use --l0 instead of --target-l0)";
     else
-      why = "its batch-wide top-k selection and threshold are not yet combined across ranks";
+      why = "its orthogonality penalty on the decoder is not yet split among the ranks";
     return "data-parallel training (MPI) does not support architecture '" + arch + "': " + why +
-           "; train it in one process, or use topk, standard or jumprelu";
+           "; train it in one process, or use topk, batchtopk, matryoshka_batchtopk, standard or jumprelu";
   }
 }
 
@@ -183,6 +150,25 @@ class DataParallel {
     if (batch < c_->size())
       throw std::invalid_argument("data-parallel training: --batch " + std::to_string(batch) + " is smaller than the " +
                                   std::to_string(c_->size()) + " ranks");
+  }
+
+  /// Lets the policies that take part in the step (BatchTopK's batch-wide selection and
+  /// threshold) see the ranks, until the returned guard is destroyed.
+  template <class Model>
+  auto attach(Model& model, bool on) const {
+    struct Guard {
+      Model* m = nullptr;
+      ~Guard() {
+        if constexpr (std::is_same_v<typename Model::activation_type, BatchTopK>)
+          if (m) m->activation().collectives = nullptr;
+      }
+      Guard(Model* mm) : m(mm) {}
+      Guard(const Guard&) = delete;
+      Guard& operator=(const Guard&) = delete;
+    };
+    if (!on) return Guard(nullptr);
+    if constexpr (std::is_same_v<typename Model::activation_type, BatchTopK>) model.activation().collectives = c_;
+    return Guard(&model);
   }
 
   /// This rank's forward/backward on its share of the global batch @p X (d x B, identical on

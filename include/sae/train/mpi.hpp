@@ -65,6 +65,14 @@ class MpiCollectives final : public Collectives {
     note(t0, 2.0 * static_cast<double>(n));
   }
 
+  void allgatherv(const float* in, std::size_t n, std::vector<float>& out, std::vector<std::size_t>& counts) override {
+    allgatherv_impl(in, n, out, counts, MPI_FLOAT);
+  }
+  void allgatherv(const double* in, std::size_t n, std::vector<double>& out,
+                  std::vector<std::size_t>& counts) override {
+    allgatherv_impl(in, n, out, counts, MPI_DOUBLE);
+  }
+
   /// Wall time spent in this object's collectives, and the bytes this rank sent in them
   /// (counted from the algorithm: about 2 (N-1)/N n values per sum of n), since construction.
   double seconds() const { return seconds_; }
@@ -133,6 +141,27 @@ class MpiCollectives final : public Collectives {
     layout(units, unit);
     MPI_Allgatherv(MPI_IN_PLACE, 0, type, x, counts_.data(), displs_.data(), type, comm_);
     note(t0, static_cast<double>(counts_[static_cast<std::size_t>(rank_)]) * sizeof(T) * (size_ - 1));
+  }
+
+  template <class T>
+  void allgatherv_impl(const T* in, std::size_t n, std::vector<T>& out, std::vector<std::size_t>& counts,
+                       MPI_Datatype type) {
+    const auto t0 = clock::now();
+    const int mine = checked_int(n);
+    rcounts_.resize(static_cast<std::size_t>(size_));
+    rdispls_.resize(static_cast<std::size_t>(size_));
+    MPI_Allgather(&mine, 1, MPI_INT, rcounts_.data(), 1, MPI_INT, comm_);
+    std::size_t total = 0;
+    counts.resize(static_cast<std::size_t>(size_));
+    for (int q = 0; q < size_; ++q) {
+      rdispls_[static_cast<std::size_t>(q)] = checked_int(total);
+      counts[static_cast<std::size_t>(q)] = static_cast<std::size_t>(rcounts_[static_cast<std::size_t>(q)]);
+      total += counts[static_cast<std::size_t>(q)];
+    }
+    checked_int(total);
+    out.resize(total);
+    MPI_Allgatherv(in, mine, type, out.data(), rcounts_.data(), rdispls_.data(), type, comm_);
+    note(t0, static_cast<double>(n) * sizeof(T) * (size_ - 1));
   }
 
   MPI_Comm comm_;

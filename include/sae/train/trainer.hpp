@@ -164,6 +164,7 @@ TrainResult train_from(Model& model, Source& source, const TrainOptions& opts,
 
   DataParallel<Scalar> dp(collectives);  // data-parallel hooks (distributed.hpp); off without collectives
   if (dp) dp.check(model, opts.batch);
+  const auto attached = dp.attach(model, bool(dp));  // data-parallel hook: the policies see the ranks
   typename Model::State state;
   Parameters<Scalar> grads;
   Vec<Scalar> batch_mean;
