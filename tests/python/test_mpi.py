@@ -5,14 +5,15 @@ On the toy data of `sae synth` (ground-truth features):
   - agreement: `mpirun -np 2` and `-np 3` (an uneven split of the batch) end with the weights of
     one process on the same global batches, to float rounding, for topk, topk with AuxK active,
     standard (ReLU + L1), jumprelu, batchtopk with AuxK active (its batch-wide selection and
-    threshold) and matryoshka_batchtopk; the loss, L0 and FVU they report are the global ones;
+    threshold), matryoshka_batchtopk and ortsae (its penalty's chunks split among the ranks);
+    the loss terms, L0 and FVU they report are the global ones;
   - determinism: two `-np 2` runs write byte-identical weights, and so do two `-np 3` runs;
   - recovery: a 2-rank topk SAE finds the true features (MMCS, FVU);
   - resume: a 2-rank run stopped by SIGTERM on one rank checkpoints on rank 0, all ranks stop
     at the same step, and resuming with 2 ranks ends bit for bit as the uninterrupted run;
     resuming with 3 is refused with a clear message;
-  - refusals: the variants that are not exact data-parallel (ortsae, jumprelu with --target-l0)
-    exit non-zero naming the variant, and write nothing.
+  - refusal: the one variant that is not exact data-parallel (jumprelu with --target-l0) exits
+    non-zero naming the variant, and writes nothing.
 
 Environment: SAE_BIN (the sae executable), SAE_MPIEXEC (mpirun; the test is skipped, exit 77,
 when the tool was built without MPI), SAE_TMP (scratch directory).
@@ -89,6 +90,7 @@ def main():
         "jumprelu": ["--arch", "jumprelu", "--d-sae", 48, "--l0", 0.01],
         "batchtopk_auxk": ["--arch", "batchtopk", "--d-sae", 128, "--k", 3, "--dead-tokens", 1000],
         "matryoshka": ["--arch", "matryoshka_batchtopk", "--d-sae", 48, "--k", 3, "--matryoshka-widths", "6,24,48"],
+        "ortsae": ["--arch", "ortsae", "--d-sae", 48, "--k", 3, "--ortho", 0.5, "--chunks", 4],
     }
     # ---- agreement with one process on the same global batches, 200 steps
     for name, extra in variants.items():
@@ -170,7 +172,7 @@ def main():
     check("resume: bit for bit the uninterrupted 2-rank run", read_weights(out)[1] == read_weights(ref)[1])
 
     # ---- refusals: named, non-zero, nothing written
-    for arch, extra in (("ortsae", ["--k", 3]), ("jumprelu", ["--target-l0", 5])):
+    for arch, extra in (("jumprelu", ["--target-l0", 5]),):
         d = os.path.join(TMP, f"refused_{arch}")
         p = mpirun(2, "train", "--data", data, "--arch", arch, "--d-sae", 48, "--steps", 10, "--batch", 64, *extra,
                    "--out", d, ok=False)

@@ -37,6 +37,10 @@ struct Orthogonality : StatelessTerm {
   double coefficient = 0.25;  ///< gamma
   Index chunks = 8;           ///< K (clamped to [1, m])
   std::uint64_t seed = 0x0f7a11ULL;
+  /// Data-parallel training (sae/train/distributed.hpp) splits the chunks among the ranks: this
+  /// process computes the chunks q with q % parts == part (none when part < 0).
+  int part = 0;
+  int parts = 1;
 
   template <class Scalar, class Codes, class DerivedX>
   double accumulate(const Eigen::MatrixBase<DerivedX>& /*X*/, const Parameters<Scalar>& p, StepState<Scalar, Codes>& s,
@@ -51,6 +55,7 @@ struct Orthogonality : StatelessTerm {
     double total = 0;
     SAE_OMP(parallel for schedule(dynamic, 1) reduction(+ : total))
     for (Index q = 0; q < K; ++q) {
+      if (part < 0 || q % parts != part) continue;
       const Index begin = q * m / K, end = (q + 1) * m / K, c = end - begin;
       if (c < 2) continue;
       Mat<Scalar> Wc(p.d_out(), c);

@@ -25,17 +25,20 @@
 ///     the last step; a caller that checkpoints from on_step calls it first, as run.hpp does);
 ///   - AuxK, whose normaliser sum_t ||e_t||^2 is over the whole batch: its gradient is computed
 ///     apart and weighted by each rank's share of that global sum;
+///   - BatchTopK's selection of the k B largest pre-activations of the whole batch and its
+///     threshold (activations/batch_topk.hpp, through the Collectives it is given);
+///   - OrtSAE's orthogonality penalty, which depends on W_dec only: each rank computes its share
+///     of the random chunks (chunk q on rank q mod N), added with weight 1;
 ///   - the loss terms, L0, FVU (from per-rank sums, counts, column sums and centred sums of
 ///     squares) by one small all-gather, added in rank order;
 ///   - which latents fired (a bitwise OR of m bytes): the trainer's and AuxK's dead-latent
 ///     counters advance by the global B and reset where a latent fired on any rank.
 /// Every rank ends the step with the same weights, bit for bit.
 ///
-/// Exact for the variants whose loss is a sum over tokens divided by B plus terms that see only
-/// the weights: standard (ReLU + L1), topk (+ AuxK) and jumprelu (L0 penalty). The others are
-/// refused (data_parallel_refusal) rather than trained wrongly: batchtopk, ortsae and
-/// matryoshka_batchtopk select the top B*k pre-activations over the whole batch, and jumprelu's
-/// target-L0 penalty is a non-linear function of the batch's L0.
+/// Exact for every variant but one: standard (ReLU + L1), topk and batchtopk (+ AuxK), jumprelu
+/// with the L0 penalty, matryoshka_batchtopk and ortsae. jumprelu's target-L0 penalty, a
+/// non-linear function of the whole batch's L0, is refused (data_parallel_refusal) rather than
+/// trained wrongly.
 #pragma once
 
 #include <cmath>
@@ -64,6 +67,7 @@
 #include "../losses/l0_sparsity.hpp"
 #include "../losses/l1_sparsity.hpp"
 #include "../losses/matryoshka.hpp"
+#include "../losses/orthogonality.hpp"
 #include "../losses/reconstruction.hpp"
 #include "../optim/adam.hpp"
 
@@ -92,11 +96,12 @@ inline BatchShare batch_share(Index B, int rank, int size) {
 
 namespace detail {
 /// Loss terms that are a sum over tokens divided by B (or see only the weights): exact when each
-/// rank's value and gradient are weighted by B_r / B (AuxK is handled apart, see forward_backward).
+/// rank's value and gradient are weighted by B_r / B (AuxK and Orthogonality are handled apart,
+/// see DataParallel::forward_backward).
 template <class T>
 inline constexpr bool data_parallel_term =
     std::is_same_v<T, Reconstruction> || std::is_same_v<T, L1Sparsity> || std::is_same_v<T, L0Sparsity> ||
-    std::is_same_v<T, AuxK> || std::is_same_v<T, MatryoshkaInner>;
+    std::is_same_v<T, AuxK> || std::is_same_v<T, MatryoshkaInner> || std::is_same_v<T, Orthogonality>;
 template <class Loss>
 inline constexpr bool data_parallel_loss = false;
 template <class... Terms>
@@ -125,9 +130,9 @@ std::string data_parallel_refusal(const Model& model) {
     if constexpr (std::is_same_v<typename Model::activation_type, JumpReLU>)
       why = "its target-L0 penalty is a non-linear function of the whole batch's L0 (use --l0 instead of --target-l0)";
     else
-      why = "its orthogonality penalty on the decoder is not yet split among the ranks";
+      why = "a term of its loss is not combined across ranks";
     return "data-parallel training (MPI) does not support architecture '" + arch + "': " + why +
-           "; train it in one process, or use topk, batchtopk, matryoshka_batchtopk, standard or jumprelu";
+           "; train it in one process";
   }
 }
 
@@ -179,14 +184,26 @@ class DataParallel {
                                           typename Model::State& s, std::int64_t step) {
     using Report = typename Model::Report;
     constexpr bool has_aux = Model::loss_type::template has<AuxK>();
+    constexpr bool has_ortho = Model::loss_type::template has<Orthogonality>();
     const int N = c_->size(), me = c_->rank();
     const Index d = X.rows(), B = X.cols(), m = model.d_sae();
     const BatchShare share = batch_share(B, me, N);
     const Eigen::Map<const Mat<Scalar>> Xr(X.data() + share.begin * d, d, share.count);
 
     // The local pass, with AuxK silenced (no dead latents): its normaliser is global, so it
-    // runs below on its own.
+    // runs below on its own; and so does the orthogonality penalty (it depends on W_dec only:
+    // each rank computes its share of the chunks, the shares are added with weight 1).
     Report r;
+    struct SilenceOrtho {
+      Orthogonality* o = nullptr;
+      ~SilenceOrtho() {
+        if (o) o->part = 0, o->parts = 1;
+      }
+    } silence_ortho;
+    if constexpr (has_ortho) {
+      silence_ortho.o = &model.loss().template get<Orthogonality>();
+      silence_ortho.o->part = -1;
+    }
     if constexpr (has_aux) {
       struct Silenced {  // AuxK's counters set aside for the pass, put back even on an exception
         std::vector<std::int64_t>& counts;
@@ -215,9 +232,20 @@ class DataParallel {
       }
     }
 
+    double ortho_value = 0;
+    if constexpr (has_ortho) {
+      Orthogonality& o = *silence_ortho.o;
+      o.part = me;
+      o.parts = N;
+      ortho_grads_.W_dec.setZero(d, m);  // the only tensor the penalty touches
+      ortho_value = o.accumulate(Xr, model.params(), s, ortho_grads_);
+      o.part = 0;
+      o.parts = 1;
+    }
+
     // Small sums, gathered once: terms, active codes, error, centred sum of squares, AuxK's
-    // numerator and normaliser, column sums.
-    const std::size_t nt = r.terms.size(), ns = nt + 6 + static_cast<std::size_t>(d);
+    // numerator and normaliser, this rank's share of the orthogonality penalty, column sums.
+    const std::size_t nt = r.terms.size(), ns = nt + 7 + static_cast<std::size_t>(d);
     stats_.assign(ns, 0.0);
     for (std::size_t i = 0; i < nt; ++i) stats_[i] = r.terms[i];
     stats_[nt] = static_cast<double>(kernels::count_active(s.codes));
@@ -228,12 +256,13 @@ class DataParallel {
     stats_[nt + 3] = aux_value * aux_denom;
     stats_[nt + 4] = aux_denom;
     stats_[nt + 5] = static_cast<double>(share.count);
-    for (Index i = 0; i < d; ++i) stats_[nt + 6 + static_cast<std::size_t>(i)] = colsum[i];
+    stats_[nt + 6] = ortho_value;
+    for (Index i = 0; i < d; ++i) stats_[nt + 7 + static_cast<std::size_t>(i)] = colsum[i];
     all_.resize(ns * static_cast<std::size_t>(N));
     c_->allgather(stats_.data(), ns, all_.data());
 
     Report g;
-    double active = 0, err = 0, m2 = 0, aux_num = 0, aux_den = 0;
+    double active = 0, err = 0, m2 = 0, aux_num = 0, aux_den = 0, ortho = 0;
     Eigen::VectorXd mean = Eigen::VectorXd::Zero(d);
     for (int q = 0; q < N; ++q) {
       const double* a = all_.data() + static_cast<std::size_t>(q) * ns;
@@ -244,17 +273,18 @@ class DataParallel {
       m2 += a[nt + 2];
       aux_num += a[nt + 3];
       aux_den += a[nt + 4];
-      mean += Eigen::Map<const Eigen::VectorXd>(a + nt + 6, d);
+      ortho += a[nt + 6];
+      mean += Eigen::Map<const Eigen::VectorXd>(a + nt + 7, d);
     }
     mean /= static_cast<double>(B);
     for (int q = 0; q < N; ++q) {  // var = sum_q M2_q + sum_q B_q ||mean_q - mean||^2
       const double* a = all_.data() + static_cast<std::size_t>(q) * ns;
-      m2 += a[nt + 5] * (Eigen::Map<const Eigen::VectorXd>(a + nt + 6, d) / a[nt + 5] - mean).squaredNorm();
+      m2 += a[nt + 5] * (Eigen::Map<const Eigen::VectorXd>(a + nt + 7, d) / a[nt + 5] - mean).squaredNorm();
     }
-    if constexpr (has_aux) {
-      const auto names = Model::loss_type::names();
-      for (std::size_t i = 0; i < nt; ++i)
-        if (std::string(names[i]) == AuxK::name) g.terms[i] = aux_den > 0 ? aux_num / aux_den : 0.0;
+    const auto names = Model::loss_type::names();
+    for (std::size_t i = 0; i < nt; ++i) {
+      if (has_aux && std::string_view(names[i]) == AuxK::name) g.terms[i] = aux_den > 0 ? aux_num / aux_den : 0.0;
+      if (has_ortho && std::string_view(names[i]) == Orthogonality::name) g.terms[i] = ortho;
     }
     for (double v : g.terms) g.total += v;
     l0_ = active / static_cast<double>(B);
@@ -277,6 +307,13 @@ class DataParallel {
       const Scalar wa = static_cast<Scalar>(aux_denom / aux_den);
       zip_tensors([&](const char*, auto& t, auto& ta) { t = w * t + wa * ta; }, grads, aux_grads_);
       wts = nullptr;
+    }
+    if constexpr (has_ortho) {  // this rank's chunks of the penalty, weight 1
+      if (wts) {
+        zip_tensors([&](const char*, auto& t) { t *= weights_[static_cast<std::size_t>(me)]; }, grads);
+        wts = nullptr;
+      }
+      grads.W_dec += ortho_grads_.W_dec;
     }
     zip_tensors(
         [&](const char* name, auto& t) {
@@ -387,6 +424,7 @@ class DataParallel {
 
   Collectives* c_ = nullptr;
   Parameters<Scalar> aux_grads_;
+  Parameters<Scalar> ortho_grads_;  // W_dec only
   std::vector<double> stats_, all_;
   std::vector<Scalar> weights_;
   std::vector<std::uint8_t> fired_;
