@@ -4,16 +4,17 @@
 On the toy data of `sae synth` (ground-truth features):
   - agreement: `mpirun -np 2` and `-np 3` (an uneven split of the batch) end with the weights of
     one process on the same global batches, to float rounding, for topk, topk with AuxK active,
-    standard (ReLU + L1), jumprelu, batchtopk with AuxK active (its batch-wide selection and
-    threshold), matryoshka_batchtopk and ortsae (its penalty's chunks split among the ranks);
+    standard (ReLU + L1), jumprelu (L0 and target-L0 penalties), batchtopk with AuxK active (its
+    batch-wide selection and threshold), matryoshka_batchtopk and ortsae (its penalty's chunks
+    split among the ranks);
     the loss terms, L0 and FVU they report are the global ones;
   - determinism: two `-np 2` runs write byte-identical weights, and so do two `-np 3` runs;
   - recovery: a 2-rank topk SAE finds the true features (MMCS, FVU);
   - resume: a 2-rank run stopped by SIGTERM on one rank checkpoints on rank 0, all ranks stop
     at the same step, and resuming with 2 ranks ends bit for bit as the uninterrupted run;
     resuming with 3 is refused with a clear message;
-  - refusal: the one variant that is not exact data-parallel (jumprelu with --target-l0) exits
-    non-zero naming the variant, and writes nothing.
+  - errors: a batch smaller than the ranks is one message from rank 0, a non-zero exit, and
+    nothing written.
 
 Environment: SAE_BIN (the sae executable), SAE_MPIEXEC (mpirun; the test is skipped, exit 77,
 when the tool was built without MPI), SAE_TMP (scratch directory).
@@ -88,6 +89,7 @@ def main():
         "topk_auxk": ["--arch", "topk", "--d-sae", 128, "--k", 3, "--dead-tokens", 1000],
         "standard": ["--arch", "relu", "--d-sae", 48, "--l1", 0.1],
         "jumprelu": ["--arch", "jumprelu", "--d-sae", 48, "--l0", 0.01],
+        "jumprelu_target": ["--arch", "jumprelu", "--d-sae", 48, "--target-l0", 5],
         "batchtopk_auxk": ["--arch", "batchtopk", "--d-sae", 128, "--k", 3, "--dead-tokens", 1000],
         "matryoshka": ["--arch", "matryoshka_batchtopk", "--d-sae", 48, "--k", 3, "--matryoshka-widths", "6,24,48"],
         "ortsae": ["--arch", "ortsae", "--d-sae", 48, "--k", 3, "--ortho", 0.5, "--chunks", 4],
@@ -171,14 +173,13 @@ def main():
     check("resume: 2 ranks continue to the end", j["steps"] == 1000 and j.get("resumed_from_step", 0) > 0, str(j))
     check("resume: bit for bit the uninterrupted 2-rank run", read_weights(out)[1] == read_weights(ref)[1])
 
-    # ---- refusals: named, non-zero, nothing written
-    for arch, extra in (("jumprelu", ["--target-l0", 5]),):
-        d = os.path.join(TMP, f"refused_{arch}")
-        p = mpirun(2, "train", "--data", data, "--arch", arch, "--d-sae", 48, "--steps", 10, "--batch", 64, *extra,
-                   "--out", d, ok=False)
-        # (mpirun's own banner may interleave with the ranks' stderr: count, do not parse lines)
-        check(f"refused under MPI: {arch} {extra}", p.returncode != 0 and p.stderr.count("sae: error") == 1
-              and f"does not support architecture '{arch}'" in p.stderr and not os.path.exists(d), p.stderr)
+    # ---- a bad combination is one clear error, from rank 0 only, and nothing is written
+    d = os.path.join(TMP, "refused")
+    p = mpirun(3, "train", "--data", data, "--arch", "topk", "--d-sae", 48, "--k", 3, "--steps", 10, "--batch", 2,
+               "--out", d, ok=False)
+    check("error under MPI: --batch smaller than the ranks: one message, non-zero, nothing written",
+          p.returncode != 0 and p.stderr.count("sae: error") == 1 and "smaller than the 3 ranks" in p.stderr
+          and not os.path.exists(d), p.stderr)
     return finish()
 
 

@@ -29,16 +29,18 @@
 ///     threshold (activations/batch_topk.hpp, through the Collectives it is given);
 ///   - OrtSAE's orthogonality penalty, which depends on W_dec only: each rank computes its share
 ///     of the random chunks (chunk q on rank q mod N), added with weight 1;
+///   - jumprelu's target-L0 penalty lambda (L0/T - 1)^2, a non-linear function of the whole
+///     batch's L0: applied once the global L0 is known (each rank's dL0/dtheta is linear);
 ///   - the loss terms, L0, FVU (from per-rank sums, counts, column sums and centred sums of
 ///     squares) by one small all-gather, added in rank order;
 ///   - which latents fired (a bitwise OR of m bytes): the trainer's and AuxK's dead-latent
 ///     counters advance by the global B and reset where a latent fired on any rank.
 /// Every rank ends the step with the same weights, bit for bit.
 ///
-/// Exact for every variant but one: standard (ReLU + L1), topk and batchtopk (+ AuxK), jumprelu
-/// with the L0 penalty, matryoshka_batchtopk and ortsae. jumprelu's target-L0 penalty, a
-/// non-linear function of the whole batch's L0, is refused (data_parallel_refusal) rather than
-/// trained wrongly.
+/// Exact for every variant libsae lists: standard (ReLU + L1), topk and batchtopk (+ AuxK),
+/// jumprelu (L0 or target-L0 penalty), matryoshka_batchtopk and ortsae. A model with a loss term
+/// or activation not listed in detail::data_parallel_term / data_parallel_activation is refused
+/// (data_parallel_refusal) rather than trained wrongly.
 #pragma once
 
 #include <cmath>
@@ -96,12 +98,13 @@ inline BatchShare batch_share(Index B, int rank, int size) {
 
 namespace detail {
 /// Loss terms that are a sum over tokens divided by B (or see only the weights): exact when each
-/// rank's value and gradient are weighted by B_r / B (AuxK and Orthogonality are handled apart,
-/// see DataParallel::forward_backward).
+/// rank's value and gradient are weighted by B_r / B (AuxK, Orthogonality and TargetL0 are
+/// handled apart, see DataParallel::forward_backward).
 template <class T>
 inline constexpr bool data_parallel_term =
     std::is_same_v<T, Reconstruction> || std::is_same_v<T, L1Sparsity> || std::is_same_v<T, L0Sparsity> ||
-    std::is_same_v<T, AuxK> || std::is_same_v<T, MatryoshkaInner> || std::is_same_v<T, Orthogonality>;
+    std::is_same_v<T, AuxK> || std::is_same_v<T, MatryoshkaInner> || std::is_same_v<T, Orthogonality> ||
+    std::is_same_v<T, TargetL0>;
 template <class Loss>
 inline constexpr bool data_parallel_loss = false;
 template <class... Terms>
@@ -127,10 +130,9 @@ std::string data_parallel_refusal(const Model& model) {
   } else {
     const std::string arch(model.architecture());
     std::string why;
-    if constexpr (std::is_same_v<typename Model::activation_type, JumpReLU>)
-      why = "its target-L0 penalty is a non-linear function of the whole batch's L0 (use --l0 instead of --target-l0)";
-    else
-      why = "a term of its loss is not combined across ranks";
+    why = detail::data_parallel_activation<typename Model::activation_type>
+              ? "a term of its loss is not combined across ranks"
+              : "its activation is not combined across ranks";
     return "data-parallel training (MPI) does not support architecture '" + arch + "': " + why +
            "; train it in one process";
   }
@@ -185,6 +187,7 @@ class DataParallel {
     using Report = typename Model::Report;
     constexpr bool has_aux = Model::loss_type::template has<AuxK>();
     constexpr bool has_ortho = Model::loss_type::template has<Orthogonality>();
+    constexpr bool has_target = Model::loss_type::template has<TargetL0>();
     const int N = c_->size(), me = c_->rank();
     const Index d = X.rows(), B = X.cols(), m = model.d_sae();
     const BatchShare share = batch_share(B, me, N);
@@ -203,6 +206,20 @@ class DataParallel {
     if constexpr (has_ortho) {
       silence_ortho.o = &model.loss().template get<Orthogonality>();
       silence_ortho.o->part = -1;
+    }
+    // TargetL0's penalty lambda (L0/T - 1)^2 is a function of the whole batch's L0: silenced here
+    // (coefficient 0), applied below once the global L0 is known.
+    struct SilenceTarget {
+      TargetL0* t = nullptr;
+      double coefficient = 0;
+      ~SilenceTarget() {
+        if (t) t->coefficient = coefficient;
+      }
+    } silence_target;
+    if constexpr (has_target) {
+      silence_target.t = &model.loss().template get<TargetL0>();
+      silence_target.coefficient = silence_target.t->coefficient;
+      silence_target.t->coefficient = 0;
     }
     if constexpr (has_aux) {
       struct Silenced {  // AuxK's counters set aside for the pass, put back even on an exception
@@ -281,10 +298,19 @@ class DataParallel {
       const double* a = all_.data() + static_cast<std::size_t>(q) * ns;
       m2 += a[nt + 5] * (Eigen::Map<const Eigen::VectorXd>(a + nt + 7, d) / a[nt + 5] - mean).squaredNorm();
     }
+    double target_scale = 0, target_value = 0;  // TargetL0: dL/dL0 and L of the global batch
+    if constexpr (has_target) {
+      const TargetL0& t = *silence_target.t;
+      const double lam = linear_warmup(silence_target.coefficient, step, t.warmup_steps);
+      const double rr = active / static_cast<double>(B) / t.target - 1.0;
+      target_scale = lam * 2.0 * rr / t.target;
+      target_value = lam * rr * rr;
+    }
     const auto names = Model::loss_type::names();
     for (std::size_t i = 0; i < nt; ++i) {
       if (has_aux && std::string_view(names[i]) == AuxK::name) g.terms[i] = aux_den > 0 ? aux_num / aux_den : 0.0;
       if (has_ortho && std::string_view(names[i]) == Orthogonality::name) g.terms[i] = ortho;
+      if (has_target && std::string_view(names[i]) == TargetL0::name) g.terms[i] = target_value;
     }
     for (double v : g.terms) g.total += v;
     l0_ = active / static_cast<double>(B);
@@ -302,6 +328,11 @@ class DataParallel {
       weights_[static_cast<std::size_t>(q)] = static_cast<Scalar>(a[nt + 5] / static_cast<double>(B));
     }
     const Scalar* wts = weights_.data();
+    if constexpr (has_target) {  // this rank's dL0/dtheta (normalised by B_r: weighted like the rest)
+      Vec<Scalar> dl0;
+      detail::l0_and_threshold_gradient(s.codes, s.below, model.params().threshold, s.bandwidth, dl0);
+      grads.threshold.noalias() += static_cast<Scalar>(target_scale) * dl0;
+    }
     if (aux_on && aux_den > 0) {  // rare (only while latents are dead): weight locally, sum plainly
       const Scalar w = weights_[static_cast<std::size_t>(me)];
       const Scalar wa = static_cast<Scalar>(aux_denom / aux_den);
