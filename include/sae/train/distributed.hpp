@@ -178,20 +178,23 @@ class DataParallel {
     return Guard(&model);
   }
 
-  /// This rank's forward/backward on its share of the global batch @p X (d x B, identical on
-  /// every rank), then the combination: @p grads receives the gradient of the global batch and
-  /// the report holds the global loss terms, on every rank.
+  /// This rank's forward/backward on its share of the global batch: inputs @p X (d_in x B) and
+  /// targets @p Y (d_out x B; X itself for an SAE), identical on every rank; then the
+  /// combination: @p grads receives the gradient of the global batch and the report holds the
+  /// global loss terms, on every rank.
   template <class Model>
-  typename Model::Report forward_backward(Model& model, const Mat<Scalar>& X, Parameters<Scalar>& grads,
-                                          typename Model::State& s, std::int64_t step) {
+  typename Model::Report forward_backward(Model& model, const Mat<Scalar>& X, const Mat<Scalar>& Y,
+                                          Parameters<Scalar>& grads, typename Model::State& s, std::int64_t step) {
     using Report = typename Model::Report;
     constexpr bool has_aux = Model::loss_type::template has<AuxK>();
     constexpr bool has_ortho = Model::loss_type::template has<Orthogonality>();
     constexpr bool has_target = Model::loss_type::template has<TargetL0>();
     const int N = c_->size(), me = c_->rank();
-    const Index d = X.rows(), B = X.cols(), m = model.d_sae();
+    const Index B = X.cols(), m = model.d_sae();
+    const Index d = Y.rows();  // the outputs' dimension (d_out; d_in for an SAE)
     const BatchShare share = batch_share(B, me, N);
-    const Eigen::Map<const Mat<Scalar>> Xr(X.data() + share.begin * d, d, share.count);
+    const Eigen::Map<const Mat<Scalar>> Xr(X.data() + share.begin * X.rows(), X.rows(), share.count);
+    const Eigen::Map<const Mat<Scalar>> Yr(Y.data() + share.begin * d, d, share.count);
 
     // The local pass, with AuxK silenced (no dead latents): its normaliser is global, so it
     // runs below on its own; and so does the orthogonality penalty (it depends on W_dec only:
@@ -230,9 +233,9 @@ class DataParallel {
         Silenced(const Silenced&) = delete;
         Silenced& operator=(const Silenced&) = delete;
       } silenced(model.loss().template get<AuxK>().since_fired);
-      r = model.forward_backward(Xr, grads, s, step);
+      r = model.forward_backward(Xr, Yr, grads, s, step);
     } else {
-      r = model.forward_backward(Xr, grads, s, step);
+      r = model.forward_backward(Xr, Yr, grads, s, step);
     }
     double aux_value = 0, aux_denom = 0;
     bool aux_on = false;
@@ -241,11 +244,13 @@ class DataParallel {
       if (aux.dead_count() > 0) {  // the same on every rank: the counters are global
         aux_on = true;
         if (!aux_grads_.same_shape(grads))
-          aux_grads_ = Parameters<Scalar>(grads.d_in(), grads.d_sae(), grads.has_threshold());
+          aux_grads_ = Parameters<Scalar>::zeros_like(grads);
         else
           aux_grads_.set_zero();
-        aux_value = aux.accumulate(Xr, model.params(), s, aux_grads_);
-        aux_denom = static_cast<double>((Xr - s.X_hat).squaredNorm());
+        s.input.emplace(Xr);  // AuxK reads the encoder inputs from the step state
+        aux_value = aux.accumulate(Yr, model.params(), s, aux_grads_);
+        s.input.reset();
+        aux_denom = static_cast<double>((Yr - s.X_hat).squaredNorm());
       }
     }
 
@@ -254,8 +259,8 @@ class DataParallel {
       Orthogonality& o = *silence_ortho.o;
       o.part = me;
       o.parts = N;
-      ortho_grads_.W_dec.setZero(d, m);  // the only tensor the penalty touches
-      ortho_value = o.accumulate(Xr, model.params(), s, ortho_grads_);
+      ortho_grads_.W_dec.setZero(model.params().W_dec.rows(), m);  // the only tensor the penalty touches
+      ortho_value = o.accumulate(Yr, model.params(), s, ortho_grads_);
       o.part = 0;
       o.parts = 1;
     }
@@ -266,10 +271,10 @@ class DataParallel {
     stats_.assign(ns, 0.0);
     for (std::size_t i = 0; i < nt; ++i) stats_[i] = r.terms[i];
     stats_[nt] = static_cast<double>(kernels::count_active(s.codes));
-    stats_[nt + 1] = static_cast<double>((s.X_hat - Xr).squaredNorm());
-    const Eigen::VectorXd colsum = Xr.template cast<double>().rowwise().sum();
+    stats_[nt + 1] = static_cast<double>((s.X_hat - Yr).squaredNorm());
+    const Eigen::VectorXd colsum = Yr.template cast<double>().rowwise().sum();
     const Eigen::VectorXd mean_r = colsum / static_cast<double>(share.count);
-    stats_[nt + 2] = (Xr.template cast<double>().colwise() - mean_r).squaredNorm();
+    stats_[nt + 2] = (Yr.template cast<double>().colwise() - mean_r).squaredNorm();
     stats_[nt + 3] = aux_value * aux_denom;
     stats_[nt + 4] = aux_denom;
     stats_[nt + 5] = static_cast<double>(share.count);
