@@ -6,7 +6,7 @@ On the toy data of `sae synth` (ground-truth features):
     one process on the same global batches, to float rounding, for topk, topk with AuxK active,
     standard (ReLU + L1), jumprelu (L0 and target-L0 penalties), batchtopk with AuxK active (its
     batch-wide selection and threshold), matryoshka_batchtopk and ortsae (its penalty's chunks
-    split among the ranks);
+    split among the ranks), and a BatchTopK skip transcoder (--target, --skip);
     the loss terms, L0 and FVU they report are the global ones;
   - determinism: two `-np 2` runs write byte-identical weights, and so do two `-np 3` runs;
   - recovery: a 2-rank topk SAE finds the true features (MMCS, FVU);
@@ -82,6 +82,10 @@ def main():
     data = os.path.join(TMP, "toy.npy")
     feats = os.path.join(TMP, "toy_features.npy")
     run("synth", "--out", data, "--d-in", 16, "--features", 40, "--samples", 6000, "--seed", 3)
+    # Transcoder targets: a fixed linear map of the inputs to 12 dimensions.
+    target = os.path.join(TMP, "toy_target.npy")
+    X = np.load(data)
+    np.save(target, (X @ np.random.default_rng(0).normal(size=(16, 12)) / 4).astype(np.float32))
 
     common = ["--data", data, "--steps", 200, "--batch", 256, "--seed", 1, "--log-every", 50]
     variants = {
@@ -93,6 +97,7 @@ def main():
         "batchtopk_auxk": ["--arch", "batchtopk", "--d-sae", 128, "--k", 3, "--dead-tokens", 1000],
         "matryoshka": ["--arch", "matryoshka_batchtopk", "--d-sae", 48, "--k", 3, "--matryoshka-widths", "6,24,48"],
         "ortsae": ["--arch", "ortsae", "--d-sae", 48, "--k", 3, "--ortho", 0.5, "--chunks", 4],
+        "skip_transcoder": ["--arch", "batchtopk", "--d-sae", 64, "--k", 3, "--target", target, "--skip"],
     }
     # ---- agreement with one process on the same global batches, 200 steps
     for name, extra in variants.items():
