@@ -13,6 +13,13 @@
 /// (and receives) 2 (N-1)/N n values, in N-1 messages per phase.
 #pragma once
 
+// Only MPI's C API is used: leave out the deprecated C++ bindings (Open MPI's warn under -Wextra).
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <algorithm>
