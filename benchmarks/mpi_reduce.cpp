@@ -2,6 +2,7 @@
 // rank order, MPI_Allgatherv) against MPI_Allreduce, whose order of additions MPI does not fix,
 // at the size of one TopK step's W_enc + W_dec gradients (2 d m floats; docs/distributed.md).
 //
+//   built as <build>/bin/bench_mpi_reduce with SAE_BUILD_BENCHMARKS=ON when MPI is found, or by hand:
 //   mpicxx -O3 -march=native -std=c++20 -Iinclude -isystem /usr/include/eigen3 benchmarks/mpi_reduce.cpp -o mpi_reduce
 //   mpirun -np 2 ./mpi_reduce [d] [m] [reps]        (default 768 16384 10)
 //
