@@ -45,35 +45,49 @@ class Adam {
   Parameters<Scalar>& second_moment() { return v_; }
   void set_steps_taken(std::int64_t t) { t_ = t; }
 
-  /// One update of @p params with gradients @p grads at learning rate @p lr.
-  void step(Parameters<Scalar>& params, const Parameters<Scalar>& grads, double lr) {
+  /// The constants of one step: b1, b2, lr / (1 - b1^t), 1 / sqrt(1 - b2^t) and eps.
+  struct StepConstants {
+    Scalar b1, b2, step_size, inv_sqrt_bc2, eps;
+  };
+
+  /// Advances the step count t and returns the step's constants (what step() applies; a
+  /// data-parallel step applies them to the ranges each rank owns, train/distributed.hpp).
+  StepConstants begin_step(double lr) {
     ++t_;
     const double bc1 = 1.0 - std::pow(opts_.beta1, static_cast<double>(t_));
     const double bc2 = 1.0 - std::pow(opts_.beta2, static_cast<double>(t_));
-    const Scalar b1 = static_cast<Scalar>(opts_.beta1), b2 = static_cast<Scalar>(opts_.beta2);
-    const Scalar step_size = static_cast<Scalar>(lr / bc1);
-    const Scalar inv_sqrt_bc2 = static_cast<Scalar>(1.0 / std::sqrt(bc2));
+    StepConstants c;
+    c.b1 = static_cast<Scalar>(opts_.beta1);
+    c.b2 = static_cast<Scalar>(opts_.beta2);
+    c.step_size = static_cast<Scalar>(lr / bc1);
+    c.inv_sqrt_bc2 = static_cast<Scalar>(1.0 / std::sqrt(bc2));
     // eps that underflowed to 0 in Scalar would divide by zero for never-updated coefficients.
-    Scalar eps = static_cast<Scalar>(opts_.eps);
-    if (!(eps > Scalar(0))) eps = Scalar(10) * std::numeric_limits<Scalar>::epsilon();
-    zip_tensors(
-        [&](const char*, auto& p, const auto& g, auto& m, auto& v) {
-          Scalar* __restrict pp = p.data();
-          const Scalar* __restrict gp = g.data();
-          Scalar* __restrict mp = m.data();
-          Scalar* __restrict vp = v.data();
-          const Index n = p.size();
-          SAE_OMP(parallel for simd schedule(static) if (n > 65536))
-          for (Index i = 0; i < n; ++i) {
-            const Scalar gi = gp[i];
-            const Scalar mi = b1 * mp[i] + (Scalar(1) - b1) * gi;
-            const Scalar vi = b2 * vp[i] + (Scalar(1) - b2) * gi * gi;
-            mp[i] = mi;
-            vp[i] = vi;
-            pp[i] -= step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-          }
-        },
-        params, grads, m_, v_);
+    c.eps = static_cast<Scalar>(opts_.eps);
+    if (!(c.eps > Scalar(0))) c.eps = Scalar(10) * std::numeric_limits<Scalar>::epsilon();
+    return c;
+  }
+
+  /// Adam's update of coefficients [i0, i1) of one tensor p with gradient g and moments m, v:
+  ///     m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,  p -= step_size m / (sqrt(v) inv_sqrt_bc2 + eps)
+  static void update_range(const StepConstants& c, Scalar* __restrict pp, const Scalar* __restrict gp,
+                           Scalar* __restrict mp, Scalar* __restrict vp, Index i0, Index i1) {
+    SAE_OMP(parallel for simd schedule(static) if (i1 - i0 > 65536))
+    for (Index i = i0; i < i1; ++i) {
+      const Scalar gi = gp[i];
+      const Scalar mi = c.b1 * mp[i] + (Scalar(1) - c.b1) * gi;
+      const Scalar vi = c.b2 * vp[i] + (Scalar(1) - c.b2) * gi * gi;
+      mp[i] = mi;
+      vp[i] = vi;
+      pp[i] -= c.step_size * mi / (std::sqrt(vi) * c.inv_sqrt_bc2 + c.eps);
+    }
+  }
+
+  /// One update of @p params with gradients @p grads at learning rate @p lr.
+  void step(Parameters<Scalar>& params, const Parameters<Scalar>& grads, double lr) {
+    const StepConstants c = begin_step(lr);
+    zip_tensors([&](const char*, auto& p, const auto& g, auto& m,
+                    auto& v) { update_range(c, p.data(), g.data(), m.data(), v.data(), 0, p.size()); },
+                params, grads, m_, v_);
   }
 
  private:

@@ -383,16 +383,8 @@ class DataParallel {
         if (nn > Scalar(0)) grads.W_dec.col(j) -= (grads.W_dec.col(j).dot(w) / nn) * w;
       }
     }
-    // Adam::step's arithmetic, element for element, on the owned ranges.
-    adam.set_steps_taken(adam.steps_taken() + 1);
-    const AdamOptions& o = adam.options();
-    const double t = static_cast<double>(adam.steps_taken());
-    const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
-    const Scalar b1 = static_cast<Scalar>(o.beta1), b2 = static_cast<Scalar>(o.beta2);
-    const Scalar step_size = static_cast<Scalar>(lr / bc1);
-    const Scalar inv_sqrt_bc2 = static_cast<Scalar>(1.0 / std::sqrt(bc2));
-    Scalar eps = static_cast<Scalar>(o.eps);
-    if (!(eps > Scalar(0))) eps = Scalar(10) * std::numeric_limits<Scalar>::epsilon();
+    // Adam::step's arithmetic (Adam::update_range), on the owned ranges.
+    const typename Adam<Scalar>::StepConstants k = adam.begin_step(lr);
     zip_tensors(
         [&](const char* name, auto& pt, const auto& g, auto& m, auto& v) {
           if (pt.size() == 0) return;
@@ -400,19 +392,7 @@ class DataParallel {
           const Index rows = pt.rows();
           const Index i0 = bulk ? static_cast<Index>(j0) * rows : 0;
           const Index i1 = bulk ? static_cast<Index>(j1) * rows : pt.size();
-          Scalar* __restrict pp = pt.data();
-          const Scalar* __restrict gp = g.data();
-          Scalar* __restrict mp = m.data();
-          Scalar* __restrict vp = v.data();
-          SAE_OMP(parallel for simd schedule(static) if (i1 - i0 > 65536))
-          for (Index i = i0; i < i1; ++i) {
-            const Scalar gi = gp[i];
-            const Scalar mi = b1 * mp[i] + (Scalar(1) - b1) * gi;
-            const Scalar vi = b2 * vp[i] + (Scalar(1) - b2) * gi * gi;
-            mp[i] = mi;
-            vp[i] = vi;
-            pp[i] -= step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-          }
+          Adam<Scalar>::update_range(k, pt.data(), g.data(), m.data(), v.data(), i0, i1);
           if (bulk) c_->allgather_units(pt.data(), static_cast<std::size_t>(pt.cols()), static_cast<std::size_t>(rows));
         },
         p, grads, adam.first_moment(), adam.second_moment());
