@@ -121,7 +121,8 @@ def test_cli_trains_and_evaluates_a_skip_transcoder(tmp_path):
     np.save(tmp_path / "x.npy", X)
     np.save(tmp_path / "y.npy", Y)
     p = run_sae("train", "--data", tmp_path / "x.npy", "--target", tmp_path / "y.npy", "--skip", "--arch",
-                "batchtopk", "--k", "3", "--d-sae", "96", "--steps", "300", "--batch", "512", "--out", tmp_path / "t")
+                "batchtopk", "--k", "3", "--d-sae", "96", "--steps", "300", "--batch", "512", "--threads", "2", "--gemm",
+                "eigen", "--out", tmp_path / "t")
     r = last_json(p)
     assert r["d_out"] == D_OUT and r["skip"] is True and r["fvu"] < 0.7
     cfg = json.loads((tmp_path / "t" / "cfg.json").read_text())
@@ -132,9 +133,10 @@ def test_cli_trains_and_evaluates_a_skip_transcoder(tmp_path):
     m = libsae.evaluate(ours, X, target=Y)
     assert e["fvu"] == pytest.approx(m["fvu"], rel=1e-6) and e["fvu"] < 0.7
     assert e["d_out"] == D_OUT
-    # the same run through the library gives the same weights
+    # the same run through the library gives the same weights (same threads and GEMM backend,
+    # as test_libsae.py's comparisons: the measured default backend may differ between the two)
     lib = libsae.train(tmp_path / "x.npy", target=tmp_path / "y.npy", skip=True, arch="batchtopk", k=3, d_sae=96,
-                       steps=300, batch=512, verbose=False)
+                       steps=300, batch=512, threads=2, gemm="eigen", verbose=False)
     assert np.array_equal(lib.W_skip, ours.W_skip) and np.array_equal(lib.W_dec, ours.W_dec)
 
 
