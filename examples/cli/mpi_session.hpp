@@ -3,7 +3,9 @@
 // checkpoints and saves.
 #pragma once
 
+#include <chrono>
 #include <cstdlib>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -67,6 +69,29 @@ class MpiSession {
   }
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
+
+  /// Ends every rank of the job with exit code @p code (MPI_Abort; std::exit without MPI).
+  [[noreturn]] void abort(int code) const {
+#if SAE_HAVE_MPI
+    if (comm_) MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+    std::exit(code);
+  }
+
+  /// Reports a failure of this rank's run_training and ends the job (only with several ranks).
+  /// Rank 0 prints the line main() would print and aborts every rank at once, so ranks waiting
+  /// in a collective do not hang. Another rank first waits: a failure every rank meets (a bad
+  /// setting, a bad file) is then reported once, by rank 0, whose abort ends this process; one
+  /// only this rank met is printed after the wait, naming the rank, and ends the job.
+  [[noreturn]] void fail(const std::string& what, int code) const {
+    if (rank() != 0) {
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+      std::cerr << "sae: error (MPI rank " << rank() << " of " << size() << "): " << what << std::endl;
+    } else {
+      std::cerr << "sae: error: " << what << std::endl;
+    }
+    abort(code);
+  }
 
   int rank() const { return comm_ ? comm_->rank() : 0; }
   int size() const { return comm_ ? comm_->size() : 1; }

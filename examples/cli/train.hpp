@@ -51,11 +51,14 @@ inline int run_train(TrainArgs a) {
     const int sig = stop_signal != 0 ? static_cast<int>(stop_signal) : SIGINT;
     if (!quiet) std::cerr << "sae train: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": " << e.what() << std::endl;
     return 128 + sig;
-  } catch (const sae::SettingsError&) {
-    if (quiet) return 2;  // every rank fails alike; rank 0 reports it
+  } catch (const sae::SettingsError& e) {
+    if (mpi.size() > 1) mpi.fail(std::string(e.what()) + " (see sae --help)", 2);  // one report, every rank ends
     throw;
-  } catch (const std::exception&) {
-    if (quiet) return 1;
+  } catch (const std::bad_alloc&) {
+    if (mpi.size() > 1) mpi.fail("out of memory (use a smaller --d-sae or --batch, or fewer --threads)", 1);
+    throw;
+  } catch (const std::exception& e) {
+    if (mpi.size() > 1) mpi.fail(e.what(), 1);
     throw;
   }
 }
