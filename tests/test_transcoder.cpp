@@ -92,6 +92,14 @@ TEST_CASE("Transcoder: gradients of every tensor (W_skip too) match finite diffe
     model.set_params(random_transcoder<double>(d_in, d_out, m, skip, false, 35));
     REQUIRE(check_transcoder_gradients(model, X, Y) == expected);
   }
+  SECTION("Matryoshka BatchTopK (prefix losses against the targets)") {
+    if (!skip) {  // (--skip is refused for Matryoshka)
+      sae::MatryoshkaBatchTopKSae<double> model(transcoder_config(d_in, d_out, m, 2, false));
+      model.loss().get<sae::MatryoshkaInner>().widths = {3, 6, m};
+      model.set_params(random_transcoder<double>(d_in, d_out, m, false, false, 37));
+      REQUIRE(check_transcoder_gradients(model, X, Y) == expected);
+    }
+  }
   SECTION("JumpReLU") {
     sae::JumpReluSae<double> model(transcoder_config(d_in, d_out, m, 0, skip));
     model.set_params(random_transcoder<double>(d_in, d_out, m, skip, true, 36));

@@ -186,7 +186,8 @@ class Sae:
 
     def decode(self, codes: Any, *, batch: int = DEFAULT_BATCH, threads: Optional[int] = None) -> np.ndarray:
         """Reconstructions W_dec^T f + b_dec [N, d_in] from codes [N, d_sae]: any scipy.sparse
-        matrix (CSR used as it is; other formats converted) or a dense array."""
+        matrix (CSR used as it is; other formats converted) or a dense array. For a transcoder
+        [N, d_out], without a skip transcoder's W_skip x (it needs x: reconstruct(X) adds it)."""
         _threads(threads)
         try:
             import scipy.sparse
