@@ -12,7 +12,7 @@ set -euo pipefail
 packages=(
   build-essential cmake
   libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev
-  libbenchmark-dev libopenblas-dev zlib1g-dev
+  libbenchmark-dev libopenblas-dev libdnnl-dev zlib1g-dev
   libopenmpi-dev openmpi-bin
   python3-numpy python3-venv python3-dev
   strace

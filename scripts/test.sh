@@ -63,8 +63,7 @@ cmake --build "$BUILD_DIR" -j "$JOBS"
 
 # The package uses the GEMM backend the tool's configure step measured (not a second
 # measurement on a loaded machine), so that both compute the same last bits.
-gemm=$(sed -n 's/^SAE_GEMM_DEFAULT_MEASURED:INTERNAL=eigen=\([0-9.]*\);blas=\([0-9.]*\)$/\1 \2/p' \
-  "$BUILD_DIR/CMakeCache.txt" | awk '{ print (int($2) * 10 > int($1) * 11) ? "blas" : "eigen" }')
+gemm=$(sed -n 's/^SAE_GEMM_DEFAULT_CHOICE:INTERNAL=\(.*\)$/\1/p' "$BUILD_DIR/CMakeCache.txt")
 gemm=${gemm:-eigen}
 
 # Sanitizer tree, built in the background at the lowest priority while the tests below run (they

@@ -27,6 +27,7 @@ struct BenchArgs {
   std::uint64_t seed = 0;
   nlohmann::json options = nlohmann::json::object();  ///< the variant's own options, as `sae train`
   std::string gemm = "auto";
+  std::string precision = "auto";
   bool no_bound = false;
 };
 
@@ -117,12 +118,15 @@ inline int run_bench(const BenchArgs& b) {
 
   sae::set_num_threads(a.threads);
   if (b.gemm != "auto") sae::gemm::set_encoder_backend(sae::gemm::parse_backend(b.gemm));
+  if (b.precision != "auto") sae::kernels::set_encoder_precision(sae::kernels::parse_precision(b.precision));
+  const char* precision = sae::kernels::precision_name(sae::kernels::encoder_precision<float>());
   const int threads = sae::num_threads();
   const bool uses_k = cfg.k > 0;
   std::cerr << "sae bench: " << cfg.architecture << " d_in " << cfg.d_in << " d_sae " << cfg.d_sae;
   if (uses_k) std::cerr << " k " << cfg.k;
   std::cerr << ", batch " << b.batch << ", " << b.warmup << " warm-up + " << b.steps << " timed steps, " << threads
-            << " threads, gemm " << b.gemm << "\n";
+            << " threads, gemm " << sae::gemm::backend_name(sae::gemm::encoder_backend()) << ", encoder precision "
+            << precision << "\n";
 
   const int pool = static_cast<int>(std::min<std::int64_t>(4, a.opt.steps));
   BenchSource source(cfg.d_in, b.batch, pool, b.seed);
@@ -174,6 +178,7 @@ inline int run_bench(const BenchArgs& b) {
                  {"warmup", b.warmup},
                  {"threads", threads},
                  {"gemm_backend", sae::gemm::backend_name(used)},
+                 {"encoder_precision", precision},
                  {"tokens_per_s", tokens_per_s},
                  {"seconds_per_step", sec},
                  {"step_seconds", step_seconds},
@@ -205,6 +210,15 @@ inline int run_bench(const BenchArgs& b) {
                     "sae bench: %s GEMM: whole product %.1f GFLOP/s, tiles of %lld latents x %lld tokens %.1f GFLOP/s",
                     sae::gemm::backend_name(be), whole, static_cast<long long>(tiling.chunk_latents),
                     static_cast<long long>(tiling.block_tokens), tiles);
+      std::cerr << line << std::endl;
+    }
+    if (sae::gemm::bf16_hardware()) {  // the bf16 product the TopK family's encoder may use
+      const double tiles = sae::gemm::measure_tiled_bf16(cfg.d_in, cfg.d_sae, b.batch, tiling);
+      best = std::max(best, tiles);
+      gemms.push_back({{"backend", "dnnl-bf16"}, {"tiles_gflop_per_s", tiles}});
+      char line[160];
+      std::snprintf(line, sizeof line, "sae bench: dnnl bf16 GEMM: tiles of %lld latents x %lld tokens %.1f GFLOP/s",
+                    static_cast<long long>(tiling.chunk_latents), static_cast<long long>(tiling.block_tokens), tiles);
       std::cerr << line << std::endl;
     }
     const double bound = best * 1e9 / flop_per_token;
@@ -246,15 +260,21 @@ inline CLI::App* add_bench(CLI::App& app, Command& chosen) {
   c->add_option("--threads", b->threads, "Threads (default: all cores / OMP_NUM_THREADS)");
   c->add_option("--seed", b->seed, "Seed of the random data and the initialisation")->capture_default_str();
   add_variant_options(c, b->options);
-  c->add_option("--gemm", b->gemm, "Encoder GEMM backend: auto (measured, or $SAE_GEMM), eigen or blas")
+  c->add_option("--gemm", b->gemm, "Encoder GEMM backend: auto (measured, or $SAE_GEMM), eigen, blas or dnnl")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "eigen", "blas"}));
+      ->check(CLI::IsMember({"auto", "eigen", "blas", "dnnl"}));
+  c->add_option("--precision", b->precision,
+                "Precision of the TopK family's encoder product: auto ($SAE_PRECISION, else bf16 where oneDNN has "
+                "bf16 units), fp32 or bf16 (same codes either way)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   c->add_flag("--no-bound", b->no_bound, "Skip measuring the encoder-GEMM bound");
   c->footer(
-      "JSON: arch, d_in, d_sae, k, batch, steps, warmup, threads, gemm_backend, tokens_per_s, seconds_per_step "
+      "JSON: arch, d_in, d_sae, k, batch, steps, warmup, threads, gemm_backend, encoder_precision, tokens_per_s, seconds_per_step "
       "(median), step_seconds, peak_rss_mb (VmHWM after the timed steps), baseline_rss_mb, training_mb, "
       "encoder_gflop_per_s (2*batch*d_in*d_sae encoder flops per step / median step time), gemm_default, "
-      "cpu; unless --no-bound: gemm (per backend: whole product and fused-encoder tiles GFLOP/s), gemm_tile, "
+      "cpu; unless --no-bound: gemm (per backend: whole product and fused-encoder tiles GFLOP/s; dnnl-bf16: "
+      "the bf16 tiles, where the CPU has bf16 units), gemm_tile, "
       "gemm_gflop_per_s (the best), gemm_bound_tokens_per_s, fraction_of_gemm_bound. MB = 2^20 bytes.");
   c->callback([b, &chosen] { chosen = [b] { return run_bench(*b); }; });
   return c;

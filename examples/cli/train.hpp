@@ -137,9 +137,15 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
       ->check(CLI::NonNegativeNumber);
   c->add_option("--gemm", a->gemm,
                 "Encoder GEMM backend: auto ($SAE_GEMM, else the one measured faster when libsae was "
-                "configured), eigen or blas; --resume uses the checkpoint's")
+                "configured), eigen, blas or dnnl; --resume uses the checkpoint's")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "eigen", "blas"}));
+      ->check(CLI::IsMember({"auto", "eigen", "blas", "dnnl"}));
+  c->add_option("--precision", a->precision,
+                "Precision of the TopK family's encoder product: auto (bf16 where oneDNN has bf16 units on this "
+                "CPU, $SAE_PRECISION), fp32 or bf16. The codes and weights are the same in all three: bf16 only "
+                "proposes candidates, which are rescored in fp32 (docs/performance.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   c->add_option("--out", a->out, "Output SAE directory (SAELens layout)");
   c->add_option("--shuffle-buffer", a->shuffle_buffer,
                 "Tokens held in the shuffle buffer (streams the files; default with several files: 256 MiB of tokens)")

@@ -21,6 +21,8 @@ sae::TrainSettings settings_from(const py::dict& kw) {
       a.resume = value.get<std::string>();
     } else if (key == "gemm") {
       a.gemm = value.get<std::string>();
+    } else if (key == "precision") {
+      a.precision = value.get<std::string>();
     } else if (j.contains(key)) {
       if ((key == "data" || key == "target") && value.is_string())
         j[key] = json::array({value});
@@ -39,6 +41,7 @@ sae::TrainSettings settings_from(const py::dict& kw) {
   }
   parsed.resume = a.resume;
   parsed.gemm = a.gemm;
+  parsed.precision = a.precision;
   parsed.given = a.given;
   return parsed;
 }

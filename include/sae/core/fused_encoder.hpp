@@ -1,25 +1,47 @@
 /// @file sae/core/fused_encoder.hpp
 /// The fused encoder of the TopK family: the encoder product and the per-token top-c selection
-/// in one pass over cache-sized tiles, so the dense m x B pre-activations never exist.
+/// in one pass over cache-sized tiles, so the dense m x B pre-activations never exist; and its
+/// selection is exact: the same codes whichever GEMM backend or precision proposed them.
 ///
 ///     for each block of bt tokens (in parallel, one block per thread at a time):
 ///       for each chunk of mc latents:
-///         Z_tile = W_enc[:, chunk]^T X[:, block] + c[chunk]      (mc x bt, one product)
-///         for each token of the block: offer Z_tile[:, t] to the token's top-c heap
-///       write each token's heap, sorted by latent index
+///         Z_tile = Ŵ[:, chunk]^T X̂[:, block]          (mc x bt, one product; Ŵ, X̂ = W_enc, X
+///                                                      in fp32, or their bf16 roundings)
+///         for each token t of the block, each latent j of the chunk (Sieve::scan, vectorised):
+///           ẑ = Z_tile(j, t) + c_j;  E = bound on |ẑ - z_tj| (score_bounds.hpp)
+///           L_t = the c-th largest lower bound ẑ - E seen so far for t (0 until c are positive)
+///           keep j as a candidate of t if ẑ + E > 0 and ẑ + E >= L_t
+///       for each token: drop candidates with ẑ + E < the final L_t; for the rest compute
+///         z_tj = canonical_dot(W_enc[:, j], x_t) + c_j (canonical_dot.hpp, fp32) and keep the c
+///         largest positive ones, ties to the lower latent; write them sorted by latent
 ///
-/// Cost: the product's 2 d m B flops plus one read of each pre-activation while its tile is hot;
-/// the read compares 16 (AVX-512), 8 (AVX2) or TopCHeap::kGroup = 32 (otherwise) values at a
-/// time with the token's current c-th largest value, so after the first few hundred latents
-/// almost every value costs one vector compare.
-/// Memory: one mc x bt tile and bt heaps of c entries per thread (FusedScratch), reused across
-/// steps.
+/// Exact: every lower bound is <= its canonical value, so the final L_t is <= the c-th largest
+/// canonical value, and a latent that is not rescored has z <= ẑ + E < L_t: it could never
+/// have entered. The result is the top-c of the canonical values, exactly as plain_top_c
+/// computes it from all m of them, whichever backend and precision proposed the candidates.
+/// With fp32 operands E is ~2γ_d|w||x| (1e-4 relative at d = 768) and about c latents per
+/// token are rescored; with bf16 operands (Precision::BFloat16, 2-4x the product speed on
+/// AVX512-BF16 or AMX units) E is ~|w||x| 2^-8 and somewhat more. Near-ties only cost
+/// rescoring: a token whose candidate list overflows even after pruning (more than 3c + 48
+/// latents within reach of L_t) is computed exhaustively, every latent canonically, which is
+/// still exact.
+///
+/// Cost: the product's 2 d m B flops, one vector pass per tile (16 (AVX-512) or 8 (AVX2) values
+/// per compare, E included), 2d flops per rescored latent, and per call the norms of W_enc's
+/// columns and of the inputs (and their bf16 copies). Memory: one mc x bt tile, bt lower-bound
+/// heaps of c entries and bt candidate lists of 4c + 64 entries per thread (FusedScratch), the
+/// bound terms (m + B values) and for bf16 a copy of W_enc (2 d m bytes), reused across steps.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -31,8 +53,10 @@
 #endif
 
 #include "../detail/omp.hpp"
+#include "canonical_dot.hpp"
 #include "gemm.hpp"
 #include "parameters.hpp"
+#include "score_bounds.hpp"
 
 namespace sae::kernels {
 
@@ -144,28 +168,175 @@ struct TopCHeap {
   static bool worse(Scalar va, std::int32_t ia, Scalar vb, std::int32_t ib) { return va < vb || (va == vb && ia > ib); }
 };
 
-/// Buffers of the fused encoder, one set per thread; grown on first use, then reused.
+/// One token's candidates while the fused encoder scans its latents (see the file comment):
+/// the cap-th largest lower bound seen so far, L (a TopCHeap of lower bounds, floor 0 until
+/// full), and the latents whose upper bound reached L when they were seen, with that bound, in
+/// increasing latent order. Storage is external. When the list fills up it is compacted to the
+/// entries still >= L; if that leaves it more than 3/4 full the token is marked exhaustive (its
+/// values are all computed canonically at the end: exact, only slower).
+template <class Scalar>
+struct Sieve {
+  TopCHeap<Scalar> lower;  ///< cap largest positive lower bounds (their latents unused)
+  std::int32_t* cand;      ///< candidate latents
+  Scalar* up;              ///< their upper bounds
+  Index room;              ///< capacity of cand / up
+  Index n = 0;             ///< candidates held
+  bool exhaustive = false;
+
+  Scalar threshold() const { return lower.floor(); }
+
+  /// Latents first + u, u in [0, count): GEMM values z[u], bias[u], latent bound terms a[u],
+  /// b[u], T[u], token terms K1, K2, Tt, r (score_bounds.hpp). Lower bounds above L go to the
+  /// heap; latents with upper bound > 0 and >= L become candidates.
+  void scan(const Scalar* z, const Scalar* bias, const Scalar* a, const Scalar* b, const Scalar* T, Scalar K1,
+            Scalar K2, Scalar Tt, Scalar r, Index count, std::int32_t first) {
+    if (exhaustive) return;
+    Index j = 0;
+    Scalar L = threshold();
+    auto take = [&](Index u, Scalar lo, Scalar hi) {
+      if (lo > L) {
+        lower.offer(lo, first + static_cast<std::int32_t>(u));
+        L = threshold();
+      }
+      if (hi > Scalar(0) && hi >= L) push(first + static_cast<std::int32_t>(u), hi);
+    };
+    if constexpr (std::is_same_v<Scalar, float>) {
+      alignas(64) float los[16], his[16];
+#if defined(__AVX512F__)
+      const __m512 k1 = _mm512_set1_ps(K1), k2 = _mm512_set1_ps(K2), tt = _mm512_set1_ps(Tt), rr = _mm512_set1_ps(r);
+      const __m512 zero = _mm512_setzero_ps();
+      for (; j + 16 <= count && !exhaustive; j += 16) {
+        const __m512 zh = _mm512_add_ps(_mm512_loadu_ps(z + j), _mm512_loadu_ps(bias + j));
+        const __m512 e = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a + j), k1,
+            _mm512_fmadd_ps(_mm512_loadu_ps(b + j), k2,
+                            _mm512_fmadd_ps(rr, _mm512_abs_ps(zh), _mm512_add_ps(tt, _mm512_loadu_ps(T + j)))));
+        const __m512 hi = _mm512_add_ps(zh, e);
+        unsigned mask = _mm512_cmp_ps_mask(hi, _mm512_set1_ps(L), _CMP_GE_OQ) & _mm512_cmp_ps_mask(hi, zero, _CMP_GT_OQ);
+        if (!mask) continue;
+        _mm512_store_ps(los, _mm512_sub_ps(zh, e));
+        _mm512_store_ps(his, hi);
+        for (; mask; mask &= mask - 1) {
+          const int l = __builtin_ctz(mask);
+          take(j + l, los[l], his[l]);
+        }
+      }
+#elif defined(__AVX2__) && defined(__FMA__)
+      const __m256 k1 = _mm256_set1_ps(K1), k2 = _mm256_set1_ps(K2), tt = _mm256_set1_ps(Tt), rr = _mm256_set1_ps(r);
+      const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+      for (; j + 8 <= count && !exhaustive; j += 8) {
+        const __m256 zh = _mm256_add_ps(_mm256_loadu_ps(z + j), _mm256_loadu_ps(bias + j));
+        const __m256 e = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a + j), k1,
+            _mm256_fmadd_ps(_mm256_loadu_ps(b + j), k2,
+                            _mm256_fmadd_ps(rr, _mm256_andnot_ps(sign, zh), _mm256_add_ps(tt, _mm256_loadu_ps(T + j)))));
+        const __m256 hi = _mm256_add_ps(zh, e);
+        auto mask = static_cast<unsigned>(_mm256_movemask_ps(
+            _mm256_and_ps(_mm256_cmp_ps(hi, _mm256_set1_ps(L), _CMP_GE_OQ), _mm256_cmp_ps(hi, zero, _CMP_GT_OQ))));
+        if (!mask) continue;
+        _mm256_store_ps(los, _mm256_sub_ps(zh, e));
+        _mm256_store_ps(his, hi);
+        for (; mask; mask &= mask - 1) {
+          const int l = __builtin_ctz(mask);
+          take(j + l, los[l], his[l]);
+        }
+      }
+#endif
+      (void)los;
+      (void)his;
+    }
+    for (; j < count && !exhaustive; ++j) {
+      const Scalar zh = z[j] + bias[j];
+      const Scalar e = std::fma(a[j], K1, std::fma(b[j], K2, std::fma(r, std::abs(zh), Tt + T[j])));
+      const Scalar hi = zh + e;
+      if (hi > Scalar(0) && hi >= L) take(j, zh - e, hi);
+    }
+  }
+
+  /// Drops the candidates whose upper bound fell below the final L.
+  void prune() {
+    const Scalar L = threshold();
+    Index k = 0;
+    for (Index i = 0; i < n; ++i)
+      if (up[i] >= L) {
+        cand[k] = cand[i];
+        up[k] = up[i];
+        ++k;
+      }
+    n = k;
+  }
+
+ private:
+  void push(std::int32_t j, Scalar hi) {
+    if (n == room) {
+      prune();
+      if (4 * n > 3 * room) {
+        exhaustive = true;
+        return;
+      }
+    }
+    cand[n] = j;
+    up[n] = hi;
+    ++n;
+  }
+};
+
+/// Buffers of the fused encoder, one set per thread, and the bound terms of the call; grown on
+/// first use, then reused.
 template <class Scalar>
 struct FusedScratch {
   std::vector<Mat<Scalar>> tiles;  ///< mc x bt pre-activations
-  std::vector<Index> sizes;        ///< heap sizes of the block being worked on, bt per thread
+  std::vector<std::vector<Sieve<Scalar>>> sieves;       ///< bt per thread
+  std::vector<std::vector<Scalar>> lower_val, cand_up;  ///< sieve storage: bt * cap, bt * room
+  std::vector<std::vector<std::int32_t>> lower_idx, cand;
+  std::vector<std::vector<float>> wide_w, wide_x;  ///< software bf16 product: widened operands
+  std::vector<Index> rescored;     ///< latents rescored, per thread (summed into last_rescored)
+  ScoreBounds<Scalar> bounds;      ///< per-latent and per-token bound terms, bf16 operands
+  Index last_rescored = 0;         ///< latents rescored by the last call (all tokens)
+  Index last_exhaustive = 0;       ///< tokens computed exhaustively by the last call
 
-  void prepare(int threads, Index mc, Index bt) {
-    if (static_cast<int>(tiles.size()) < threads) tiles.resize(static_cast<std::size_t>(threads));
-    for (auto& t : tiles)
-      if (t.rows() != mc || t.cols() != bt) t.resize(mc, bt);
-    if (static_cast<Index>(sizes.size()) < threads * bt) sizes.resize(static_cast<std::size_t>(threads * bt));
+  /// Candidate room per token for a selection of @p cap.
+  static Index room_for(Index cap) { return 4 * cap + 64; }
+
+  void prepare(int threads, Index mc, Index bt, Index cap) {
+    const auto T = static_cast<std::size_t>(threads);
+    if (tiles.size() < T) {
+      tiles.resize(T);
+      sieves.resize(T);
+      lower_val.resize(T);
+      lower_idx.resize(T);
+      cand.resize(T);
+      cand_up.resize(T);
+      wide_w.resize(T);
+      wide_x.resize(T);
+    }
+    const auto nl = static_cast<std::size_t>(bt * cap), nc = static_cast<std::size_t>(bt * room_for(cap));
+    for (std::size_t i = 0; i < T; ++i) {
+      if (tiles[i].rows() != mc || tiles[i].cols() != bt) tiles[i].resize(mc, bt);
+      sieves[i].resize(static_cast<std::size_t>(bt));
+      if (lower_val[i].size() < nl) {
+        lower_val[i].resize(nl);
+        lower_idx[i].resize(nl);
+      }
+      if (cand[i].size() < nc) {
+        cand[i].resize(nc);
+        cand_up[i].resize(nc);
+      }
+    }
+    rescored.assign(T * 2, 0);
   }
 };
 
 /// For every token t of X (d x B): the up to @p cap largest positive pre-activations
-/// z_tj = W_enc[:, j] . x_t + c_j, written sorted by latent to values[t*cap ..] /
+/// z_tj = canonical_dot(W_enc[:, j], x_t) + c_j, written sorted by latent to values[t*cap ..] /
 /// indices[t*cap ..] (room for B*cap entries), their number to count[t]. Ties keep the lower
-/// latent. @p X must have contiguous columns (a Mat, a Map of one, or middleCols of either).
+/// latent. The product that proposes candidates runs on @p backend in @p precision (BFloat16:
+/// float models only); the result does not depend on either. @p X must have contiguous columns
+/// (a Mat, a Map of one, or middleCols of either).
 template <class Scalar, class DerivedX>
 void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X, Index cap,
-                 gemm::Backend backend, const gemm::Tiling& tiling, FusedScratch<Scalar>& scratch, Scalar* values,
-                 std::int32_t* indices, Index* count) {
+                 gemm::Backend backend, Precision precision, const gemm::Tiling& tiling,
+                 FusedScratch<Scalar>& scratch, Scalar* values, std::int32_t* indices, Index* count) {
   static_assert(std::is_same_v<typename DerivedX::Scalar, Scalar>, "fused_top_c: X must have the model's Scalar");
   static_assert(!(DerivedX::Flags & Eigen::RowMajorBit), "fused_top_c: X must be column-major");
   const Index d = p.d_in(), m = p.d_sae(), B = X.cols();
@@ -173,13 +344,21 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
     throw std::invalid_argument("fused_top_c: capacity " + std::to_string(cap) +
                                 " outside [1, d_sae=" + std::to_string(m) + "]");
   if (X.rows() != d) throw std::invalid_argument("fused_top_c: batch rows differ from d_in");
+  const bool bf16 = precision == Precision::BFloat16;
+  if (bf16 && !std::is_same_v<Scalar, float>)
+    throw std::invalid_argument("fused_top_c: a bf16 product needs a float model");
+  scratch.last_rescored = 0;
+  scratch.last_exhaustive = 0;
   if (B == 0) return;
   const Scalar* Xd = X.derived().data();
   const Index ldx = X.derived().outerStride();
   const Index bt = std::min(tiling.block_tokens, B), mc = std::min(tiling.chunk_latents, m);
   const Index blocks = (B + bt - 1) / bt;
   const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
-  scratch.prepare(threads, mc, bt);
+  scratch.prepare(threads, mc, bt, cap);
+  auto& bd = scratch.bounds;
+  bd.prepare_latents(p.W_enc, precision);
+  bd.prepare_tokens(Xd, d, B, ldx, precision);
   if (backend == gemm::Backend::Blas) gemm::set_blas_threads(1);
 
   SAE_OMP(parallel num_threads(threads)) {
@@ -188,36 +367,71 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
 #else
     const int me = 0;
 #endif
-    Mat<Scalar>& tile = scratch.tiles[static_cast<std::size_t>(me)];
-    Index* sizes = scratch.sizes.data() + me * bt;
+    const auto mine = static_cast<std::size_t>(me);
+    Mat<Scalar>& tile = scratch.tiles[mine];
+    auto& sieves = scratch.sieves[mine];
+    const Index room = FusedScratch<Scalar>::room_for(cap);
+    Index rescored = 0, exhaustive = 0;
     SAE_OMP(for schedule(dynamic, 1))
     for (Index blk = 0; blk < blocks; ++blk) {
       const Index t0 = blk * bt, b = std::min(bt, B - t0);
-      std::fill(sizes, sizes + b, Index(0));
+      for (Index t = 0; t < b; ++t)
+        sieves[static_cast<std::size_t>(t)] =
+            Sieve<Scalar>{TopCHeap<Scalar>{scratch.lower_val[mine].data() + t * cap,
+                                           scratch.lower_idx[mine].data() + t * cap, cap},
+                          scratch.cand[mine].data() + t * room, scratch.cand_up[mine].data() + t * room, room};
       for (Index j0 = 0; j0 < m; j0 += mc) {
         const Index w = std::min(mc, m - j0);
-        gemm::product_tn(backend, d, w, b, p.W_enc.data() + j0 * d, d, Xd + t0 * ldx, ldx, tile.data(), mc);
+        if constexpr (std::is_same_v<Scalar, float>) {
+          if (bf16)
+            gemm::product_tn_bf16(backend, d, w, b, bd.W16.data() + j0 * d, d, bd.X16.data() + t0 * d, d, tile.data(),
+                                  mc, scratch.wide_w[mine], scratch.wide_x[mine]);
+        }
+        if (!bf16)
+          gemm::product_tn(backend, d, w, b, p.W_enc.data() + j0 * d, d, Xd + t0 * ldx, ldx, tile.data(), mc);
         for (Index t = 0; t < b; ++t) {
-          TopCHeap<Scalar> h{values + (t0 + t) * cap, indices + (t0 + t) * cap, cap, sizes[t]};
-          h.offer_run(tile.data() + t * mc, c.data() + j0, w, static_cast<std::int32_t>(j0));
-          sizes[t] = h.size;
+          const auto tok = static_cast<std::size_t>(t0 + t);
+          sieves[static_cast<std::size_t>(t)].scan(tile.data() + t * mc, c.data() + j0, bd.a.data() + j0,
+                                                   bd.b.data() + j0, bd.T.data() + j0, bd.K1[tok], bd.K2[tok],
+                                                   bd.Tt[tok], bd.r, w, static_cast<std::int32_t>(j0));
         }
       }
+      // Rescore the survivors canonically, in increasing latent order, into the exact heap.
       for (Index t = 0; t < b; ++t) {
-        TopCHeap<Scalar> h{values + (t0 + t) * cap, indices + (t0 + t) * cap, cap, sizes[t]};
+        auto& sv = sieves[static_cast<std::size_t>(t)];
+        const Scalar* x = Xd + (t0 + t) * ldx;
+        TopCHeap<Scalar> h{values + (t0 + t) * cap, indices + (t0 + t) * cap, cap};
+        auto score = [&](std::int32_t j) {
+          const Scalar v = canonical_score(p.W_enc, x, j, c[j]);
+          if (v > h.floor()) h.offer(v, j);
+        };
+        if (sv.exhaustive) {
+          ++exhaustive;
+          rescored += m;
+          for (Index j = 0; j < m; ++j) score(static_cast<std::int32_t>(j));
+        } else {
+          sv.prune();
+          rescored += sv.n;
+          for (Index i = 0; i < sv.n; ++i) score(sv.cand[i]);
+        }
         h.sort_by_latent();
-        count[t0 + t] = sizes[t];
+        count[t0 + t] = h.size;
       }
     }
+    scratch.rescored[2 * mine] = rescored;
+    scratch.rescored[2 * mine + 1] = exhaustive;
+  }
+  for (std::size_t i = 0; i < scratch.rescored.size(); i += 2) {
+    scratch.last_rescored += scratch.rescored[i];
+    scratch.last_exhaustive += scratch.rescored[i + 1];
   }
 }
 
-/// The result of fused_top_c computed the plain way: the pre-activations of 256 tokens at a time
-/// with one Eigen product into @p Z (multi-threaded by Eigen under OpenMP; never the BLAS), plus
-/// the bias, then per token, tokens spread over the threads, a partial sort of its positive
-/// values by (value descending, latent ascending), the kept ones written sorted by latent. The
-/// reference the fused kernel is tested against, and the path EncoderState::fused = false takes
-/// (StepState::encoder.fused).
+/// The result of fused_top_c computed the plain way: all m canonical pre-activations of 256
+/// tokens at a time into @p Z (canonical_dot, tokens spread over the threads), then per token a
+/// partial sort of its positive values by (value descending, latent ascending), the kept ones
+/// written sorted by latent. No GEMM and no bound: the reference the fused kernel is tested
+/// against, and the path EncoderState::fused = false takes (StepState::encoder.fused).
 template <class Scalar, class DerivedX>
 void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X, Index cap,
                  Mat<Scalar>& Z, Scalar* values, std::int32_t* indices, Index* count) {
@@ -225,12 +439,14 @@ void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   if (cap < 1 || cap > m)
     throw std::invalid_argument("plain_top_c: capacity " + std::to_string(cap) +
                                 " outside [1, d_sae=" + std::to_string(m) + "]");
+  const Mat<Scalar> Xc = X.template cast<Scalar>();
   constexpr Index kBlock = 256;
   for (Index t0 = 0; t0 < B; t0 += kBlock) {
     const Index b = std::min(kBlock, B - t0);
     Z.resize(m, b);
-    Z.noalias() = p.W_enc.transpose() * X.middleCols(t0, b);
-    Z.colwise() += c;
+    SAE_OMP(parallel for schedule(static))
+    for (Index t = 0; t < b; ++t)
+      for (Index j = 0; j < m; ++j) Z(j, t) = canonical_score(p.W_enc, Xc.data() + (t0 + t) * Xc.rows(), j, c[j]);
     SAE_OMP(parallel) {
       std::vector<std::pair<Scalar, std::int32_t>> pos;
       SAE_OMP(for schedule(static))
@@ -253,12 +469,65 @@ void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   }
 }
 
+/// "fp32" (Native) or "bf16"; "auto" gives nullopt.
+inline std::optional<Precision> parse_precision(std::string_view s) {
+  if (s == "auto") return std::nullopt;
+  if (s == "fp32" || s == "float32") return Precision::Native;
+  if (s == "bf16" || s == "bfloat16") return Precision::BFloat16;
+  throw std::invalid_argument("unknown precision '" + std::string(s) + "' (auto, fp32, bf16)");
+}
+inline const char* precision_name(Precision p) { return p == Precision::BFloat16 ? "bf16" : "fp32"; }
+
+namespace detail {
+struct PrecisionChoice {
+  std::mutex mutex;
+  std::optional<Precision> fixed;  ///< set_encoder_precision
+  bool read_env = false;
+};
+inline PrecisionChoice& precision_choice() {
+  static PrecisionChoice c;
+  return c;
+}
+}  // namespace detail
+
+/// Fixes the precision of the TopK family's proposing product for the rest of the process
+/// (nullopt: back to automatic).
+inline void set_encoder_precision(std::optional<Precision> p) {
+  auto& c = detail::precision_choice();
+  std::lock_guard lock(c.mutex);
+  c.fixed = p;
+  c.read_env = true;
+}
+
+/// The precision the TopK family's encoder product runs in: what set_encoder_precision() fixed
+/// (`--precision` of `sae train` and `sae bench`), else SAE_PRECISION=fp32|bf16 from the
+/// environment, else bf16 for float models when the encoder backend is oneDNN and it runs bf16
+/// on this CPU's units (gemm::bf16_hardware()), fp32 otherwise. A speed choice only: the codes
+/// are identical.
+template <class Scalar>
+Precision encoder_precision() {
+  if constexpr (!std::is_same_v<Scalar, float>) {
+    return Precision::Native;
+  } else {
+    auto& c = detail::precision_choice();
+    std::lock_guard lock(c.mutex);
+    if (!c.read_env) {
+      c.read_env = true;
+      if (const char* env = std::getenv("SAE_PRECISION"); env && *env) c.fixed = parse_precision(env);
+    }
+    if (c.fixed) return *c.fixed;
+    return gemm::encoder_backend() == gemm::Backend::Dnnl && gemm::bf16_hardware() ? Precision::BFloat16
+                                                                                    : Precision::Native;
+  }
+}
+
 /// Everything the TopK-family encoders keep between steps: the fused kernel's tiles, the
 /// candidate buffers of a batch-wide selection, and the switch between the fused kernel and the
 /// plain reference.
 template <class Scalar>
 struct EncoderState {
   bool fused = true;                       ///< fused_top_c (true) or plain_top_c (false, the reference)
+  std::optional<Precision> precision;      ///< of the proposing product; unset: encoder_precision<Scalar>()
   gemm::Tiling tiling;                     ///< tile shape of the fused kernel
   FusedScratch<Scalar> scratch;            ///< fused kernel tiles
   std::vector<Scalar> cand_values;         ///< B x cap candidate values (batch-wide selections)
@@ -276,12 +545,13 @@ struct EncoderState {
                             !(DerivedX::Flags & Eigen::RowMajorBit) &&
                             std::is_same_v<typename DerivedX::Scalar, Scalar>;
     const gemm::Backend backend = gemm::encoder_backend();
+    const Precision prec = precision ? *precision : encoder_precision<Scalar>();
     if constexpr (direct) {
       if (X.derived().innerStride() == 1)
-        return fused_top_c(p, c, X.derived(), cap, backend, tiling, scratch, values, indices, count);
+        return fused_top_c(p, c, X.derived(), cap, backend, prec, tiling, scratch, values, indices, count);
     }
     const Mat<Scalar> Xc = X.template cast<Scalar>();  // an expression or strided view: one copy
-    fused_top_c(p, c, Xc, cap, backend, tiling, scratch, values, indices, count);
+    fused_top_c(p, c, Xc, cap, backend, prec, tiling, scratch, values, indices, count);
   }
 };
 

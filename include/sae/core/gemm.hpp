@@ -14,13 +14,24 @@
 /// encoder_backend() is what set_encoder_backend() fixed, else the environment variable
 /// SAE_GEMM=eigen|blas, else that default.
 ///
-/// Results differ between the two backends in the last bits (different summation orders), so a
-/// run that must be bit-reproducible across processes (a resumed checkpoint) pins the backend
-/// the first run used (the `sae train` checkpoint records it).
+/// With oneDNN linked (CMake option SAE_USE_DNNL, Debian's libdnnl-dev; defines SAE_HAVE_DNNL)
+/// it is a third backend, measured by the same probe, and the only one with a bfloat16
+/// product (product_tn_bf16: bf16 operands, fp32 accumulation, on AVX512-BF16 or AMX units
+/// when the CPU has them, bf16_hardware()). Without them product_tn_bf16 widens the operands to
+/// fp32 and multiplies those: the same products (a bf16 x bf16 product is exact in fp32) and
+/// the same error bound, at fp32 speed; tests use it to run the bf16 paths on every machine.
+///
+/// Results differ between the backends in the last bits (different summation orders). The
+/// TopK family's codes do not depend on it (their values are recomputed in one canonical
+/// order, canonical_dot.hpp); the dense variants' and AuxK's do, so a run that must be
+/// bit-reproducible across processes (a resumed checkpoint) pins the backend the first run
+/// used (the `sae train` checkpoint records it).
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <optional>
@@ -31,6 +42,10 @@
 #include <vector>
 
 #include <Eigen/Core>
+
+#ifdef SAE_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
 
 #include "../detail/omp.hpp"
 #include "parameters.hpp"
@@ -54,7 +69,7 @@ int openblas_get_num_threads(void);
 namespace sae::gemm {
 
 /// Which library computes a dense product.
-enum class Backend { Eigen, Blas };
+enum class Backend { Eigen, Blas, Dnnl };
 
 inline constexpr bool blas_linked() {
 #ifdef SAE_HAVE_BLAS
@@ -64,17 +79,115 @@ inline constexpr bool blas_linked() {
 #endif
 }
 
-inline const char* backend_name(Backend b) { return b == Backend::Blas ? "blas" : "eigen"; }
-
-/// "eigen" or "blas" (the latter only when a BLAS is linked).
-inline Backend parse_backend(std::string_view s) {
-  if (s == "eigen") return Backend::Eigen;
-  if (s == "blas") {
-    if (!blas_linked()) throw std::invalid_argument("GEMM backend 'blas': libsae was built without a BLAS");
-    return Backend::Blas;
-  }
-  throw std::invalid_argument("unknown GEMM backend '" + std::string(s) + "' (eigen, blas)");
+inline constexpr bool dnnl_linked() {
+#ifdef SAE_HAVE_DNNL
+  return true;
+#else
+  return false;
+#endif
 }
+
+inline const char* backend_name(Backend b) {
+  return b == Backend::Blas ? "blas" : b == Backend::Dnnl ? "dnnl" : "eigen";
+}
+
+/// Throws std::invalid_argument when @p b is not linked into this build.
+inline void require_linked(Backend b) {
+  if (b == Backend::Blas && !blas_linked())
+    throw std::invalid_argument("GEMM backend 'blas': libsae was built without a BLAS");
+  if (b == Backend::Dnnl && !dnnl_linked())
+    throw std::invalid_argument("GEMM backend 'dnnl': libsae was built without oneDNN (Debian: libdnnl-dev)");
+}
+
+/// "eigen", "blas" or "dnnl" (the latter two only when linked).
+inline Backend parse_backend(std::string_view s) {
+  Backend b;
+  if (s == "eigen")
+    b = Backend::Eigen;
+  else if (s == "blas")
+    b = Backend::Blas;
+  else if (s == "dnnl" || s == "onednn")
+    b = Backend::Dnnl;
+  else
+    throw std::invalid_argument("unknown GEMM backend '" + std::string(s) + "' (eigen, blas, dnnl)");
+  require_linked(b);
+  return b;
+}
+
+/// True when oneDNN is linked and the CPU has bfloat16 dot-product units (AVX512-BF16 or
+/// AMX-BF16, as oneDNN detects them, OS support included): product_tn_bf16 then runs at bf16
+/// speed. Never decides a result, only a speed.
+inline bool bf16_hardware() {
+#ifdef SAE_HAVE_DNNL
+  static const bool has = [] {
+    const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+    constexpr auto bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+    return (isa & bf16) == bf16;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+#ifdef SAE_HAVE_DNNL
+namespace detail {
+/// oneDNN matmul primitives of one thread, one per shape (a few per run: the full tile and the
+/// partial ones at the edges), each with its memory objects and its own scratchpad, so threads
+/// never share anything (the fused encoder calls products from inside its parallel region,
+/// where oneDNN's OpenMP runtime runs them on the calling thread).
+struct DnnlProduct {
+  Index m, n, d, ldw, ldx, ldz;
+  bool bf16;
+  dnnl::matmul prim;
+  dnnl::memory src, wei, dst, scratch;
+};
+inline dnnl::engine& dnnl_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+struct DnnlThread {
+  dnnl::stream stream{dnnl_engine()};
+  std::vector<DnnlProduct> products;
+};
+inline DnnlThread& dnnl_thread() {
+  thread_local DnnlThread t;
+  return t;
+}
+/// Z = W^T X as oneDNN sees it, row-major: dst[n, m] = src[n, d] x weights[d, m] with
+/// src = X^T (row stride ldx), weights = W (column j contiguous: strides {1, ldw}), dst = Z^T.
+inline DnnlProduct& dnnl_product(Index m, Index n, Index d, Index ldw, Index ldx, Index ldz, bool bf16) {
+  auto& t = dnnl_thread();
+  for (auto& p : t.products)
+    if (p.m == m && p.n == n && p.d == d && p.ldw == ldw && p.ldx == ldx && p.ldz == ldz && p.bf16 == bf16) return p;
+  using dt = dnnl::memory::data_type;
+  const dt in = bf16 ? dt::bf16 : dt::f32;
+  const dnnl::memory::desc src({n, d}, in, dnnl::memory::dims{ldx, 1});
+  const dnnl::memory::desc wei({d, m}, in, dnnl::memory::dims{1, ldw});
+  const dnnl::memory::desc dst({n, m}, dt::f32, dnnl::memory::dims{ldz, 1});
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);  // f32 stays f32 (no implicit down-conversion)
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, dnnl_engine());
+  auto& eng = dnnl_engine();
+  t.products.push_back({m, n, d, ldw, ldx, ldz, bf16, dnnl::matmul(pd), dnnl::memory(src, eng, DNNL_MEMORY_NONE),
+                        dnnl::memory(wei, eng, DNNL_MEMORY_NONE), dnnl::memory(dst, eng, DNNL_MEMORY_NONE),
+                        dnnl::memory(pd.scratchpad_desc(), eng)});
+  return t.products.back();
+}
+inline void dnnl_run(DnnlProduct& p, const void* W, const void* X, float* Z) {
+  p.src.set_data_handle(const_cast<void*>(X));
+  p.wei.set_data_handle(const_cast<void*>(W));
+  p.dst.set_data_handle(Z);
+  auto& t = dnnl_thread();
+  p.prim.execute(t.stream, {{DNNL_ARG_SRC, p.src},
+                            {DNNL_ARG_WEIGHTS, p.wei},
+                            {DNNL_ARG_DST, p.dst},
+                            {DNNL_ARG_SCRATCHPAD, p.scratch}});
+  t.stream.wait();
+}
+}  // namespace detail
+#endif
 
 /// Threads a BLAS call made outside a parallel region may use; inside one it must use 1.
 inline void set_blas_threads([[maybe_unused]] int n) {
@@ -85,11 +198,20 @@ inline void set_blas_threads([[maybe_unused]] int n) {
 
 /// Z = W^T X.  W: d x m (leading dimension ldw), X: d x n (ldx), Z: m x n (ldz), all column
 /// major. Called inside an OpenMP parallel region it runs on the calling thread only (Eigen
-/// does not nest; for a BLAS the caller sets set_blas_threads(1) before the region).
+/// and oneDNN do not nest; for a BLAS the caller sets set_blas_threads(1) before the region).
+/// oneDNN computes float only; double goes to the BLAS or Eigen.
 template <class Scalar>
 void product_tn(Backend backend, Index d, Index m, Index n, const Scalar* W, Index ldw, const Scalar* X, Index ldx,
                 Scalar* Z, Index ldz) {
   if (m == 0 || n == 0) return;
+#ifdef SAE_HAVE_DNNL
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (backend == Backend::Dnnl) {
+      detail::dnnl_run(detail::dnnl_product(m, n, d, ldw, ldx, ldz, false), W, X, Z);
+      return;
+    }
+  }
+#endif
 #ifdef SAE_HAVE_BLAS
   if constexpr (std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>) {
     if (backend == Backend::Blas) {
@@ -110,6 +232,33 @@ void product_tn(Backend backend, Index d, Index m, Index n, const Scalar* W, Ind
   Eigen::Map<const Mat<Scalar>, 0, Stride> Xm(X, d, n, Stride(ldx));
   Eigen::Map<Mat<Scalar>, 0, Stride> Zm(Z, m, n, Stride(ldz));
   Zm.noalias() = Wm.transpose() * Xm;
+}
+
+/// Z = Ŵ^T X̂ for bfloat16 operands (bit patterns, layout as product_tn's), fp32 accumulation:
+/// oneDNN's bf16 matmul when @p backend is Dnnl and bf16_hardware(); otherwise each operand is
+/// widened to fp32 (exact) into @p wide_w (d x m) and @p wide_x (d x n), grown as needed, and
+/// multiplied with product_tn<float> on @p backend (the software product the tests use to run
+/// the bf16 paths on every machine). Either way every product ŵ_i x̂_i is exact and only the
+/// fp32 summation rounds, which is what fused_encoder.hpp's error bound assumes.
+inline void product_tn_bf16(Backend backend, Index d, Index m, Index n, const std::uint16_t* W, Index ldw,
+                            const std::uint16_t* X, Index ldx, float* Z, Index ldz, std::vector<float>& wide_w,
+                            std::vector<float>& wide_x) {
+  if (m == 0 || n == 0) return;
+#ifdef SAE_HAVE_DNNL
+  if (backend == Backend::Dnnl && bf16_hardware()) {
+    detail::dnnl_run(detail::dnnl_product(m, n, d, ldw, ldx, ldz, true), W, X, Z);
+    return;
+  }
+#endif
+  auto widen = [d](const std::uint16_t* src, Index ld, Index cols, std::vector<float>& dst) {
+    if (static_cast<Index>(dst.size()) < d * cols) dst.resize(static_cast<std::size_t>(d * cols));
+    for (Index j = 0; j < cols; ++j)
+      for (Index i = 0; i < d; ++i)
+        dst[static_cast<std::size_t>(j * d + i)] = std::bit_cast<float>(std::uint32_t(src[j * ld + i]) << 16);
+  };
+  widen(W, ldw, m, wide_w);
+  widen(X, ldx, n, wide_x);
+  product_tn<float>(backend, d, m, n, wide_w.data(), d, wide_x.data(), d, Z, ldz);
 }
 
 /// Tiles of the fused encoder (fused_encoder.hpp): blocks of tokens times chunks of latents.
@@ -159,6 +308,32 @@ double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& t
          std::max(seconds, 1e-9) * 1e-9;
 }
 
+/// measure_tiled for oneDNN's bf16 product (bf16 operands, fp32 tiles); 0 without bf16 units.
+inline double measure_tiled_bf16(Index d, Index m, Index n, const Tiling& tiling, int reps = 2) {
+  if (!bf16_hardware()) return 0;
+  const std::vector<std::uint16_t> W(static_cast<std::size_t>(d * m), 0x3f80), X(static_cast<std::size_t>(d * n), 0x3f80);
+  const Index bt = std::min(tiling.block_tokens, n), mc = std::min(tiling.chunk_latents, m);
+  const Index blocks = (n + bt - 1) / bt;
+  const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
+  double seconds = 0;
+  for (int r = 0; r <= reps; ++r) {  // round 0 warms up
+    const double t0 = detail::now_seconds();
+    SAE_OMP(parallel num_threads(threads)) {
+      std::vector<float> Z(static_cast<std::size_t>(mc * bt)), ww, wx;
+      SAE_OMP(for schedule(dynamic, 1))
+      for (Index blk = 0; blk < blocks; ++blk) {
+        const Index t0b = blk * bt, b = std::min(bt, n - t0b);
+        for (Index j0 = 0; j0 < m; j0 += mc)
+          product_tn_bf16(Backend::Dnnl, d, std::min(mc, m - j0), b, W.data() + j0 * d, d, X.data() + t0b * d, d,
+                          Z.data(), mc, ww, wx);
+      }
+    }
+    if (r > 0) seconds += detail::now_seconds() - t0;
+  }
+  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
+         std::max(seconds, 1e-9) * 1e-9;
+}
+
 /// Throughput of @p backend computing the whole m x n product at once with all threads
 /// (`sae bench` reports it beside measure_tiled).
 template <class Scalar>
@@ -176,8 +351,10 @@ double measure_whole(Backend backend, Index d, Index m, Index n, int reps = 2) {
 
 /// The backends this build can use.
 inline std::vector<Backend> available_backends() {
-  if (blas_linked()) return {Backend::Eigen, Backend::Blas};
-  return {Backend::Eigen};
+  std::vector<Backend> v{Backend::Eigen};
+  if (blas_linked()) v.push_back(Backend::Blas);
+  if (dnnl_linked()) v.push_back(Backend::Dnnl);
+  return v;
 }
 
 namespace detail {
@@ -192,27 +369,29 @@ inline Choice& choice() {
 }  // namespace detail
 
 /// Fixes the encoder backend for the rest of the process (e.g. the one a checkpoint was
-/// trained with). Throws std::invalid_argument for Blas when no BLAS is linked.
+/// trained with). Throws std::invalid_argument for a backend that is not linked.
 inline void set_encoder_backend(Backend b) {
-  if (b == Backend::Blas && !blas_linked())
-    throw std::invalid_argument("GEMM backend 'blas': libsae was built without a BLAS");
+  require_linked(b);
   auto& c = detail::choice();
   std::lock_guard lock(c.mutex);
   c.backend = b;
 }
 
-/// The backend this build defaults to: the faster of the two as measured when the build was
-/// configured (CMake's GEMM probe defines SAE_GEMM_DEFAULT_BLAS=1 when the BLAS was more than
-/// 10% faster, or SAE_GEMM_DEFAULT=blas does), Eigen without a BLAS.
+/// The backend this build defaults to: the fastest as measured when the build was configured
+/// (CMake's GEMM probe defines SAE_GEMM_DEFAULT_BLAS=1 or SAE_GEMM_DEFAULT_DNNL=1 when that
+/// library was more than 10% faster than Eigen and the faster of the two, or
+/// SAE_GEMM_DEFAULT=blas|dnnl does), Eigen otherwise.
 inline constexpr Backend default_backend() {
-#if defined(SAE_HAVE_BLAS) && defined(SAE_GEMM_DEFAULT_BLAS) && SAE_GEMM_DEFAULT_BLAS
+#if defined(SAE_HAVE_DNNL) && defined(SAE_GEMM_DEFAULT_DNNL) && SAE_GEMM_DEFAULT_DNNL
+  return Backend::Dnnl;
+#elif defined(SAE_HAVE_BLAS) && defined(SAE_GEMM_DEFAULT_BLAS) && SAE_GEMM_DEFAULT_BLAS
   return Backend::Blas;
 #else
   return Backend::Eigen;
 #endif
 }
 
-/// The backend of the encoder product: what set_encoder_backend() fixed, else SAE_GEMM=eigen|blas
+/// The backend of the encoder product: what set_encoder_backend() fixed, else SAE_GEMM=eigen|blas|dnnl
 /// from the environment, else default_backend(). The same for every run of one build (no
 /// measurement at run time), so runs with the same seed give the same weights.
 inline Backend encoder_backend() {

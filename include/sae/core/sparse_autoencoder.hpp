@@ -304,9 +304,11 @@ class SparseAutoencoder {
       auto top_c = [&](Index cap, Scalar* values, std::int32_t* indices, Index* count) {
         s.encoder.top_c(params_, s.c, X, cap, s.Z, values, indices, count);
       };
-      auto token = [&](Index t, Vec<Scalar>& z) {  // all m pre-activations of token t
-        z.noalias() = params_.W_enc.transpose() * X.col(t);
-        z += s.c;
+      auto token = [&](Index t, Vec<Scalar>& z) {  // all m canonical pre-activations of token t
+        const Vec<Scalar> x = X.col(t).template cast<Scalar>();
+        z.resize(m);
+        SAE_OMP(parallel for schedule(static))
+        for (Index j = 0; j < m; ++j) z[j] = kernels::canonical_score(params_.W_enc, x.data(), j, s.c[j]);
       };
       if constexpr (requires { act_.select_batch(B, m, top_c, token, codes, s.encoder); }) {
         if (training) {

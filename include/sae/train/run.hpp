@@ -463,6 +463,7 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
         "the weights will not be bit-identical to an uninterrupted run");
     saved.gemm = "eigen";
   }
+  saved.precision = a.precision;
   saved.given = a.given;
   saved.resume = a.resume;
   return saved;
@@ -496,6 +497,7 @@ inline void check_train_settings(const TrainSettings& a) {
     });
     parse_normalization(a.normalize);
     if (a.gemm != "auto") gemm::parse_backend(a.gemm);
+    kernels::parse_precision(a.precision);
   } catch (const std::invalid_argument& e) {
     fail(e.what());
   }
@@ -751,6 +753,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   if (ranks > 1) meta["training"]["ranks"] = ranks;
   meta["training"]["seconds"] = r.seconds;
   meta["training"]["gemm_backend"] = gemm_backend_name();
+  meta["training"]["encoder_precision"] = kernels::precision_name(kernels::encoder_precision<float>());
   if (resume) meta["training"]["resumed_from_step"] = resume->state.at("step");
   if (scale != 1.0) fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
   model.set_metadata(meta);
@@ -781,7 +784,8 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                  {"fvu", r.final_fvu},
                  {"dead_fraction", r.final_dead_fraction},
                  {"threads", num_threads()},
-                 {"gemm_backend", gemm_backend_name()}};
+                 {"gemm_backend", gemm_backend_name()},
+                 {"encoder_precision", kernels::precision_name(kernels::encoder_precision<float>())}};
   if (ranks > 1) result["ranks"] = ranks;
   if (scale != 1.0) result["normalize"] = {{"method", a.normalize}, {"scale", scale}};
   if (resume) result["resumed_from_step"] = resume->state.at("step");
@@ -844,6 +848,7 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
   }
   set_num_threads(a.threads);
   if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
+  if (a.precision != "auto") kernels::set_encoder_precision(kernels::parse_precision(a.precision));
   const Normalization norm = parse_normalization(a.normalize);
   double scale = 1.0;
   if (resume) {

@@ -45,7 +45,10 @@ struct TrainSettings {
   std::optional<double> lr;                    ///< peak lr (default default_lr(d_sae))
   TrainOptions opt;                            ///< steps, batch, warmup, decay, seed, log_every
   int threads = 0;                             ///< 0: all cores / OMP_NUM_THREADS
-  std::string gemm = "auto";                   ///< encoder GEMM: auto, eigen or blas
+  std::string gemm = "auto";                   ///< encoder GEMM: auto, eigen, blas or dnnl
+  /// Encoder product precision of the TopK family: auto, fp32 or bf16 (the codes are the same
+  /// in both: fused_encoder.hpp). Like gemm, a speed setting that is not checkpointed.
+  std::string precision = "auto";
   std::optional<std::int64_t> shuffle_buffer;  ///< tokens; unset with one file: full shuffle
   std::string normalize = "none";              ///< none, expected-norm, unit-mean-square
   std::int64_t checkpoint_every = 0;           ///< steps between checkpoints (0: none)
@@ -67,7 +70,7 @@ inline std::string setting_key(std::string name) {
 /// Settings that may change when resuming; every other one comes from the checkpoint.
 inline const std::set<std::string>& resume_settings_allowed() {
   static const std::set<std::string> s = {
-      "resume", "threads", "checkpoint_every", "checkpoint_dir", "out", "data", "log_every", "gemm", "target"};
+      "resume", "threads", "checkpoint_every", "checkpoint_dir", "out", "data", "log_every", "gemm", "precision", "target"};
   return s;
 }
 
