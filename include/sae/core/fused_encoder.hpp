@@ -289,6 +289,8 @@ struct FusedScratch {
   std::vector<std::vector<Sieve<Scalar>>> sieves;       ///< bt per thread
   std::vector<std::vector<Scalar>> lower_val, cand_up;  ///< sieve storage: bt * cap, bt * room
   std::vector<std::vector<std::int32_t>> lower_idx, cand;
+  std::vector<std::vector<Index>> lat_start;         ///< m + 1 per thread: candidates grouped by latent
+  std::vector<std::vector<std::int32_t>> pairs;      ///< bt * room per thread: (token, slot) by latent
   std::vector<std::vector<float>> wide_w, wide_x;  ///< software bf16 product: widened operands
   std::vector<Index> rescored;     ///< latents rescored, per thread (summed into last_rescored)
   ScoreBounds<Scalar> bounds;      ///< per-latent and per-token bound terms, bf16 operands
@@ -298,7 +300,7 @@ struct FusedScratch {
   /// Candidate room per token for a selection of @p cap.
   static Index room_for(Index cap) { return 4 * cap + 64; }
 
-  void prepare(int threads, Index mc, Index bt, Index cap) {
+  void prepare(int threads, Index m, Index mc, Index bt, Index cap) {
     const auto T = static_cast<std::size_t>(threads);
     if (tiles.size() < T) {
       tiles.resize(T);
@@ -307,6 +309,8 @@ struct FusedScratch {
       lower_idx.resize(T);
       cand.resize(T);
       cand_up.resize(T);
+      lat_start.resize(T);
+      pairs.resize(T);
       wide_w.resize(T);
       wide_x.resize(T);
     }
@@ -321,7 +325,9 @@ struct FusedScratch {
       if (cand[i].size() < nc) {
         cand[i].resize(nc);
         cand_up[i].resize(nc);
+        pairs[i].resize(nc);
       }
+      lat_start[i].resize(static_cast<std::size_t>(m) + 1);
     }
     rescored.assign(T * 2, 0);
   }
@@ -355,7 +361,7 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   const Index bt = std::min(tiling.block_tokens, B), mc = std::min(tiling.chunk_latents, m);
   const Index blocks = (B + bt - 1) / bt;
   const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
-  scratch.prepare(threads, mc, bt, cap);
+  scratch.prepare(threads, m, mc, bt, cap);
   auto& bd = scratch.bounds;
   bd.prepare_latents(p.W_enc, precision);
   bd.prepare_tokens(Xd, d, B, ldx, precision);
@@ -396,23 +402,47 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
                                                    bd.Tt[tok], bd.r, w, static_cast<std::int32_t>(j0));
         }
       }
-      // Rescore the survivors canonically, in increasing latent order, into the exact heap.
+      // Rescore the survivors canonically. Grouped by latent (a counting sort of the block's
+      // (token, candidate) pairs), so each W_enc column is read once per block rather than once
+      // per token that names it; the exact values overwrite the upper bounds.
+      Index* start = scratch.lat_start[mine].data();
+      std::int32_t* pair = scratch.pairs[mine].data();
+      std::fill(start, start + m + 1, Index(0));
       for (Index t = 0; t < b; ++t) {
         auto& sv = sieves[static_cast<std::size_t>(t)];
-        const Scalar* x = Xd + (t0 + t) * ldx;
+        if (sv.exhaustive) continue;
+        sv.prune();
+        for (Index i = 0; i < sv.n; ++i) ++start[sv.cand[i] + 1];
+      }
+      for (Index j = 0; j < m; ++j) start[j + 1] += start[j];
+      for (Index t = 0; t < b; ++t) {
+        const auto& sv = sieves[static_cast<std::size_t>(t)];
+        if (sv.exhaustive) continue;
+        for (Index i = 0; i < sv.n; ++i) pair[start[sv.cand[i]]++] = static_cast<std::int32_t>(t * room + i);
+      }
+      // start[j] is now the end of latent j's pairs (and start[j - 1] its beginning)
+      for (Index j = 0, first = 0; j < m; first = start[j++]) {
+        if (first == start[j]) continue;
+        for (Index q = first; q < start[j]; ++q) {
+          const Index t = pair[q] / room;
+          scratch.cand_up[mine][static_cast<std::size_t>(pair[q])] = canonical_score(p.W_enc, Xd + (t0 + t) * ldx, j, c[j]);
+        }
+      }
+      for (Index t = 0; t < b; ++t) {
+        auto& sv = sieves[static_cast<std::size_t>(t)];
         TopCHeap<Scalar> h{values + (t0 + t) * cap, indices + (t0 + t) * cap, cap};
-        auto score = [&](std::int32_t j) {
-          const Scalar v = canonical_score(p.W_enc, x, j, c[j]);
-          if (v > h.floor()) h.offer(v, j);
-        };
         if (sv.exhaustive) {
+          const Scalar* x = Xd + (t0 + t) * ldx;
           ++exhaustive;
           rescored += m;
-          for (Index j = 0; j < m; ++j) score(static_cast<std::int32_t>(j));
+          for (Index j = 0; j < m; ++j) {
+            const Scalar v = canonical_score(p.W_enc, x, j, c[j]);
+            if (v > h.floor()) h.offer(v, static_cast<std::int32_t>(j));
+          }
         } else {
-          sv.prune();
           rescored += sv.n;
-          for (Index i = 0; i < sv.n; ++i) score(sv.cand[i]);
+          for (Index i = 0; i < sv.n; ++i)  // in increasing latent order: ties keep the lower latent
+            if (sv.up[i] > h.floor()) h.offer(sv.up[i], sv.cand[i]);
         }
         h.sort_by_latent();
         count[t0 + t] = h.size;
