@@ -3,7 +3,8 @@
 autocast, on the same shapes and threads; prints one markdown report.
 
 For each arch: `sae bench`, then saelens_step.py without and with `--autocast bf16`, each
-in its own process (so each has its own peak RSS). All three print one JSON object as their
+in its own process (so each has its own peak RSS). SAELens has no OrtSAE: for `ortsae` the
+SAELens columns are its BatchTopK step (the yardstick issue 15 names), marked in the table. All three print one JSON object as their
 last stdout line. The report has the CPU model and its relevant flags, the load average at
 start and end (and before each run, in --json), the versions, the date and every command.
 This script needs no torch itself; --python names the interpreter that has sae-lens.
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from benchutil import arch_list, cpuinfo
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "ortsae")
+DEFAULT_ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+SAELENS_ARCH = {"ortsae": "batchtopk"}  # SAELens has no OrtSAE
 SAELENS_STEP = Path(__file__).resolve().with_name("saelens_step.py")
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 NOISY_LOAD = 2.5  # 1-minute load average above which the run is called noisy
@@ -31,7 +34,9 @@ def parse_args():
     p.add_argument("--sae", required=True, help="path to the sae executable")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter with sae-lens and torch, for saelens_step.py")
-    p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--archs", default=",".join(DEFAULT_ARCHS), help=f"from {', '.join(ARCHS)}")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="libsae's --precision (the TopK family's encoder product; same codes)")
     p.add_argument("--d-in", type=int, default=768)
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--k", type=int, default=32)
@@ -97,9 +102,11 @@ def main():
     for arch in a.archs:
         row = {"arch": arch}
         cmds = {
-            "libsae": [a.sae, "bench", "--arch", arch, *shape, "--no-bound"],
-            "fp32": [a.python, str(SAELENS_STEP), "--arch", arch, *shape, "--autocast", "none"],
-            "bf16": [a.python, str(SAELENS_STEP), "--arch", arch, *shape, "--autocast", "bf16"],
+            "libsae": [a.sae, "bench", "--arch", arch, *shape, "--no-bound", "--precision", a.precision],
+            "fp32": [a.python, str(SAELENS_STEP), "--arch", SAELENS_ARCH.get(arch, arch), *shape,
+                     "--autocast", "none"],
+            "bf16": [a.python, str(SAELENS_STEP), "--arch", SAELENS_ARCH.get(arch, arch), *shape,
+                     "--autocast", "bf16"],
         }
         for name, cmd in cmds.items():
             res, err, load = run(cmd)
@@ -123,13 +130,15 @@ def main():
                "(tokens/s = batch / median step time).")
     out.append("")
     out.append("| arch | SAELens fp32 tok/s | SAELens bf16-autocast tok/s | libsae tok/s "
-               "| libsae / SAELens fp32 | libsae / SAELens bf16 | SAELens fp32 MB "
+               "| libsae encoder | libsae / SAELens fp32 | libsae / SAELens bf16 | SAELens fp32 MB "
                "| SAELens bf16 MB | libsae MB |")
-    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    out.append("|---|--:|--:|--:|---|--:|--:|--:|--:|--:|")
     for r in results:
         lib, f32, b16 = (get(r, n, "tokens_per_s") for n in ("libsae", "fp32", "bf16"))
+        name = r["arch"] + (f" (SAELens: {SAELENS_ARCH[r['arch']]})" if r["arch"] in SAELENS_ARCH else "")
+        enc = get(r, "libsae", "encoder_precision") if r["arch"] not in ("relu", "jumprelu") else "fp32"
         out.append(
-            f"| {r['arch']} | {fmt(f32, '.0f')} | {fmt(b16, '.0f')} | {fmt(lib, '.0f')} "
+            f"| {name} | {fmt(f32, '.0f')} | {fmt(b16, '.0f')} | {fmt(lib, '.0f')} | {enc or '?'} "
             f"| {fmt(ratio(lib, f32), '.2f')}× | {fmt(ratio(lib, b16), '.2f')}× "
             f"| {fmt(get(r, 'fp32', 'training_mb'), '.0f')} "
             f"| {fmt(get(r, 'bf16', 'training_mb'), '.0f')} "

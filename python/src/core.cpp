@@ -291,6 +291,12 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "libsae's C++ core (use the `libsae` package, not this module)";
   m.attr("version") = sae::version_string;
   m.attr("gemm_backend") = sae::gemm::backend_name(sae::gemm::encoder_backend());
+  m.def("gemm_backends", [] {
+    std::vector<std::string> names;
+    for (const auto b : sae::gemm::available_backends()) names.emplace_back(sae::gemm::backend_name(b));
+    return names;
+  });
+  m.attr("bf16_hardware") = sae::gemm::bf16_hardware();
 
   py::register_exception<sae::io::IoError>(m, "FormatError", PyExc_OSError);
   py::register_exception<sae::NumericalError>(m, "NumericalError", PyExc_ArithmeticError);

@@ -70,6 +70,32 @@ def test_train_array_equals_cli(arch, data, trained, tmp_path):
     assert py.result["steps"] == SMALL["steps"] and py.result["tokens"] == SMALL["steps"] * SMALL["batch"]
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_bf16_precision_gives_the_fp32_weights(arch, data, trained, tmp_path):
+    """The TopK family's bf16 encoder product only proposes candidates (rescored in fp32):
+    the weights are those of the fp32 run bit for bit, in the package and in the tool, on
+    every backend (Eigen below: the software bf16 product; dnnl where linked)."""
+    small = {k: v for k, v in SMALL.items() if k != "gemm"}
+    backends = ["eigen"] + (["dnnl"] if libsae.gemm_backends().count("dnnl") else [])
+    for gemm in backends:
+        runs = {p: libsae.train(data["X"], arch=arch, **small, gemm=gemm, precision=p, verbose=False)
+                for p in ("fp32", "bf16")}
+        assert runs["fp32"].result["encoder_precision"] == "fp32"
+        assert runs["bf16"].result["encoder_precision"] == "bf16"
+        assert_same_weights(runs["fp32"], runs["bf16"])
+        assert_same_weights(runs["bf16"], libsae.load(trained[arch]))
+    run_sae("train", "--data", data["path"], "--arch", arch, *cli_flags(SMALL), "--precision", "bf16",
+            "--out", tmp_path / "bf16")
+    a = read_safetensors(tmp_path / "bf16" / "sae_weights.safetensors")
+    b = read_safetensors(trained[arch] / "sae_weights.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        libsae.train(data["X"], arch=arch, d_sae=16, k=2, steps=5, precision="fp8", verbose=False)
+    p = run_sae("train", "--data", data["path"], "--arch", arch, "--d-sae", "16", "--precision", "fp8",
+                "--out", tmp_path / "bad", ok=False)
+    assert p.returncode != 0 and "--precision" in p.stderr and not (tmp_path / "bad").exists()
+
+
 def test_train_from_paths_and_float16(data, trained, tmp_path):
     by_path = libsae.train(data["path"], arch="topk", **SMALL, verbose=False)
     assert_same_weights(by_path, libsae.load(trained["topk"]))

@@ -521,12 +521,12 @@ inline PrecisionChoice& precision_choice() {
 }  // namespace detail
 
 /// Fixes the precision of the TopK family's proposing product for the rest of the process
-/// (nullopt: back to automatic).
+/// (nullopt: back to automatic, $SAE_PRECISION included).
 inline void set_encoder_precision(std::optional<Precision> p) {
   auto& c = detail::precision_choice();
   std::lock_guard lock(c.mutex);
   c.fixed = p;
-  c.read_env = true;
+  c.read_env = p.has_value();
 }
 
 /// The precision the TopK family's encoder product runs in: what set_encoder_precision() fixed

@@ -848,7 +848,7 @@ TrainRun run_training(TrainSettings a, const Hooks& hooks = {}, const TrainData*
   }
   set_num_threads(a.threads);
   if (a.gemm != "auto") gemm::set_encoder_backend(gemm::parse_backend(a.gemm));
-  if (a.precision != "auto") kernels::set_encoder_precision(kernels::parse_precision(a.precision));
+  kernels::set_encoder_precision(kernels::parse_precision(a.precision));  // "auto": nullopt
   const Normalization norm = parse_normalization(a.normalize);
   double scale = 1.0;
   if (resume) {

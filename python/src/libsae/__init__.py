@@ -29,11 +29,17 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Sae", "train", "load", "evaluate", "report", "read_npy", "FormatError", "NumericalError", "__version__"]
+__all__ = ["Sae", "train", "load", "evaluate", "report", "read_npy", "gemm_backends", "FormatError", "NumericalError",
+           "__version__"]
 
 __version__: str = _core.version
 FormatError = _core.FormatError
 NumericalError = _core.NumericalError
+
+
+def gemm_backends() -> List[str]:
+    """The GEMM backends this build can use for `gemm=`: "eigen", and "blas" / "dnnl" when linked."""
+    return list(_core.gemm_backends())
 
 PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Any  # numpy array, anything np.asarray accepts, or (where noted) a .npy path
@@ -332,7 +338,8 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
           ortho: Optional[float] = None, chunks: Optional[int] = None,
           aux_k: Optional[int] = None, aux_coeff: Optional[float] = None, dead_tokens: Optional[int] = None,
           normalize: Optional[str] = None, shuffle_buffer: Optional[int] = None,
-          threads: Optional[int] = None, gemm: Optional[str] = None, log_every: Optional[int] = None,
+          threads: Optional[int] = None, gemm: Optional[str] = None, precision: Optional[str] = None,
+          log_every: Optional[int] = None,
           out: Optional[PathLike] = None, checkpoint_every: Optional[int] = None,
           checkpoint_dir: Optional[PathLike] = None, resume: Optional[PathLike] = None,
           callback: Optional[Callable[[Dict[str, Any]], Any]] = None, verbose: bool = True,
@@ -350,7 +357,8 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
     warmup, decay, seed (0), l1, l1_warmup, l0, target_l0, l0_warmup, bandwidth,
     threshold_init, ortho, chunks, aux_k, aux_coeff, dead_tokens, normalize
     (none|expected-norm|unit-mean-square), shuffle_buffer, threads (all cores), gemm
-    (auto|eigen|blas), log_every (100), out (also save an SAELens directory there, with
+    (auto|eigen|blas|dnnl), precision (auto|fp32|bf16: the TopK family's encoder product; the
+    weights are the same in all three, bf16 is faster on CPUs with bf16 units), log_every (100), out (also save an SAELens directory there, with
     train_log.jsonl), checkpoint_every / checkpoint_dir (need out or checkpoint_dir), resume
     (a run directory or checkpoint file; X or the run's data must be the same tokens).
 
@@ -370,7 +378,8 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
                  seed=seed, l1=l1, l1_warmup=l1_warmup, l0=l0, target_l0=target_l0, l0_warmup=l0_warmup,
                  bandwidth=bandwidth, threshold_init=threshold_init, ortho=ortho, chunks=chunks, aux_k=aux_k,
                  aux_coeff=aux_coeff, dead_tokens=dead_tokens, normalize=normalize, shuffle_buffer=shuffle_buffer,
-                 threads=threads, gemm=gemm, log_every=log_every, checkpoint_every=checkpoint_every)
+                 threads=threads, gemm=gemm, precision=precision, log_every=log_every,
+                 checkpoint_every=checkpoint_every)
     ints = {"d_sae", "k", "steps", "batch", "warmup", "decay", "seed", "l1_warmup", "l0_warmup", "chunks", "aux_k",
             "dead_tokens", "shuffle_buffer", "threads", "log_every", "checkpoint_every"}
     for key, value in named.items():
@@ -384,7 +393,7 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
                 raise ValueError(f"seed must be >= 0, got {value}")
             if key in ("aux_k", "warmup", "decay", "l1_warmup", "l0_warmup") and value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
-        elif key in ("arch", "normalize", "gemm"):
+        elif key in ("arch", "normalize", "gemm", "precision"):
             value = str(value)
         else:
             value = float(value)
