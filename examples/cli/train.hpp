@@ -141,9 +141,10 @@ inline CLI::App* add_train(CLI::App& app, Command& chosen) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "eigen", "blas", "dnnl"}));
   c->add_option("--precision", a->precision,
-                "Precision of the TopK family's encoder product: auto (bf16 where oneDNN has bf16 units on this "
-                "CPU, $SAE_PRECISION), fp32 or bf16. The codes and weights are the same in all three: bf16 only "
-                "proposes candidates, which are rescored in fp32 (docs/performance.md)")
+                "Precision of the products. TopK family (encoder): auto (bf16 where oneDNN has bf16 units on this "
+                "CPU, $SAE_PRECISION), fp32 or bf16, the same codes and weights in all three (bf16 only proposes "
+                "candidates, rescored in fp32). relu, jumprelu: bf16 is mixed precision like autocast (bf16 "
+                "products, fp32 accumulation and weights; different weights), auto = fp32. docs/performance.md")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   c->add_option("--out", a->out, "Output SAE directory (SAELens layout)");

@@ -96,12 +96,14 @@ def main():
         g = j["gemm"]
         check(f"bench {arch}: GEMM bound", len(g) >= 1 and g[0]["backend"] == "eigen"
               and all(x["whole_gflop_per_s"] > 0 and x["tiles_gflop_per_s"] > 0 for x in g)
-              and j["gemm_gflop_per_s"] == max(max(x["whole_gflop_per_s"], x["tiles_gflop_per_s"]) for x in g)
+              and j["gemm_gflop_per_s"] == max(max(x["whole_gflop_per_s"], x["tiles_gflop_per_s"]) for x in g
+                                               if x["backend"] != "dnnl-bf16" or j["encoder_precision"] == "bf16")
               and abs(j["gemm_bound_tokens_per_s"] - j["gemm_gflop_per_s"] * 1e9 / (2 * 32 * 512))
               < 1e-9 * j["gemm_bound_tokens_per_s"]
               and j["fraction_of_gemm_bound"] > 0, str(j))
-        check(f"bench {arch}: backend and cpu", j["gemm_backend"] in ("eigen", "blas")
-              and j["gemm_default"] in ("eigen", "blas") and isinstance(j["cpu"].get("avx512f"), bool), str(j))
+        check(f"bench {arch}: backend and cpu", j["gemm_backend"] in ("eigen", "blas", "dnnl")
+              and j["gemm_default"] in ("eigen", "blas", "dnnl") and isinstance(j["cpu"].get("avx512f"), bool)
+              and j["encoder_precision"] in ("fp32", "bf16"), str(j))
         blas_built = any(x["backend"] == "blas" for x in g)
         check(f"bench {arch}: progress on stderr, one JSON line on stdout",
               "sae bench:" in p.stderr and len(p.stdout.strip().splitlines()) == 1, p.stdout[-300:])
@@ -110,6 +112,11 @@ def main():
     check("bench --gemm eigen: reported", j["gemm_backend"] == "eigen", str(j))
     check("bench --no-bound: no bound keys, warm-up 0", "gemm" not in j and "fraction_of_gemm_bound" not in j
           and j["warmup"] == 0 and len(j["step_seconds"]) == 2, str(j))
+
+    for prec in ("fp32", "bf16"):
+        for arch in ("topk", "relu"):
+            j = last_json(run("bench", "--arch", arch, *SMALL, "--precision", prec, "--no-bound", "--warmup", 0))
+            check(f"bench {arch} --precision {prec}: reported", j["encoder_precision"] == prec, str(j))
 
     p = run("bench", "--arch", "topk", *SMALL, "--gemm", "blas", "--no-bound", ok=False)
     if blas_built:
@@ -130,6 +137,7 @@ def main():
         "--warmup -1": ["--warmup", -1],
         "--arch nope": ["--arch", "nope"],
         "--gemm nope": ["--gemm", "nope"],
+        "--precision nope": ["--precision", "nope"],
     }
     for name, args in bad.items():
         full = ["--d-in", 32, "--d-sae", 512, "--k", 8, "--batch", 256, "--steps", 2, "--threads", 1, *args]

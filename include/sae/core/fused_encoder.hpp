@@ -534,20 +534,39 @@ inline void set_encoder_precision(std::optional<Precision> p) {
 /// environment, else bf16 for float models when the encoder backend is oneDNN and it runs bf16
 /// on this CPU's units (gemm::bf16_hardware()), fp32 otherwise. A speed choice only: the codes
 /// are identical.
+/// The precision fixed by set_encoder_precision() or $SAE_PRECISION; nullopt for automatic.
+inline std::optional<Precision> explicit_precision() {
+  auto& c = detail::precision_choice();
+  std::lock_guard lock(c.mutex);
+  if (!c.read_env) {
+    c.read_env = true;
+    if (const char* env = std::getenv("SAE_PRECISION"); env && *env) c.fixed = parse_precision(env);
+  }
+  return c.fixed;
+}
+
 template <class Scalar>
 Precision encoder_precision() {
   if constexpr (!std::is_same_v<Scalar, float>) {
     return Precision::Native;
   } else {
-    auto& c = detail::precision_choice();
-    std::lock_guard lock(c.mutex);
-    if (!c.read_env) {
-      c.read_env = true;
-      if (const char* env = std::getenv("SAE_PRECISION"); env && *env) c.fixed = parse_precision(env);
-    }
-    if (c.fixed) return *c.fixed;
+    if (const auto p = explicit_precision()) return *p;
     return gemm::encoder_backend() == gemm::Backend::Dnnl && gemm::bf16_hardware() ? Precision::BFloat16
                                                                                     : Precision::Native;
+  }
+}
+
+/// Whether the dense variants (ReLU, JumpReLU) train in mixed precision (kernels::MixedPrecision):
+/// only for float models, and only when bf16 was asked for explicitly (`--precision bf16`,
+/// set_encoder_precision, $SAE_PRECISION): unlike the TopK family's exact selection it changes
+/// the results, so `auto` keeps fp32.
+template <class Scalar>
+bool dense_bf16() {
+  if constexpr (!std::is_same_v<Scalar, float>) {
+    return false;
+  } else {
+    const auto p = explicit_precision();
+    return p && *p == Precision::BFloat16;
   }
 }
 

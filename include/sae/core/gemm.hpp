@@ -137,8 +137,8 @@ namespace detail {
 /// never share anything (the fused encoder calls products from inside its parallel region,
 /// where oneDNN's OpenMP runtime runs them on the calling thread).
 struct DnnlProduct {
-  Index m, n, d, ldw, ldx, ldz;
-  bool bf16;
+  Index M, N, K, a_i, a_k, b_k, b_j, ldc;
+  bool bf16, accumulate;
   dnnl::matmul prim;
   dnnl::memory src, wei, dst, scratch;
 };
@@ -154,31 +154,41 @@ inline DnnlThread& dnnl_thread() {
   thread_local DnnlThread t;
   return t;
 }
-/// Z = W^T X as oneDNN sees it, row-major: dst[n, m] = src[n, d] x weights[d, m] with
-/// src = X^T (row stride ldx), weights = W (column j contiguous: strides {1, ldw}), dst = Z^T.
-inline DnnlProduct& dnnl_product(Index m, Index n, Index d, Index ldw, Index ldx, Index ldz, bool bf16) {
+/// C (M x N, column-major, ldc) = A B (or += with @p accumulate), A (M x K) with element (i, k)
+/// at A[i a_i + k a_k], B (K x N) with (k, j) at B[k b_k + j b_j]. As oneDNN sees it, row-major:
+/// dst[N, M] = src[N, K] x weights[K, M] with src = B^T (strides {b_j, b_k}), weights = A^T
+/// (strides {a_k, a_i}), dst = C^T (strides {ldc, 1}); += is a sum post-op.
+inline DnnlProduct& dnnl_product(Index M, Index N, Index K, Index a_i, Index a_k, Index b_k, Index b_j, Index ldc,
+                                 bool bf16, bool accumulate) {
   auto& t = dnnl_thread();
   for (auto& p : t.products)
-    if (p.m == m && p.n == n && p.d == d && p.ldw == ldw && p.ldx == ldx && p.ldz == ldz && p.bf16 == bf16) return p;
+    if (p.M == M && p.N == N && p.K == K && p.a_i == a_i && p.a_k == a_k && p.b_k == b_k && p.b_j == b_j &&
+        p.ldc == ldc && p.bf16 == bf16 && p.accumulate == accumulate)
+      return p;
   using dt = dnnl::memory::data_type;
   const dt in = bf16 ? dt::bf16 : dt::f32;
-  const dnnl::memory::desc src({n, d}, in, dnnl::memory::dims{ldx, 1});
-  const dnnl::memory::desc wei({d, m}, in, dnnl::memory::dims{1, ldw});
-  const dnnl::memory::desc dst({n, m}, dt::f32, dnnl::memory::dims{ldz, 1});
+  const dnnl::memory::desc src({N, K}, in, dnnl::memory::dims{b_j, b_k});
+  const dnnl::memory::desc wei({K, M}, in, dnnl::memory::dims{a_k, a_i});
+  const dnnl::memory::desc dst({N, M}, dt::f32, dnnl::memory::dims{ldc, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   attr.set_fpmath_mode(dnnl::fpmath_mode::strict);  // f32 stays f32 (no implicit down-conversion)
+  if (accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, dnnl_engine());
   auto& eng = dnnl_engine();
-  t.products.push_back({m, n, d, ldw, ldx, ldz, bf16, dnnl::matmul(pd), dnnl::memory(src, eng, DNNL_MEMORY_NONE),
-                        dnnl::memory(wei, eng, DNNL_MEMORY_NONE), dnnl::memory(dst, eng, DNNL_MEMORY_NONE),
-                        dnnl::memory(pd.scratchpad_desc(), eng)});
+  t.products.push_back({M, N, K, a_i, a_k, b_k, b_j, ldc, bf16, accumulate, dnnl::matmul(pd),
+                        dnnl::memory(src, eng, DNNL_MEMORY_NONE), dnnl::memory(wei, eng, DNNL_MEMORY_NONE),
+                        dnnl::memory(dst, eng, DNNL_MEMORY_NONE), dnnl::memory(pd.scratchpad_desc(), eng)});
   return t.products.back();
 }
-inline void dnnl_run(DnnlProduct& p, const void* W, const void* X, float* Z) {
-  p.src.set_data_handle(const_cast<void*>(X));
-  p.wei.set_data_handle(const_cast<void*>(W));
-  p.dst.set_data_handle(Z);
+inline void dnnl_run(DnnlProduct& p, const void* A, const void* B, float* C) {
+  p.src.set_data_handle(const_cast<void*>(B));
+  p.wei.set_data_handle(const_cast<void*>(A));
+  p.dst.set_data_handle(C);
   auto& t = dnnl_thread();
   p.prim.execute(t.stream, {{DNNL_ARG_SRC, p.src},
                             {DNNL_ARG_WEIGHTS, p.wei},
@@ -207,7 +217,7 @@ void product_tn(Backend backend, Index d, Index m, Index n, const Scalar* W, Ind
 #ifdef SAE_HAVE_DNNL
   if constexpr (std::is_same_v<Scalar, float>) {
     if (backend == Backend::Dnnl) {
-      detail::dnnl_run(detail::dnnl_product(m, n, d, ldw, ldx, ldz, false), W, X, Z);
+      detail::dnnl_run(detail::dnnl_product(m, n, d, ldw, 1, 1, ldx, ldz, false, false), W, X, Z);
       return;
     }
   }
@@ -246,7 +256,7 @@ inline void product_tn_bf16(Backend backend, Index d, Index m, Index n, const st
   if (m == 0 || n == 0) return;
 #ifdef SAE_HAVE_DNNL
   if (backend == Backend::Dnnl && bf16_hardware()) {
-    detail::dnnl_run(detail::dnnl_product(m, n, d, ldw, ldx, ldz, true), W, X, Z);
+    detail::dnnl_run(detail::dnnl_product(m, n, d, ldw, 1, 1, ldx, ldz, true, false), W, X, Z);
     return;
   }
 #endif
@@ -259,6 +269,54 @@ inline void product_tn_bf16(Backend backend, Index d, Index m, Index n, const st
   widen(W, ldw, m, wide_w);
   widen(X, ldx, n, wide_x);
   product_tn<float>(backend, d, m, n, wide_w.data(), d, wide_x.data(), d, Z, ldz);
+}
+
+/// C (M x N, column-major, ldc) = A B, or C += A B with @p accumulate, for bfloat16 operands
+/// with any strides: element (i, k) of A at A[i a_i + k a_k], (k, j) of B at B[k b_k + j b_j];
+/// fp32 accumulation. The mixed-precision products of the dense variants (`--precision
+/// bf16`). oneDNN's bf16 matmul when @p backend is Dnnl and bf16_hardware(); otherwise both
+/// operands are widened to fp32 (exact) into @p wide_a / @p wide_b and multiplied by Eigen.
+inline void product_bf16(Backend backend, Index M, Index N, Index K, const std::uint16_t* A, Index a_i, Index a_k,
+                         const std::uint16_t* B, Index b_k, Index b_j, float* C, Index ldc, bool accumulate,
+                         std::vector<float>& wide_a, std::vector<float>& wide_b) {
+  if (M == 0 || N == 0) return;
+#ifdef SAE_HAVE_DNNL
+  if (backend == Backend::Dnnl && bf16_hardware()) {
+    detail::dnnl_run(detail::dnnl_product(M, N, K, a_i, a_k, b_k, b_j, ldc, true, accumulate), A, B, C);
+    return;
+  }
+#endif
+  (void)backend;
+  auto widen = [](const std::uint16_t* src, Index rows, Index cols, Index sr, Index sc, std::vector<float>& dst) {
+    if (static_cast<Index>(dst.size()) < rows * cols) dst.resize(static_cast<std::size_t>(rows * cols));
+    for (Index c = 0; c < cols; ++c)
+      for (Index r = 0; r < rows; ++r)
+        dst[static_cast<std::size_t>(c * rows + r)] = std::bit_cast<float>(std::uint32_t(src[r * sr + c * sc]) << 16);
+  };
+  widen(A, M, K, a_i, a_k, wide_a);
+  widen(B, K, N, b_k, b_j, wide_b);
+  using Stride = Eigen::OuterStride<>;
+  Eigen::Map<const Mat<float>> Am(wide_a.data(), M, K), Bm(wide_b.data(), K, N);
+  Eigen::Map<Mat<float>, 0, Stride> Cm(C, M, N, Stride(ldc));
+  if (accumulate)
+    Cm.noalias() += Am * Bm;
+  else
+    Cm.noalias() = Am * Bm;
+}
+
+/// Rounds n floats to bfloat16 (to nearest, ties to even), in parallel over @p threads chunks
+/// when called outside a parallel region.
+inline void to_bf16(const float* src, std::uint16_t* dst, Index n) {
+  SAE_OMP(parallel for schedule(static) if (n > (Index(1) << 16)))
+  for (Index i = 0; i < n; ++i) {
+    std::uint32_t bits = std::bit_cast<std::uint32_t>(src[i]);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {
+      dst[i] = static_cast<std::uint16_t>((bits >> 16) | 0x0040u);  // NaN stays NaN
+      continue;
+    }
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    dst[i] = static_cast<std::uint16_t>(bits >> 16);
+  }
 }
 
 /// Tiles of the fused encoder (fused_encoder.hpp): blocks of tokens times chunks of latents.
@@ -330,6 +388,19 @@ inline double measure_tiled_bf16(Index d, Index m, Index n, const Tiling& tiling
     }
     if (r > 0) seconds += detail::now_seconds() - t0;
   }
+  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
+         std::max(seconds, 1e-9) * 1e-9;
+}
+
+/// measure_whole for oneDNN's bf16 product; 0 without bf16 units.
+inline double measure_whole_bf16(Index d, Index m, Index n, int reps = 2) {
+  if (!bf16_hardware()) return 0;
+  const std::vector<std::uint16_t> W(static_cast<std::size_t>(d * m), 0x3f80), X(static_cast<std::size_t>(d * n), 0x3f80);
+  std::vector<float> Z(static_cast<std::size_t>(m * n)), ww, wx;
+  product_tn_bf16(Backend::Dnnl, d, m, n, W.data(), d, X.data(), d, Z.data(), m, ww, wx);  // warm-up
+  const double t0 = detail::now_seconds();
+  for (int r = 0; r < reps; ++r) product_tn_bf16(Backend::Dnnl, d, m, n, W.data(), d, X.data(), d, Z.data(), m, ww, wx);
+  const double seconds = detail::now_seconds() - t0;
   return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
          std::max(seconds, 1e-9) * 1e-9;
 }

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -44,20 +45,80 @@ inline constexpr Index latents = gemm::Tiling{}.chunk_latents;
 inline constexpr Index tokens = gemm::Tiling{}.block_tokens;  ///< token columns of an m x B tile
 }  // namespace tiles
 
+/// Mixed precision of the dense variants (`--precision bf16`, like PyTorch's autocast): the five
+/// m x B-sized products of a training step take bfloat16 operands and accumulate in fp32; the
+/// weights, their gradients, Adam, the biases, the activation and the losses stay fp32.
+///
+///     Z      = bf16(W_enc)^T bf16(X) + c                   preactivations()
+///     X_hat  = bf16(W_dec) bf16(F) + b_dec                 decode()
+///     D      = bf16(W_dec)^T bf16(G) + w, then the mask    dense_backward()
+///     dW_dec += bf16(G) bf16(F)^T,  dW_enc += bf16(X) bf16(D)^T
+///
+/// The bf16 copies are made once per step (weights, inputs, codes, dL/dX_hat) and per tile (D).
+/// A float model's training step uses it when @p on is set (StepState::mixed); products run on
+/// oneDNN's bf16 units when the backend is Dnnl and the CPU has them, else widened to fp32.
+struct MixedPrecision {
+  bool on = false;
+  gemm::Backend backend = gemm::Backend::Eigen;
+  std::vector<std::uint16_t> W_enc, W_dec, X, F, G;  ///< bf16 copies (column-major, dense)
+  std::vector<std::vector<std::uint16_t>> D;         ///< per thread: a tile of dL/dz
+  std::vector<std::vector<float>> wa, wb;            ///< per thread: the software product's buffers
+
+  /// Per-thread buffers for @p threads threads.
+  void threads(int n) {
+    if (static_cast<int>(wa.size()) < n) {
+      wa.resize(static_cast<std::size_t>(n));
+      wb.resize(static_cast<std::size_t>(n));
+      D.resize(static_cast<std::size_t>(n));
+    }
+  }
+  static void copy(const float* src, Index n, std::vector<std::uint16_t>& dst) {
+    dst.resize(static_cast<std::size_t>(n));
+    gemm::to_bf16(src, dst.data(), n);
+  }
+};
+
+namespace detail {
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+}  // namespace detail
+
 /// Z = W_enc^T X + c, then @p epilogue(Z_tile) on each tile while it is in cache (e.g. the
 /// ReLU in place).  X: d x B, Z: m x B (resized).
 template <class Scalar, class DerivedX, class Epilogue>
 void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X,
-                    Mat<Scalar>& Z, Epilogue&& epilogue) {
-  const Index m = p.d_sae(), B = X.cols();
+                    Mat<Scalar>& Z, Epilogue&& epilogue, MixedPrecision* mixed = nullptr) {
+  const Index m = p.d_sae(), B = X.cols(), d = p.d_in();
   Z.resize(m, B);
   const Index nj = (m + tiles::latents - 1) / tiles::latents, nt = (B + tiles::tokens - 1) / tiles::tokens;
+  const bool bf16 = std::is_same_v<Scalar, float> && mixed != nullptr && mixed->on;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (bf16) {
+      MixedPrecision::copy(p.W_enc.data(), d * m, mixed->W_enc);
+      const Mat<float> Xc = X.template cast<float>();  // an expression or view: one copy
+      MixedPrecision::copy(Xc.data(), d * B, mixed->X);
+      mixed->threads(num_threads());
+      if (mixed->backend == gemm::Backend::Blas) gemm::set_blas_threads(1);
+    }
+  }
   SAE_OMP(parallel for schedule(dynamic, 1) if (nj * nt > 1))
   for (Index q = 0; q < nj * nt; ++q) {
     const Index j0 = (q % nj) * tiles::latents, t0 = (q / nj) * tiles::tokens;
     const Index mj = std::min(tiles::latents, m - j0), bt = std::min(tiles::tokens, B - t0);
     auto Zt = Z.block(j0, t0, mj, bt);
-    Zt.noalias() = p.W_enc.middleCols(j0, mj).transpose() * X.middleCols(t0, bt);
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (bf16) {
+        const auto me = static_cast<std::size_t>(detail::thread_id());
+        gemm::product_bf16(mixed->backend, mj, bt, d, mixed->W_enc.data() + j0 * d, d, 1, mixed->X.data() + t0 * d, 1,
+                           d, Z.data() + j0 + t0 * m, m, false, mixed->wa[me], mixed->wb[me]);
+      }
+    }
+    if (!bf16) Zt.noalias() = p.W_enc.middleCols(j0, mj).transpose() * X.middleCols(t0, bt);
     Zt.colwise() += c.segment(j0, mj);
     epilogue(Zt);
   }
@@ -66,20 +127,37 @@ void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eig
 /// Z = W_enc^T X + c.  X: d x B, Z: m x B (resized).
 template <class Scalar, class DerivedX>
 void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X,
-                    Mat<Scalar>& Z) {
-  preactivations(p, c, X, Z, [](auto&) {});
+                    Mat<Scalar>& Z, MixedPrecision* mixed = nullptr) {
+  preactivations(p, c, X, Z, [](auto&) {}, mixed);
 }
 
-/// Dense decode: X_hat = W_dec F + b_dec, in blocks of tokens.  F: m x B, X_hat: d x B.
+/// Dense decode: X_hat = W_dec F + b_dec, in blocks of tokens.  F: m x B, X_hat: d x B. With
+/// @p mixed on, from bf16 copies of W_dec and F (made here; dense_backward reuses them).
 template <class Scalar>
-void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_hat) {
-  const Index B = F.cols(), nt = (B + tiles::tokens - 1) / tiles::tokens;
-  X_hat.resize(p.d_out(), B);
+void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_hat, MixedPrecision* mixed = nullptr) {
+  const Index B = F.cols(), nt = (B + tiles::tokens - 1) / tiles::tokens, m = F.rows(), dout = p.d_out();
+  X_hat.resize(dout, B);
+  const bool bf16 = std::is_same_v<Scalar, float> && mixed != nullptr && mixed->on;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (bf16) {
+      MixedPrecision::copy(p.W_dec.data(), dout * m, mixed->W_dec);
+      MixedPrecision::copy(F.data(), m * B, mixed->F);
+      mixed->threads(num_threads());
+      if (mixed->backend == gemm::Backend::Blas) gemm::set_blas_threads(1);
+    }
+  }
   SAE_OMP(parallel for schedule(dynamic, 1) if (nt > 1))
   for (Index q = 0; q < nt; ++q) {
     const Index t0 = q * tiles::tokens, bt = std::min(tiles::tokens, B - t0);
     auto Xt = X_hat.middleCols(t0, bt);
-    Xt.noalias() = p.W_dec * F.middleCols(t0, bt);
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (bf16) {
+        const auto me = static_cast<std::size_t>(detail::thread_id());
+        gemm::product_bf16(mixed->backend, dout, bt, m, mixed->W_dec.data(), 1, dout, mixed->F.data() + t0 * m, 1, m,
+                           X_hat.data() + t0 * dout, dout, false, mixed->wa[me], mixed->wb[me]);
+      }
+    }
+    if (!bf16) Xt.noalias() = p.W_dec * F.middleCols(t0, bt);
     Xt.colwise() += p.b_dec;
   }
 }
@@ -310,8 +388,18 @@ template <class Scalar, class DerivedX, class Activation>
 void dense_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, const Eigen::MatrixBase<DerivedX>& X,
                     const Mat<Scalar>& F, const Mat<Scalar>& G, const Vec<Scalar>& w, const Activation& act,
                     const LatentList& below, Parameters<Scalar>& grads, Vec<Scalar>& dz_sum,
-                    DenseScratch<Scalar>& scratch) {
-  const Index m = F.rows(), B = F.cols();
+                    DenseScratch<Scalar>& scratch, MixedPrecision* mixed = nullptr) {
+  const Index m = F.rows(), B = F.cols(), d = p.d_in(), dout = p.d_out();
+  // mixed precision: decode() made the bf16 copies of W_dec and F, preactivations() those of
+  // W_enc and X; G is converted here, each tile of D in its loop
+  const bool bf16 = std::is_same_v<Scalar, float> && mixed != nullptr && mixed->on;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (bf16) {
+      MixedPrecision::copy(G.data(), dout * B, mixed->G);
+      mixed->threads(num_threads());
+      if (mixed->backend == gemm::Backend::Blas) gemm::set_blas_threads(1);
+    }
+  }
   const Index nj = (m + tiles::latents - 1) / tiles::latents;
   const Index bt = std::min(tiles::tokens, B);
   const int threads = static_cast<int>(std::min<Index>(num_threads(), nj));
@@ -335,13 +423,40 @@ void dense_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, cons
       for (Index t0 = 0; t0 < B; t0 += bt) {
         const Index b = std::min(bt, B - t0);
         auto D = tile.topLeftCorner(mj, b);
-        D.noalias() = p.W_dec.middleCols(j0, mj).transpose() * G.middleCols(t0, b);
+        if constexpr (std::is_same_v<Scalar, float>) {
+          if (bf16) {
+            const auto me = static_cast<std::size_t>(detail::thread_id());
+            gemm::product_bf16(mixed->backend, mj, b, dout, mixed->W_dec.data() + j0 * dout, dout, 1,
+                               mixed->G.data() + t0 * dout, 1, dout, tile.data(), tile.rows(), false, mixed->wa[me],
+                               mixed->wb[me]);
+          }
+        }
+        if (!bf16) D.noalias() = p.W_dec.middleCols(j0, mj).transpose() * G.middleCols(t0, b);
         D.colwise() += w.segment(j0, mj);
         act.backward_tile(j0, t0, F.block(j0, t0, mj, b), D, acc, p, below);
         s.noalias() += D.rowwise().sum();
-        gWe.noalias() += X.middleCols(t0, b) * D.transpose();
+        if constexpr (std::is_same_v<Scalar, float>) {
+          if (bf16) {
+            const auto me = static_cast<std::size_t>(detail::thread_id());
+            auto& D16 = mixed->D[me];
+            D16.resize(static_cast<std::size_t>(mj * b));
+            for (Index t = 0; t < b; ++t) gemm::to_bf16(tile.data() + t * tile.rows(), D16.data() + t * mj, mj);
+            // dW_enc[:, chunk] += X_block D^T: A = X (d x b), B = D^T (b x mj)
+            gemm::product_bf16(mixed->backend, d, mj, b, mixed->X.data() + t0 * d, 1, d, D16.data(), mj, 1,
+                               grads.W_enc.data() + j0 * d, d, true, mixed->wa[me], mixed->wb[me]);
+          }
+        }
+        if (!bf16) gWe.noalias() += X.middleCols(t0, b) * D.transpose();
       }
-      grads.W_dec.middleCols(j0, mj).noalias() += G * F.middleRows(j0, mj).transpose();
+      if constexpr (std::is_same_v<Scalar, float>) {
+        if (bf16) {
+          const auto me = static_cast<std::size_t>(detail::thread_id());
+          // dW_dec[:, chunk] += G F[chunk, :]^T: A = G (dout x B), B = F^T (B x mj)
+          gemm::product_bf16(mixed->backend, dout, mj, B, mixed->G.data(), 1, dout, mixed->F.data() + j0, m, 1,
+                             grads.W_dec.data() + j0 * dout, dout, true, mixed->wa[me], mixed->wb[me]);
+        }
+      }
+      if (!bf16) grads.W_dec.middleCols(j0, mj).noalias() += G * F.middleRows(j0, mj).transpose();
       if (apply_b_dec_to_input) gWe.noalias() -= p.b_dec * s.transpose();
       act.finish_backward(j0, mj, acc, p, grads);
     }

@@ -212,8 +212,17 @@ class SparseAutoencoder {
     s.step = step;
     s.apply_b_dec_to_input = cfg_.apply_b_dec_to_input;
     if constexpr (requires { act_.bandwidth; }) s.bandwidth = static_cast<double>(act_.bandwidth);
+    if constexpr (!Activation::sparse) {
+      s.mixed.on = kernels::dense_bf16<Scalar>();
+      s.mixed.backend = gemm::encoder_backend();
+    }
     encode_impl(X, s.codes, s, /*training=*/true);
-    output(X, s.codes, s.X_hat);
+    if constexpr (Activation::sparse) {
+      output(X, s.codes, s.X_hat);
+    } else {  // output() with the mixed-precision decode
+      kernels::decode(params_, s.codes, s.X_hat, &s.mixed);
+      if (params_.has_skip()) s.X_hat.noalias() += params_.W_skip * X.template cast<Scalar>();
+    }
 
     if (!grads.same_shape(params_))
       grads = Parameters<Scalar>::zeros_like(params_);
@@ -238,7 +247,7 @@ class SparseAutoencoder {
                                 s.dz_sum);
     } else {
       kernels::dense_backward(params_, cfg_.apply_b_dec_to_input, X, s.codes, s.grad_xhat, s.grad_codes.per_latent,
-                              act_, s.below, grads, s.dz_sum, s.dense);
+                              act_, s.below, grads, s.dz_sum, s.dense, &s.mixed);
     }
     return r;
   }
@@ -327,12 +336,13 @@ class SparseAutoencoder {
         }
       }
     } else {
-      (void)training;
+      kernels::MixedPrecision* mixed = training ? &s.mixed : nullptr;  // training steps only
       if constexpr (requires { act_.forward_in_place(codes, params_, s.below); }) {
-        kernels::preactivations(params_, s.c, X, codes);
+        kernels::preactivations(params_, s.c, X, codes, mixed);
         act_.forward_in_place(codes, params_, s.below);
       } else {
-        kernels::preactivations(params_, s.c, X, codes, [&](auto& tile) { act_.forward_in_place(tile, params_); });
+        kernels::preactivations(
+            params_, s.c, X, codes, [&](auto& tile) { act_.forward_in_place(tile, params_); }, mixed);
       }
     }
   }

@@ -41,6 +41,7 @@ struct StepState {
   kernels::EncoderState<Scalar> encoder;  ///< TopK family: fused encoder tiles, candidates, fused on/off
   kernels::LatentList below;              ///< JumpReLU: per token, latents in the window just below the threshold
   kernels::DenseScratch<Scalar> dense;    ///< dense variants: dense_backward's tiles
+  kernels::MixedPrecision mixed;          ///< dense variants: bf16 copies when training in mixed precision
 };
 
 }  // namespace sae

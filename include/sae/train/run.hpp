@@ -463,7 +463,13 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
         "the weights will not be bit-identical to an uninterrupted run");
     saved.gemm = "eigen";
   }
-  saved.precision = a.precision;
+  // The precision: the TopK family's codes do not depend on it, the dense variants' weights do
+  // (mixed precision), so it is pinned like the backend unless given.
+  const std::string ran_precision = extra.value("precision", std::string("auto"));
+  saved.precision = given.count("precision") ? a.precision : ran_precision;
+  if (saved.precision != ran_precision)
+    say(h, "sae train: warning: the run used --precision " + ran_precision + ", resuming with " + saved.precision +
+               " (for relu and jumprelu the weights will not be bit-identical to an uninterrupted run)");
   saved.given = a.given;
   saved.resume = a.resume;
   return saved;
@@ -696,6 +702,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                         {"target", target ? target->fingerprint() : json(nullptr)},
                         {"log", log},
                         {"gemm_backend", gemm_backend_name()},
+                        {"precision", a.precision},
                         {"ranks", ranks}};
     save_checkpoint(ckpt_dir / checkpoint_file_name, model, s, extra);
     checkpointed = s.step;
