@@ -220,7 +220,7 @@ inline int run_bench(const BenchArgs& b) {
       const double tiles = sae::gemm::measure_tiled_bf16(cfg.d_in, cfg.d_sae, b.batch, tiling);
       if (bf16) best = std::max({best, whole, tiles});
       gemms.push_back({{"backend", "dnnl-bf16"}, {"whole_gflop_per_s", whole}, {"tiles_gflop_per_s", tiles}});
-      char line[160];
+      char line[256];
       std::snprintf(line, sizeof line,
                     "sae bench: dnnl bf16 GEMM: whole product %.1f GFLOP/s, tiles of %lld latents x %lld tokens %.1f "
                     "GFLOP/s%s",

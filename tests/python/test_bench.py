@@ -51,14 +51,14 @@ def train_pins_backend(blas_built):
     ckpt = os.path.join(out, "checkpoint", "checkpoint.safetensors")
     (n,) = struct.unpack("<Q", open(ckpt, "rb").read(8))
     state = json.loads(json.loads(open(ckpt, "rb").read()[8 : 8 + n])["__metadata__"]["state"])
-    check("train: gemm_backend in the result, the metadata and the checkpoint", ran in ("eigen", "blas")
+    check("train: gemm_backend in the result, the metadata and the checkpoint", ran in ("eigen", "blas", "dnnl")
           and cfg["metadata"]["training"].get("gemm_backend") == ran
           and state["extra"].get("gemm_backend") == ran, f"{j} {cfg['metadata']} {state['extra'].get('gemm_backend')}")
     j = last_json(run("train", *args, "--gemm", "eigen", "--out", os.path.join(TMP, "run_eigen")))
     check("train --gemm eigen: reported", j.get("gemm_backend") == "eigen", str(j))
 
     # The checkpoint's backend is pinned on --resume (here: the other one).
-    other = "eigen" if ran == "blas" else "blas"
+    other = "eigen" if ran != "eigen" else "blas"
     rewrite_checkpoint_backend(ckpt, other)
     p = run("train", "--resume", out, "--out", os.path.join(TMP, "resumed"))
     j = last_json(p)

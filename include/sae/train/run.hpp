@@ -457,10 +457,11 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
   if (!ran_gemm.empty() && saved.gemm != ran_gemm)
     say(h, "sae train: warning: the run used the " + ran_gemm + " GEMM backend, resuming with " + saved.gemm +
                ": the weights will not be bit-identical to an uninterrupted run");
-  if (saved.gemm == "blas" && a.gemm == "auto" && !gemm::blas_linked()) {
-    say(h,
-        "sae train: warning: the run used the blas GEMM backend and this build has no BLAS, resuming with eigen: "
-        "the weights will not be bit-identical to an uninterrupted run");
+  const bool missing = (saved.gemm == "blas" && !gemm::blas_linked()) || (saved.gemm == "dnnl" && !gemm::dnnl_linked());
+  if (missing && a.gemm == "auto") {
+    say(h, "sae train: warning: the run used the " + saved.gemm + " GEMM backend and this build has no " +
+               (saved.gemm == "blas" ? "BLAS" : "oneDNN") +
+               ", resuming with eigen: the weights will not be bit-identical to an uninterrupted run");
     saved.gemm = "eigen";
   }
   // The precision: the TopK family's codes do not depend on it, the dense variants' weights do
