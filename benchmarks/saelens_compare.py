@@ -130,13 +130,13 @@ def main():
                "(tokens/s = batch / median step time).")
     out.append("")
     out.append("| arch | SAELens fp32 tok/s | SAELens bf16-autocast tok/s | libsae tok/s "
-               "| libsae encoder | libsae / SAELens fp32 | libsae / SAELens bf16 | SAELens fp32 MB "
+               "| libsae products | libsae / SAELens fp32 | libsae / SAELens bf16 | SAELens fp32 MB "
                "| SAELens bf16 MB | libsae MB |")
     out.append("|---|--:|--:|--:|---|--:|--:|--:|--:|--:|")
     for r in results:
         lib, f32, b16 = (get(r, n, "tokens_per_s") for n in ("libsae", "fp32", "bf16"))
         name = r["arch"] + (f" (SAELens: {SAELENS_ARCH[r['arch']]})" if r["arch"] in SAELENS_ARCH else "")
-        enc = get(r, "libsae", "encoder_precision") if r["arch"] not in ("relu", "jumprelu") else "fp32"
+        enc = get(r, "libsae", "encoder_precision")  # bf16: exact proposals (TopK family) or mixed precision
         out.append(
             f"| {name} | {fmt(f32, '.0f')} | {fmt(b16, '.0f')} | {fmt(lib, '.0f')} | {enc or '?'} "
             f"| {fmt(ratio(lib, f32), '.2f')}× | {fmt(ratio(lib, b16), '.2f')}× "
