@@ -171,8 +171,8 @@ void BM_FusedTopC(benchmark::State& st, sae::gemm::Backend backend) {
   sae::kernels::FusedScratch<float> scratch;
   const sae::gemm::Tiling tiling;
   auto run = [&] {
-    sae::kernels::fused_top_c(f.p(), f.state.c, f.X, kK, backend, sae::kernels::Precision::Native, tiling, scratch, out.values.data(),
-                              out.indices.data(), out.count.data());
+    sae::kernels::fused_top_c(f.p(), f.state.c, f.X, kK, backend, sae::kernels::Precision::Native, tiling, scratch,
+                              out.values.data(), out.indices.data(), out.count.data());
   };
   run();  // warm-up: sizes the tiles
   for (auto _ : st) {

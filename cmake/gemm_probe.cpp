@@ -19,7 +19,7 @@ int main() {
   for (int round = 0; round < 5; ++round)
     for (int b = 0; b < 3; ++b) {
       const bool linked = b == 0 || (b == 1 && sae::gemm::blas_linked()) || (b == 2 && sae::gemm::dnnl_linked());
-      rate[b].push_back(linked ? sae::gemm::measure_tiled<float>(all[b], d, m, n, {}, 2) : 0.0);
+      rate[b].push_back(linked ? sae::gemm::measure_tiled(all[b], d, m, n, {}, 2) : 0.0);
     }
   for (auto& r : rate) std::sort(r.begin(), r.end());
   std::printf("eigen=%.1f;blas=%.1f;dnnl=%.1f", rate[0][2], rate[1][2], rate[2][2]);

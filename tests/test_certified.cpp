@@ -102,8 +102,7 @@ Codes run_plain(const sae::Parameters<float>& p, const sae::Vec<float>& c, const
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("canonical_dot is the documented summation order, bit for bit", "[core][certified]", float,
-                   double) {
+TEMPLATE_TEST_CASE("canonical_dot is the documented summation order, bit for bit", "[core][certified]", float, double) {
   using Scalar = TestType;
   const Mat<Scalar> W = wide_range<Scalar>(800, 2, 7);
   Index order_mattered = 0;
@@ -115,8 +114,8 @@ TEMPLATE_TEST_CASE("canonical_dot is the documented summation order, bit for bit
     for (Index i = 0; i < d; ++i) sequential += W(i, 0) * W(i, 1);
     order_mattered += bits(sequential) != bits(got);
     const double exact = W.col(0).head(d).template cast<double>().dot(W.col(1).head(d).template cast<double>());
-    const double mag = (W.col(0).head(d).cwiseAbs().template cast<double>())
-                           .dot(W.col(1).head(d).cwiseAbs().template cast<double>());
+    const double mag =
+        (W.col(0).head(d).cwiseAbs().template cast<double>()).dot(W.col(1).head(d).cwiseAbs().template cast<double>());
     REQUIRE(std::abs(static_cast<double>(got) - exact) <= 2.0 * d * std::numeric_limits<Scalar>::epsilon() * mag);
   }
   REQUIRE(order_mattered > 0);  // the data is such that the order shows
@@ -129,8 +128,8 @@ TEST_CASE("The score bound holds for every token and latent, fp32 and bf16, on e
   p.W_enc = wide_range<float>(d, m, 1);
   p.b_enc = sae_test::random_matrix<float>(m, 1, 2, 3.0);
   Mat<float> X = wide_range<float>(d, B, 3);
-  X.col(0).setZero();                          // only the bias
-  X.col(1).setConstant(1e-39f);                // subnormal inputs
+  X.col(0).setZero();            // only the bias
+  X.col(1).setConstant(1e-39f);  // subnormal inputs
   p.W_enc.col(2).setConstant(1e-30f);
   sae::Vec<float> c;
   sae::kernels::encoder_bias(p, false, c);
@@ -171,7 +170,7 @@ namespace {
 /// fused_top_c against plain_top_c, both precisions, every backend: identical codes. Returns the
 /// outcomes of the first backend (Eigen) in fp32 and in bf16.
 std::pair<Outcome, Outcome> check_exact(const sae::Parameters<float>& p, const Mat<float>& X, Index cap,
-                                    sae::gemm::Tiling tiling) {
+                                        sae::gemm::Tiling tiling) {
   sae::Vec<float> c;
   sae::kernels::encoder_bias(p, true, c);
   const Codes want = run_plain(p, c, X, cap);

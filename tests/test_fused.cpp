@@ -59,8 +59,9 @@ TEMPLATE_TEST_CASE("fused_top_c equals the plain path and a brute-force selectio
 
     TopC<Scalar> fused(cs.B, cs.cap), plain(cs.B, cs.cap);
     sae::kernels::FusedScratch<Scalar> scratch;
-    sae::kernels::fused_top_c(p, c, X, cs.cap, sae::gemm::Backend::Eigen, sae::kernels::Precision::Native, sae::gemm::Tiling{cs.block, cs.chunk},
-                              scratch, fused.values.data(), fused.indices.data(), fused.count.data());
+    sae::kernels::fused_top_c(p, c, X, cs.cap, sae::gemm::Backend::Eigen, sae::kernels::Precision::Native,
+                              sae::gemm::Tiling{cs.block, cs.chunk}, scratch, fused.values.data(), fused.indices.data(),
+                              fused.count.data());
     Mat<Scalar> Zbuf;
     sae::kernels::plain_top_c(p, c, X, cs.cap, Zbuf, plain.values.data(), plain.indices.data(), plain.count.data());
     REQUIRE(fused.count == plain.count);
@@ -89,16 +90,16 @@ TEST_CASE("fused_top_c: exact ties keep the lower latent across chunks; no posit
   const Mat<float> X = Mat<float>::Ones(d, B);
   TopC<float> out(B, cap);
   sae::kernels::FusedScratch<float> scratch;
-  sae::kernels::fused_top_c(p, c, X, cap, sae::gemm::Backend::Eigen, sae::kernels::Precision::Native, sae::gemm::Tiling{2, 16}, scratch,
-                            out.values.data(), out.indices.data(), out.count.data());
+  sae::kernels::fused_top_c(p, c, X, cap, sae::gemm::Backend::Eigen, sae::kernels::Precision::Native,
+                            sae::gemm::Tiling{2, 16}, scratch, out.values.data(), out.indices.data(), out.count.data());
   for (Index t = 0; t < B; ++t) {
     REQUIRE(out.count[t] == 4);
     const std::vector<std::int32_t> got(out.indices.begin() + t * cap, out.indices.begin() + (t + 1) * cap);
     REQUIRE(got == std::vector<std::int32_t>{3, 17, 18, 25});
   }
   c.setConstant(-0.5f);
-  sae::kernels::fused_top_c(p, c, X, cap, sae::gemm::Backend::Eigen, sae::kernels::Precision::Native, sae::gemm::Tiling{2, 16}, scratch,
-                            out.values.data(), out.indices.data(), out.count.data());
+  sae::kernels::fused_top_c(p, c, X, cap, sae::gemm::Backend::Eigen, sae::kernels::Precision::Native,
+                            sae::gemm::Tiling{2, 16}, scratch, out.values.data(), out.indices.data(), out.count.data());
   for (Index t = 0; t < B; ++t) REQUIRE(out.count[t] == 0);
 }
 

@@ -39,8 +39,7 @@ struct PrecisionGuard {
 
 }  // namespace
 
-TEST_CASE("product_bf16 is bf16(A) bf16(B) up to fp32 summation, in every layout, on every backend",
-          "[core][mixed]") {
+TEST_CASE("product_bf16 is bf16(A) bf16(B) up to fp32 summation, in every layout, on every backend", "[core][mixed]") {
   const Index M = 37, N = 29, K = 70;
   const Mat<float> A = sae_test::random_matrix<float>(M, K, 1), B = sae_test::random_matrix<float>(K, N, 2);
   const Mat<float> At = A.transpose(), Bt = B.transpose();

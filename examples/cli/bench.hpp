@@ -203,8 +203,8 @@ inline int run_bench(const BenchArgs& b) {
     json gemms = json::array();
     double best = 0;
     for (const sae::gemm::Backend be : sae::gemm::available_backends()) {
-      const double whole = sae::gemm::measure_whole<float>(be, cfg.d_in, cfg.d_sae, b.batch);
-      const double tiles = sae::gemm::measure_tiled<float>(be, cfg.d_in, cfg.d_sae, b.batch, tiling);
+      const double whole = sae::gemm::measure_whole(be, cfg.d_in, cfg.d_sae, b.batch);
+      const double tiles = sae::gemm::measure_tiled(be, cfg.d_in, cfg.d_sae, b.batch, tiling);
       best = std::max({best, whole, tiles});
       gemms.push_back(
           {{"backend", sae::gemm::backend_name(be)}, {"whole_gflop_per_s", whole}, {"tiles_gflop_per_s", tiles}});
@@ -277,7 +277,8 @@ inline CLI::App* add_bench(CLI::App& app, Command& chosen) {
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   c->add_flag("--no-bound", b->no_bound, "Skip measuring the encoder-GEMM bound");
   c->footer(
-      "JSON: arch, d_in, d_sae, k, batch, steps, warmup, threads, gemm_backend, encoder_precision, tokens_per_s, seconds_per_step "
+      "JSON: arch, d_in, d_sae, k, batch, steps, warmup, threads, gemm_backend, encoder_precision, tokens_per_s, "
+      "seconds_per_step "
       "(median), step_seconds, peak_rss_mb (VmHWM after the timed steps), baseline_rss_mb, training_mb, "
       "encoder_gflop_per_s (2*batch*d_in*d_sae encoder flops per step / median step time), gemm_default, "
       "cpu; unless --no-bound: gemm (per backend: whole product and fused-encoder tiles GFLOP/s; dnnl-bf16: "

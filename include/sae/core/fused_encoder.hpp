@@ -212,7 +212,8 @@ struct Sieve {
             _mm512_fmadd_ps(_mm512_loadu_ps(b + j), k2,
                             _mm512_fmadd_ps(rr, _mm512_abs_ps(zh), _mm512_add_ps(tt, _mm512_loadu_ps(T + j)))));
         const __m512 hi = _mm512_add_ps(zh, e);
-        unsigned mask = _mm512_cmp_ps_mask(hi, _mm512_set1_ps(L), _CMP_GE_OQ) & _mm512_cmp_ps_mask(hi, zero, _CMP_GT_OQ);
+        unsigned mask =
+            _mm512_cmp_ps_mask(hi, _mm512_set1_ps(L), _CMP_GE_OQ) & _mm512_cmp_ps_mask(hi, zero, _CMP_GT_OQ);
         if (!mask) continue;
         _mm512_store_ps(los, _mm512_sub_ps(zh, e));
         _mm512_store_ps(his, hi);
@@ -226,10 +227,10 @@ struct Sieve {
       const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
       for (; j + 8 <= count && !exhaustive; j += 8) {
         const __m256 zh = _mm256_add_ps(_mm256_loadu_ps(z + j), _mm256_loadu_ps(bias + j));
-        const __m256 e = _mm256_fmadd_ps(
-            _mm256_loadu_ps(a + j), k1,
-            _mm256_fmadd_ps(_mm256_loadu_ps(b + j), k2,
-                            _mm256_fmadd_ps(rr, _mm256_andnot_ps(sign, zh), _mm256_add_ps(tt, _mm256_loadu_ps(T + j)))));
+        const __m256 e = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), k1,
+                                         _mm256_fmadd_ps(_mm256_loadu_ps(b + j), k2,
+                                                         _mm256_fmadd_ps(rr, _mm256_andnot_ps(sign, zh),
+                                                                         _mm256_add_ps(tt, _mm256_loadu_ps(T + j)))));
         const __m256 hi = _mm256_add_ps(zh, e);
         auto mask = static_cast<unsigned>(_mm256_movemask_ps(
             _mm256_and_ps(_mm256_cmp_ps(hi, _mm256_set1_ps(L), _CMP_GE_OQ), _mm256_cmp_ps(hi, zero, _CMP_GT_OQ))));
@@ -285,17 +286,17 @@ struct Sieve {
 /// first use, then reused.
 template <class Scalar>
 struct FusedScratch {
-  std::vector<Mat<Scalar>> tiles;  ///< mc x bt pre-activations
+  std::vector<Mat<Scalar>> tiles;                       ///< mc x bt pre-activations
   std::vector<std::vector<Sieve<Scalar>>> sieves;       ///< bt per thread
   std::vector<std::vector<Scalar>> lower_val, cand_up;  ///< sieve storage: bt * cap, bt * room
   std::vector<std::vector<std::int32_t>> lower_idx, cand;
-  std::vector<std::vector<Index>> lat_start;         ///< m + 1 per thread: candidates grouped by latent
-  std::vector<std::vector<std::int32_t>> pairs;      ///< bt * room per thread: (token, slot) by latent
+  std::vector<std::vector<Index>> lat_start;       ///< m + 1 per thread: candidates grouped by latent
+  std::vector<std::vector<std::int32_t>> pairs;    ///< bt * room per thread: (token, slot) by latent
   std::vector<std::vector<float>> wide_w, wide_x;  ///< software bf16 product: widened operands
-  std::vector<Index> rescored;     ///< latents rescored, per thread (summed into last_rescored)
-  ScoreBounds<Scalar> bounds;      ///< per-latent and per-token bound terms, bf16 operands
-  Index last_rescored = 0;         ///< latents rescored by the last call (all tokens)
-  Index last_exhaustive = 0;       ///< tokens computed exhaustively by the last call
+  std::vector<Index> rescored;                     ///< latents rescored, per thread (summed into last_rescored)
+  ScoreBounds<Scalar> bounds;                      ///< per-latent and per-token bound terms, bf16 operands
+  Index last_rescored = 0;                         ///< latents rescored by the last call (all tokens)
+  Index last_exhaustive = 0;                       ///< tokens computed exhaustively by the last call
 
   /// Candidate room per token for a selection of @p cap.
   static Index room_for(Index cap) { return 4 * cap + 64; }
@@ -341,8 +342,8 @@ struct FusedScratch {
 /// (a Mat, a Map of one, or middleCols of either).
 template <class Scalar, class DerivedX>
 void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X, Index cap,
-                 gemm::Backend backend, Precision precision, const gemm::Tiling& tiling,
-                 FusedScratch<Scalar>& scratch, Scalar* values, std::int32_t* indices, Index* count) {
+                 gemm::Backend backend, Precision precision, const gemm::Tiling& tiling, FusedScratch<Scalar>& scratch,
+                 Scalar* values, std::int32_t* indices, Index* count) {
   static_assert(std::is_same_v<typename DerivedX::Scalar, Scalar>, "fused_top_c: X must have the model's Scalar");
   static_assert(!(DerivedX::Flags & Eigen::RowMajorBit), "fused_top_c: X must be column-major");
   const Index d = p.d_in(), m = p.d_sae(), B = X.cols();
@@ -382,10 +383,9 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
     for (Index blk = 0; blk < blocks; ++blk) {
       const Index t0 = blk * bt, b = std::min(bt, B - t0);
       for (Index t = 0; t < b; ++t)
-        sieves[static_cast<std::size_t>(t)] =
-            Sieve<Scalar>{TopCHeap<Scalar>{scratch.lower_val[mine].data() + t * cap,
-                                           scratch.lower_idx[mine].data() + t * cap, cap},
-                          scratch.cand[mine].data() + t * room, scratch.cand_up[mine].data() + t * room, room};
+        sieves[static_cast<std::size_t>(t)] = Sieve<Scalar>{
+            TopCHeap<Scalar>{scratch.lower_val[mine].data() + t * cap, scratch.lower_idx[mine].data() + t * cap, cap},
+            scratch.cand[mine].data() + t * room, scratch.cand_up[mine].data() + t * room, room};
       for (Index j0 = 0; j0 < m; j0 += mc) {
         const Index w = std::min(mc, m - j0);
         if constexpr (std::is_same_v<Scalar, float>) {
@@ -393,8 +393,7 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
             gemm::product_tn_bf16(backend, d, w, b, bd.W16.data() + j0 * d, d, bd.X16.data() + t0 * d, d, tile.data(),
                                   mc, scratch.wide_w[mine], scratch.wide_x[mine]);
         }
-        if (!bf16)
-          gemm::product_tn(backend, d, w, b, p.W_enc.data() + j0 * d, d, Xd + t0 * ldx, ldx, tile.data(), mc);
+        if (!bf16) gemm::product_tn(backend, d, w, b, p.W_enc.data() + j0 * d, d, Xd + t0 * ldx, ldx, tile.data(), mc);
         for (Index t = 0; t < b; ++t) {
           const auto tok = static_cast<std::size_t>(t0 + t);
           sieves[static_cast<std::size_t>(t)].scan(tile.data() + t * mc, c.data() + j0, bd.a.data() + j0,
@@ -425,7 +424,8 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
         if (first == start[j]) continue;
         for (Index q = first; q < start[j]; ++q) {
           const Index t = pair[q] / room;
-          scratch.cand_up[mine][static_cast<std::size_t>(pair[q])] = canonical_score(p.W_enc, Xd + (t0 + t) * ldx, j, c[j]);
+          scratch.cand_up[mine][static_cast<std::size_t>(pair[q])] =
+              canonical_score(p.W_enc, Xd + (t0 + t) * ldx, j, c[j]);
         }
       }
       for (Index t = 0; t < b; ++t) {
@@ -552,7 +552,7 @@ Precision encoder_precision() {
   } else {
     if (const auto p = explicit_precision()) return *p;
     return gemm::encoder_backend() == gemm::Backend::Dnnl && gemm::bf16_hardware() ? Precision::BFloat16
-                                                                                    : Precision::Native;
+                                                                                   : Precision::Native;
   }
 }
 

@@ -190,10 +190,9 @@ inline void dnnl_run(DnnlProduct& p, const void* A, const void* B, float* C) {
   p.wei.set_data_handle(const_cast<void*>(A));
   p.dst.set_data_handle(C);
   auto& t = dnnl_thread();
-  p.prim.execute(t.stream, {{DNNL_ARG_SRC, p.src},
-                            {DNNL_ARG_WEIGHTS, p.wei},
-                            {DNNL_ARG_DST, p.dst},
-                            {DNNL_ARG_SCRATCHPAD, p.scratch}});
+  p.prim.execute(
+      t.stream,
+      {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.wei}, {DNNL_ARG_DST, p.dst}, {DNNL_ARG_SCRATCHPAD, p.scratch}});
   t.stream.wait();
 }
 }  // namespace detail
@@ -336,88 +335,80 @@ inline double now_seconds() {
 }
 }  // namespace detail
 
-/// Throughput of @p backend computing the whole m x n product the way the fused encoder does,
-/// without its selection: token blocks spread over the threads, each thread multiplying every
-/// latent chunk of W (d x m) with its block of X (d x n) into its own tile. The bound the
-/// fused encoder can reach on this shape. Random operands, allocates W, X and the tiles.
-/// Used by the configure-time probe (cmake/gemm_probe.cpp) and `sae bench`.
-template <class Scalar>
-double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& tiling, int reps = 2) {
-  const Mat<Scalar> W = Mat<Scalar>::Random(d, m), X = Mat<Scalar>::Random(d, n);
+namespace detail {
+/// GFLOP/s of 2 d m n flops per round, @p reps timed rounds after one warm-up round.
+template <class Round>
+double rate(Index d, Index m, Index n, int reps, Round&& round) {
+  round();  // warm-up
+  const double t0 = now_seconds();
+  for (int r = 0; r < reps; ++r) round();
+  const double seconds = now_seconds() - t0;
+  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
+         std::max(seconds, 1e-9) * 1e-9;
+}
+
+/// The fused encoder's tile loop without its selection: token blocks spread over the threads,
+/// each thread calling tile(j0, w, t0, b, Z) for every latent chunk into its own mc x bt tile.
+template <class Tile>
+double rate_tiled(Index d, Index m, Index n, const Tiling& tiling, int reps, Tile&& tile) {
   const Index bt = std::min(tiling.block_tokens, n), mc = std::min(tiling.chunk_latents, m);
   const Index blocks = (n + bt - 1) / bt;
   const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
-  if (backend == Backend::Blas) set_blas_threads(1);
-  double seconds = 0;
-  for (int r = 0; r <= reps; ++r) {  // round 0 warms up
-    const double t0 = detail::now_seconds();
+  return rate(d, m, n, reps, [&] {
     SAE_OMP(parallel num_threads(threads)) {
-      Mat<Scalar> Z(mc, bt);
+      std::vector<float> Z(static_cast<std::size_t>(mc * bt));
       SAE_OMP(for schedule(dynamic, 1))
-      for (Index blk = 0; blk < blocks; ++blk) {
-        const Index t0b = blk * bt, b = std::min(bt, n - t0b);
-        for (Index j0 = 0; j0 < m; j0 += mc)
-          product_tn(backend, d, std::min(mc, m - j0), b, W.data() + j0 * d, d, X.data() + t0b * d, d, Z.data(), mc);
-      }
+      for (Index blk = 0; blk < blocks; ++blk)
+        for (Index j0 = 0; j0 < m; j0 += mc) tile(j0, std::min(mc, m - j0), blk * bt, std::min(bt, n - blk * bt), Z);
     }
-    if (r > 0) seconds += detail::now_seconds() - t0;
-  }
-  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
-         std::max(seconds, 1e-9) * 1e-9;
+  });
+}
+}  // namespace detail
+
+/// Throughput of @p backend computing the whole m x n product the way the fused encoder does,
+/// without its selection: token blocks spread over the threads, each thread multiplying every
+/// latent chunk of W (d x m) with its block of X (d x n) into its own tile. The bound the
+/// fused encoder can reach on this shape. Random float operands, allocates W, X and the tiles.
+/// Used by the configure-time probe (cmake/gemm_probe.cpp) and `sae bench`.
+inline double measure_tiled(Backend backend, Index d, Index m, Index n, const Tiling& tiling, int reps = 2) {
+  const Mat<float> W = Mat<float>::Random(d, m), X = Mat<float>::Random(d, n);
+  const Index mc = std::min(tiling.chunk_latents, m);  // the tiles' leading dimension
+  if (backend == Backend::Blas) set_blas_threads(1);
+  return detail::rate_tiled(d, m, n, tiling, reps, [&](Index j0, Index w, Index t0, Index b, std::vector<float>& Z) {
+    product_tn<float>(backend, d, w, b, W.data() + j0 * d, d, X.data() + t0 * d, d, Z.data(), mc);
+  });
 }
 
 /// measure_tiled for oneDNN's bf16 product (bf16 operands, fp32 tiles); 0 without bf16 units.
 inline double measure_tiled_bf16(Index d, Index m, Index n, const Tiling& tiling, int reps = 2) {
   if (!bf16_hardware()) return 0;
-  const std::vector<std::uint16_t> W(static_cast<std::size_t>(d * m), 0x3f80), X(static_cast<std::size_t>(d * n), 0x3f80);
-  const Index bt = std::min(tiling.block_tokens, n), mc = std::min(tiling.chunk_latents, m);
-  const Index blocks = (n + bt - 1) / bt;
-  const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
-  double seconds = 0;
-  for (int r = 0; r <= reps; ++r) {  // round 0 warms up
-    const double t0 = detail::now_seconds();
-    SAE_OMP(parallel num_threads(threads)) {
-      std::vector<float> Z(static_cast<std::size_t>(mc * bt)), ww, wx;
-      SAE_OMP(for schedule(dynamic, 1))
-      for (Index blk = 0; blk < blocks; ++blk) {
-        const Index t0b = blk * bt, b = std::min(bt, n - t0b);
-        for (Index j0 = 0; j0 < m; j0 += mc)
-          product_tn_bf16(Backend::Dnnl, d, std::min(mc, m - j0), b, W.data() + j0 * d, d, X.data() + t0b * d, d,
-                          Z.data(), mc, ww, wx);
-      }
-    }
-    if (r > 0) seconds += detail::now_seconds() - t0;
-  }
-  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
-         std::max(seconds, 1e-9) * 1e-9;
+  const std::vector<std::uint16_t> W(static_cast<std::size_t>(d * m), 0x3f80),
+      X(static_cast<std::size_t>(d * n), 0x3f80);
+  const Index mc = std::min(tiling.chunk_latents, m);
+  return detail::rate_tiled(d, m, n, tiling, reps, [&](Index j0, Index w, Index t0, Index b, std::vector<float>& Z) {
+    thread_local std::vector<float> ww, wx;  // unused: the oneDNN path does not widen
+    product_tn_bf16(Backend::Dnnl, d, w, b, W.data() + j0 * d, d, X.data() + t0 * d, d, Z.data(), mc, ww, wx);
+  });
+}
+
+/// Throughput of @p backend computing the whole m x n product at once with all threads
+/// (`sae bench` reports it beside measure_tiled).
+inline double measure_whole(Backend backend, Index d, Index m, Index n, int reps = 2) {
+  const Mat<float> W = Mat<float>::Random(d, m), X = Mat<float>::Random(d, n);
+  Mat<float> Z(m, n);
+  if (backend == Backend::Blas) set_blas_threads(num_threads());
+  return detail::rate(d, m, n, reps,
+                      [&] { product_tn<float>(backend, d, m, n, W.data(), d, X.data(), d, Z.data(), m); });
 }
 
 /// measure_whole for oneDNN's bf16 product; 0 without bf16 units.
 inline double measure_whole_bf16(Index d, Index m, Index n, int reps = 2) {
   if (!bf16_hardware()) return 0;
-  const std::vector<std::uint16_t> W(static_cast<std::size_t>(d * m), 0x3f80), X(static_cast<std::size_t>(d * n), 0x3f80);
+  const std::vector<std::uint16_t> W(static_cast<std::size_t>(d * m), 0x3f80),
+      X(static_cast<std::size_t>(d * n), 0x3f80);
   std::vector<float> Z(static_cast<std::size_t>(m * n)), ww, wx;
-  product_tn_bf16(Backend::Dnnl, d, m, n, W.data(), d, X.data(), d, Z.data(), m, ww, wx);  // warm-up
-  const double t0 = detail::now_seconds();
-  for (int r = 0; r < reps; ++r) product_tn_bf16(Backend::Dnnl, d, m, n, W.data(), d, X.data(), d, Z.data(), m, ww, wx);
-  const double seconds = detail::now_seconds() - t0;
-  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
-         std::max(seconds, 1e-9) * 1e-9;
-}
-
-/// Throughput of @p backend computing the whole m x n product at once with all threads
-/// (`sae bench` reports it beside measure_tiled).
-template <class Scalar>
-double measure_whole(Backend backend, Index d, Index m, Index n, int reps = 2) {
-  const Mat<Scalar> W = Mat<Scalar>::Random(d, m), X = Mat<Scalar>::Random(d, n);
-  Mat<Scalar> Z(m, n);
-  if (backend == Backend::Blas) set_blas_threads(num_threads());
-  product_tn(backend, d, m, n, W.data(), d, X.data(), d, Z.data(), m);  // warm-up
-  const double t0 = detail::now_seconds();
-  for (int r = 0; r < reps; ++r) product_tn(backend, d, m, n, W.data(), d, X.data(), d, Z.data(), m);
-  const double seconds = detail::now_seconds() - t0;
-  return 2.0 * static_cast<double>(d) * static_cast<double>(m) * static_cast<double>(n) * reps /
-         std::max(seconds, 1e-9) * 1e-9;
+  return detail::rate(d, m, n, reps,
+                      [&] { product_tn_bf16(Backend::Dnnl, d, m, n, W.data(), d, X.data(), d, Z.data(), m, ww, wx); });
 }
 
 /// The backends this build can use.

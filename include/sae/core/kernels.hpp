@@ -128,7 +128,8 @@ void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eig
 template <class Scalar, class DerivedX>
 void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen::MatrixBase<DerivedX>& X,
                     Mat<Scalar>& Z, MixedPrecision* mixed = nullptr) {
-  preactivations(p, c, X, Z, [](auto&) {}, mixed);
+  preactivations(
+      p, c, X, Z, [](auto&) {}, mixed);
 }
 
 /// Dense decode: X_hat = W_dec F + b_dec, in blocks of tokens.  F: m x B, X_hat: d x B. With

@@ -81,12 +81,12 @@ void column_norms(const Scalar* src, Index d, Index cols, Index ld, std::uint16_
 /// plus the bf16 operands when the product is bf16. Buffers are reused across calls.
 template <class Scalar>
 struct ScoreBounds {
-  std::vector<Scalar> a, b, T;      ///< per latent: |ŵ_j|, |r_w|, T_j (all inflated)
-  std::vector<Scalar> K1, K2, Tt;   ///< per token
-  Scalar r = 0;                     ///< coefficient of |ẑ|
-  std::vector<std::uint16_t> W16;   ///< bf16 W_enc, d x m (BFloat16 only)
-  std::vector<std::uint16_t> X16;   ///< bf16 inputs, d x B (BFloat16 only)
-  std::vector<double> na, nb;       ///< scratch (double norms)
+  std::vector<Scalar> a, b, T;     ///< per latent: |ŵ_j|, |r_w|, T_j (all inflated)
+  std::vector<Scalar> K1, K2, Tt;  ///< per token
+  Scalar r = 0;                    ///< coefficient of |ẑ|
+  std::vector<std::uint16_t> W16;  ///< bf16 W_enc, d x m (BFloat16 only)
+  std::vector<std::uint16_t> X16;  ///< bf16 inputs, d x B (BFloat16 only)
+  std::vector<double> na, nb;      ///< scratch (double norms)
 
   /// Unit roundoff of the accumulation (fp32 for bf16 products).
   static constexpr double unit_roundoff() { return std::numeric_limits<Scalar>::epsilon() / 2; }
@@ -100,7 +100,8 @@ struct ScoreBounds {
     nb.resize(static_cast<std::size_t>(m));
     detail::column_norms(W.data(), d, m, d, bf ? W16.data() : nullptr, na.data(), nb.data());
     gamma(d);  // refuses a d_in too large for the bound
-    const double F = inflation(), u = unit_roundoff(), tiny = 2.0 * static_cast<double>(std::numeric_limits<Scalar>::min());
+    const double F = inflation(), u = unit_roundoff(),
+                 tiny = 2.0 * static_cast<double>(std::numeric_limits<Scalar>::min());
     const double sd = std::sqrt(static_cast<double>(d));
     a.resize(static_cast<std::size_t>(m));
     b.resize(static_cast<std::size_t>(m));

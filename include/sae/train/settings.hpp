@@ -41,11 +41,11 @@ struct TrainSettings {
   /// The variant's own options (`--l1`, `--chunks` ...), by key, as given; the variant declares
   /// their types and defaults (sae/variants/, `options`), resolved by resolve_options().
   nlohmann::json options = nlohmann::json::object();
-  std::int64_t dead_tokens = 10'000'000;       ///< tokens without firing after which a latent is dead (AuxK, reports)
-  std::optional<double> lr;                    ///< peak lr (default default_lr(d_sae))
-  TrainOptions opt;                            ///< steps, batch, warmup, decay, seed, log_every
-  int threads = 0;                             ///< 0: all cores / OMP_NUM_THREADS
-  std::string gemm = "auto";                   ///< encoder GEMM: auto, eigen, blas or dnnl
+  std::int64_t dead_tokens = 10'000'000;  ///< tokens without firing after which a latent is dead (AuxK, reports)
+  std::optional<double> lr;               ///< peak lr (default default_lr(d_sae))
+  TrainOptions opt;                       ///< steps, batch, warmup, decay, seed, log_every
+  int threads = 0;                        ///< 0: all cores / OMP_NUM_THREADS
+  std::string gemm = "auto";              ///< encoder GEMM: auto, eigen, blas or dnnl
   /// Encoder product precision of the TopK family: auto, fp32 or bf16 (the codes are the same
   /// in both: fused_encoder.hpp). Like gemm, a speed setting that is not checkpointed.
   std::string precision = "auto";
@@ -69,8 +69,8 @@ inline std::string setting_key(std::string name) {
 
 /// Settings that may change when resuming; every other one comes from the checkpoint.
 inline const std::set<std::string>& resume_settings_allowed() {
-  static const std::set<std::string> s = {
-      "resume", "threads", "checkpoint_every", "checkpoint_dir", "out", "data", "log_every", "gemm", "precision", "target"};
+  static const std::set<std::string> s = {"resume",    "threads", "checkpoint_every", "checkpoint_dir", "out", "data",
+                                          "log_every", "gemm",    "precision",        "target"};
   return s;
 }
 
