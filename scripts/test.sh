@@ -71,13 +71,15 @@ gemm=${gemm:-eigen}
 # assertions on; -O0 because the instrumented build is the cost here (measured: -O1 builds in
 # 240 s and runs the [io] tests in 6 s, -O0 in 119 s and 18 s); -g1 keeps line numbers in the
 # reports without full debug info (which dominated its compile time). OpenMP stays on. Only the
-# [io] tests run there (everything that reads files), at the end.
+# [io] tests run there (everything that reads files), at the end; without oneDNN and without
+# the GEMM probe (the file readers use neither; both only cost build time there).
 step "configure + build ${ASAN_BUILD_DIR} (ASan + UBSan) in the background, niced"
 asan_log="$BUILD_DIR/asan-build.log"
 (
   set -e
   nice -n 19 cmake -S . -B "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g1 -O0" \
-    -DSAE_SANITIZE=ON -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=OFF -DSAE_INSTALL=OFF
+    -DSAE_SANITIZE=ON -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=OFF -DSAE_INSTALL=OFF \
+    -DSAE_USE_DNNL=OFF -DSAE_GEMM_DEFAULT=eigen
   nice -n 19 cmake --build "$ASAN_BUILD_DIR" --target sae_tests -j "$JOBS"
 ) >"$asan_log" 2>&1 &
 asan_pid=$!

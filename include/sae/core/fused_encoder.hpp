@@ -37,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -187,16 +188,26 @@ struct Sieve {
 
   /// Latents first + u, u in [0, count): GEMM values z[u], bias[u], latent bound terms a[u],
   /// b[u], T[u], token terms K1, K2, Tt, r (score_bounds.hpp). Lower bounds above L go to the
-  /// heap; latents with upper bound > 0 and >= L become candidates.
+  /// heap; latents with upper bound > 0 and >= L become candidates. @p C bounds the token's
+  /// bound terms over all latents (a_max K1 + b_max K2 + Tt + T_max), so once L > C a group
+  /// whose every ẑ is below (L - C) / (1 + r) is skipped after one add and one compare: its
+  /// upper bounds, at most max(ẑ (1 + r), 0) + C, cannot reach L.
   void scan(const Scalar* z, const Scalar* bias, const Scalar* a, const Scalar* b, const Scalar* T, Scalar K1,
-            Scalar K2, Scalar Tt, Scalar r, Index count, std::int32_t first) {
+            Scalar K2, Scalar Tt, Scalar r, Scalar C, Index count, std::int32_t first) {
     if (exhaustive) return;
     Index j = 0;
     Scalar L = threshold();
+    auto skip_below = [&] {  // rounded down (double, a relative margin, then one float step)
+      if (!(L > C)) return -std::numeric_limits<Scalar>::infinity();
+      const double t = (static_cast<double>(L) - static_cast<double>(C)) / (1.0 + static_cast<double>(r)) * (1 - 1e-6);
+      return std::nextafter(static_cast<Scalar>(t), -std::numeric_limits<Scalar>::infinity());
+    };
+    Scalar thr = skip_below();
     auto take = [&](Index u, Scalar lo, Scalar hi) {
       if (lo > L) {
         lower.offer(lo, first + static_cast<std::int32_t>(u));
         L = threshold();
+        thr = skip_below();
       }
       if (hi > Scalar(0) && hi >= L) push(first + static_cast<std::int32_t>(u), hi);
     };
@@ -207,6 +218,7 @@ struct Sieve {
       const __m512 zero = _mm512_setzero_ps();
       for (; j + 16 <= count && !exhaustive; j += 16) {
         const __m512 zh = _mm512_add_ps(_mm512_loadu_ps(z + j), _mm512_loadu_ps(bias + j));
+        if (!_mm512_cmp_ps_mask(zh, _mm512_set1_ps(thr), _CMP_GE_OQ)) continue;
         const __m512 e = _mm512_fmadd_ps(
             _mm512_loadu_ps(a + j), k1,
             _mm512_fmadd_ps(_mm512_loadu_ps(b + j), k2,
@@ -227,6 +239,7 @@ struct Sieve {
       const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
       for (; j + 8 <= count && !exhaustive; j += 8) {
         const __m256 zh = _mm256_add_ps(_mm256_loadu_ps(z + j), _mm256_loadu_ps(bias + j));
+        if (!_mm256_movemask_ps(_mm256_cmp_ps(zh, _mm256_set1_ps(thr), _CMP_GE_OQ))) continue;
         const __m256 e = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), k1,
                                          _mm256_fmadd_ps(_mm256_loadu_ps(b + j), k2,
                                                          _mm256_fmadd_ps(rr, _mm256_andnot_ps(sign, zh),
@@ -248,6 +261,7 @@ struct Sieve {
     }
     for (; j < count && !exhaustive; ++j) {
       const Scalar zh = z[j] + bias[j];
+      if (!(zh >= thr)) continue;
       const Scalar e = std::fma(a[j], K1, std::fma(b[j], K2, std::fma(r, std::abs(zh), Tt + T[j])));
       const Scalar hi = zh + e;
       if (hi > Scalar(0) && hi >= L) take(j, zh - e, hi);
@@ -290,10 +304,12 @@ struct FusedScratch {
   std::vector<std::vector<Sieve<Scalar>>> sieves;       ///< bt per thread
   std::vector<std::vector<Scalar>> lower_val, cand_up;  ///< sieve storage: bt * cap, bt * room
   std::vector<std::vector<std::int32_t>> lower_idx, cand;
-  std::vector<std::vector<Index>> lat_start;       ///< m + 1 per thread: candidates grouped by latent
-  std::vector<std::vector<std::int32_t>> pairs;    ///< bt * room per thread: (token, slot) by latent
+  std::vector<std::int32_t> surv_idx;              ///< B * room: each token's surviving candidates, by latent
+  std::vector<Scalar> surv_val;                    ///< B * room: their canonical values
+  std::vector<Index> surv_n;                       ///< B: survivors per token (-1: computed exhaustively)
+  std::vector<Index> lat_start;                    ///< m + 1: survivors grouped by latent (counting sort)
+  std::vector<Index> pairs;                        ///< B * room: token * room + slot, by latent
   std::vector<std::vector<float>> wide_w, wide_x;  ///< software bf16 product: widened operands
-  std::vector<Index> rescored;                     ///< latents rescored, per thread (summed into last_rescored)
   ScoreBounds<Scalar> bounds;                      ///< per-latent and per-token bound terms, bf16 operands
   Index last_rescored = 0;                         ///< latents rescored by the last call (all tokens)
   Index last_exhaustive = 0;                       ///< tokens computed exhaustively by the last call
@@ -301,7 +317,7 @@ struct FusedScratch {
   /// Candidate room per token for a selection of @p cap.
   static Index room_for(Index cap) { return 4 * cap + 64; }
 
-  void prepare(int threads, Index m, Index mc, Index bt, Index cap) {
+  void prepare(int threads, Index m, Index B, Index mc, Index bt, Index cap) {
     const auto T = static_cast<std::size_t>(threads);
     if (tiles.size() < T) {
       tiles.resize(T);
@@ -310,8 +326,6 @@ struct FusedScratch {
       lower_idx.resize(T);
       cand.resize(T);
       cand_up.resize(T);
-      lat_start.resize(T);
-      pairs.resize(T);
       wide_w.resize(T);
       wide_x.resize(T);
     }
@@ -326,11 +340,16 @@ struct FusedScratch {
       if (cand[i].size() < nc) {
         cand[i].resize(nc);
         cand_up[i].resize(nc);
-        pairs[i].resize(nc);
       }
-      lat_start[i].resize(static_cast<std::size_t>(m) + 1);
     }
-    rescored.assign(T * 2, 0);
+    const auto nb = static_cast<std::size_t>(B * room_for(cap));
+    if (surv_idx.size() < nb) {
+      surv_idx.resize(nb);
+      surv_val.resize(nb);
+      pairs.resize(nb);
+    }
+    surv_n.resize(static_cast<std::size_t>(B));
+    lat_start.resize(static_cast<std::size_t>(m) + 1);
   }
 };
 
@@ -362,7 +381,7 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   const Index bt = std::min(tiling.block_tokens, B), mc = std::min(tiling.chunk_latents, m);
   const Index blocks = (B + bt - 1) / bt;
   const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
-  scratch.prepare(threads, m, mc, bt, cap);
+  scratch.prepare(threads, m, B, mc, bt, cap);
   auto& bd = scratch.bounds;
   bd.prepare_latents(p.W_enc, precision);
   bd.prepare_tokens(Xd, d, B, ldx, precision);
@@ -378,7 +397,6 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
     Mat<Scalar>& tile = scratch.tiles[mine];
     auto& sieves = scratch.sieves[mine];
     const Index room = FusedScratch<Scalar>::room_for(cap);
-    Index rescored = 0, exhaustive = 0;
     SAE_OMP(for schedule(dynamic, 1))
     for (Index blk = 0; blk < blocks; ++blk) {
       const Index t0 = blk * bt, b = std::min(bt, B - t0);
@@ -398,63 +416,67 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
           const auto tok = static_cast<std::size_t>(t0 + t);
           sieves[static_cast<std::size_t>(t)].scan(tile.data() + t * mc, c.data() + j0, bd.a.data() + j0,
                                                    bd.b.data() + j0, bd.T.data() + j0, bd.K1[tok], bd.K2[tok],
-                                                   bd.Tt[tok], bd.r, w, static_cast<std::int32_t>(j0));
+                                                   bd.Tt[tok], bd.r, bd.C[tok], w, static_cast<std::int32_t>(j0));
         }
       }
-      // Rescore the survivors canonically. Grouped by latent (a counting sort of the block's
-      // (token, candidate) pairs), so each W_enc column is read once per block rather than once
-      // per token that names it; the exact values overwrite the upper bounds.
-      Index* start = scratch.lat_start[mine].data();
-      std::int32_t* pair = scratch.pairs[mine].data();
-      std::fill(start, start + m + 1, Index(0));
+      // Keep the survivors (pruned to the final L_t) for the batch-wide rescoring below.
       for (Index t = 0; t < b; ++t) {
         auto& sv = sieves[static_cast<std::size_t>(t)];
-        if (sv.exhaustive) continue;
-        sv.prune();
-        for (Index i = 0; i < sv.n; ++i) ++start[sv.cand[i] + 1];
-      }
-      for (Index j = 0; j < m; ++j) start[j + 1] += start[j];
-      for (Index t = 0; t < b; ++t) {
-        const auto& sv = sieves[static_cast<std::size_t>(t)];
-        if (sv.exhaustive) continue;
-        for (Index i = 0; i < sv.n; ++i) pair[start[sv.cand[i]]++] = static_cast<std::int32_t>(t * room + i);
-      }
-      // start[j] is now the end of latent j's pairs (and start[j - 1] its beginning)
-      for (Index j = 0, first = 0; j < m; first = start[j++]) {
-        if (first == start[j]) continue;
-        for (Index q = first; q < start[j]; ++q) {
-          const Index t = pair[q] / room;
-          scratch.cand_up[mine][static_cast<std::size_t>(pair[q])] =
-              canonical_score(p.W_enc, Xd + (t0 + t) * ldx, j, c[j]);
-        }
-      }
-      for (Index t = 0; t < b; ++t) {
-        auto& sv = sieves[static_cast<std::size_t>(t)];
-        TopCHeap<Scalar> h{values + (t0 + t) * cap, indices + (t0 + t) * cap, cap};
+        const Index tok = t0 + t;
         if (sv.exhaustive) {
-          const Scalar* x = Xd + (t0 + t) * ldx;
-          ++exhaustive;
-          rescored += m;
-          for (Index j = 0; j < m; ++j) {
-            const Scalar v = canonical_score(p.W_enc, x, j, c[j]);
-            if (v > h.floor()) h.offer(v, static_cast<std::int32_t>(j));
-          }
-        } else {
-          rescored += sv.n;
-          for (Index i = 0; i < sv.n; ++i)  // in increasing latent order: ties keep the lower latent
-            if (sv.up[i] > h.floor()) h.offer(sv.up[i], sv.cand[i]);
+          scratch.surv_n[static_cast<std::size_t>(tok)] = -1;
+          continue;
         }
-        h.sort_by_latent();
-        count[t0 + t] = h.size;
+        sv.prune();
+        scratch.surv_n[static_cast<std::size_t>(tok)] = sv.n;
+        std::copy(sv.cand, sv.cand + sv.n, scratch.surv_idx.data() + tok * room);
       }
     }
-    scratch.rescored[2 * mine] = rescored;
-    scratch.rescored[2 * mine + 1] = exhaustive;
   }
-  for (std::size_t i = 0; i < scratch.rescored.size(); i += 2) {
-    scratch.last_rescored += scratch.rescored[i];
-    scratch.last_exhaustive += scratch.rescored[i + 1];
+
+  // Rescore every survivor canonically, grouped by latent over the whole batch (a counting sort
+  // of the (token, candidate) pairs), so each W_enc column is read once per call, then take
+  // each token's exact top-cap from its survivors in latent order (ties keep the lower latent).
+  const Index room = FusedScratch<Scalar>::room_for(cap);
+  Index* start = scratch.lat_start.data();
+  Index* pair = scratch.pairs.data();
+  std::fill(start, start + m + 1, Index(0));
+  for (Index t = 0; t < B; ++t)
+    for (Index i = 0; i < scratch.surv_n[static_cast<std::size_t>(t)]; ++i) ++start[scratch.surv_idx[t * room + i] + 1];
+  for (Index j = 0; j < m; ++j) start[j + 1] += start[j];
+  for (Index t = 0; t < B; ++t)
+    for (Index i = 0; i < scratch.surv_n[static_cast<std::size_t>(t)]; ++i)
+      pair[start[scratch.surv_idx[t * room + i]]++] = t * room + i;
+  // start[j] is now the end of latent j's pairs (start[j - 1] their beginning)
+  Scalar* val = scratch.surv_val.data();
+  SAE_OMP(parallel for schedule(dynamic, 64) num_threads(threads))
+  for (Index j = 0; j < m; ++j)
+    for (Index q = j == 0 ? 0 : start[j - 1]; q < start[j]; ++q)
+      val[pair[q]] = canonical_score(p.W_enc, Xd + (pair[q] / room) * ldx, static_cast<Index>(j), c[j]);
+  Index rescored = 0, exhaustive = 0;
+  SAE_OMP(parallel for schedule(dynamic, 16) num_threads(threads) reduction(+ : rescored, exhaustive))
+  for (Index t = 0; t < B; ++t) {
+    TopCHeap<Scalar> h{values + t * cap, indices + t * cap, cap};
+    const Index n = scratch.surv_n[static_cast<std::size_t>(t)];
+    if (n < 0) {  // exhaustive: every latent
+      const Scalar* x = Xd + t * ldx;
+      ++exhaustive;
+      rescored += m;
+      for (Index j = 0; j < m; ++j) {
+        const Scalar v = canonical_score(p.W_enc, x, j, c[j]);
+        if (v > h.floor()) h.offer(v, static_cast<std::int32_t>(j));
+      }
+    } else {
+      rescored += n;
+      const std::int32_t* idx = scratch.surv_idx.data() + t * room;
+      for (Index i = 0; i < n; ++i)
+        if (val[t * room + i] > h.floor()) h.offer(val[t * room + i], idx[i]);
+    }
+    h.sort_by_latent();
+    count[t] = h.size;
   }
+  scratch.last_rescored = rescored;
+  scratch.last_exhaustive = exhaustive;
 }
 
 /// The result of fused_top_c computed the plain way: all m canonical pre-activations of 256

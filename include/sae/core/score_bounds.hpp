@@ -22,6 +22,7 @@
 /// operations) stays inside the slack.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -81,12 +82,14 @@ void column_norms(const Scalar* src, Index d, Index cols, Index ld, std::uint16_
 /// plus the bf16 operands when the product is bf16. Buffers are reused across calls.
 template <class Scalar>
 struct ScoreBounds {
-  std::vector<Scalar> a, b, T;     ///< per latent: |ŵ_j|, |r_w|, T_j (all inflated)
-  std::vector<Scalar> K1, K2, Tt;  ///< per token
-  Scalar r = 0;                    ///< coefficient of |ẑ|
-  std::vector<std::uint16_t> W16;  ///< bf16 W_enc, d x m (BFloat16 only)
-  std::vector<std::uint16_t> X16;  ///< bf16 inputs, d x B (BFloat16 only)
-  std::vector<double> na, nb;      ///< scratch (double norms)
+  std::vector<Scalar> a, b, T;             ///< per latent: |ŵ_j|, |r_w|, T_j (all inflated)
+  std::vector<Scalar> K1, K2, Tt;          ///< per token
+  std::vector<Scalar> C;                   ///< per token: a_max K1 + b_max K2 + Tt + T_max (Sieve::scan)
+  double a_max = 0, b_max = 0, T_max = 0;  ///< over the latents
+  Scalar r = 0;                            ///< coefficient of |ẑ|
+  std::vector<std::uint16_t> W16;          ///< bf16 W_enc, d x m (BFloat16 only)
+  std::vector<std::uint16_t> X16;          ///< bf16 inputs, d x B (BFloat16 only)
+  std::vector<double> na, nb;              ///< scratch (double norms)
 
   /// Unit roundoff of the accumulation (fp32 for bf16 products).
   static constexpr double unit_roundoff() { return std::numeric_limits<Scalar>::epsilon() / 2; }
@@ -112,10 +115,18 @@ struct ScoreBounds {
       b[s] = detail::round_up<Scalar>(nb[s]);
       T[s] = detail::round_up<Scalar>(tiny * (sd * (na[s] + nb[s]) + static_cast<double>(d) / 2 + 1) * F);
     }
+    a_max = b_max = T_max = 0;
+    for (Index j = 0; j < m; ++j) {
+      const auto s = static_cast<std::size_t>(j);
+      a_max = std::max(a_max, static_cast<double>(a[s]));
+      b_max = std::max(b_max, static_cast<double>(b[s]));
+      T_max = std::max(T_max, static_cast<double>(T[s]));
+    }
     r = detail::round_up<Scalar>(4 * u * F);
   }
 
-  /// Token terms from X (d x B, leading dimension ldx); converts X to bf16 when BFloat16.
+  /// Token terms from X (d x B, leading dimension ldx); converts X to bf16 when BFloat16. After
+  /// prepare_latents (C uses the latents' maxima).
   void prepare_tokens(const Scalar* X, Index d, Index B, Index ldx, Precision precision) {
     const bool bf = precision == Precision::BFloat16;
     if (bf) X16.resize(static_cast<std::size_t>(d * B));
@@ -127,12 +138,15 @@ struct ScoreBounds {
     K1.resize(static_cast<std::size_t>(B));
     K2.resize(static_cast<std::size_t>(B));
     Tt.resize(static_cast<std::size_t>(B));
+    C.resize(static_cast<std::size_t>(B));
     for (Index t = 0; t < B; ++t) {
       const auto s = static_cast<std::size_t>(t);
       const double al = na[s], be = nb[s];
       K1[s] = detail::round_up<Scalar>((be + 2 * g * (al + be)) * F);
       K2[s] = detail::round_up<Scalar>((al + be) * (1 + 2 * g) * F);
       Tt[s] = detail::round_up<Scalar>(tiny * (sd * (al + be) + static_cast<double>(d) / 2 + 1) * F);
+      C[s] = detail::round_up<Scalar>(a_max * static_cast<double>(K1[s]) + b_max * static_cast<double>(K2[s]) +
+                                      static_cast<double>(Tt[s]) + T_max);
     }
   }
 
