@@ -479,6 +479,17 @@ inline TrainSettings resume_settings(const TrainSettings& a, ResumeFrom& rf, con
 /// The encoder GEMM backend of this process ("eigen" or "blas").
 inline std::string gemm_backend_name() { return gemm::backend_name(gemm::encoder_backend()); }
 
+/// "bf16" or "fp32": the products of @p Model's training steps (the TopK family's proposals, or
+/// the dense variants' mixed precision).
+template <class Model>
+const char* products_precision() {
+  using Scalar = typename Model::scalar_type;
+  if constexpr (Model::activation_type::sparse)
+    return kernels::precision_name(kernels::encoder_precision<Scalar>());
+  else
+    return kernels::dense_bf16<Scalar>() ? "bf16" : "fp32";
+}
+
 }  // namespace detail
 
 /// Checks the settings that do not depend on the data (one sentence per problem, naming the
@@ -761,7 +772,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
   if (ranks > 1) meta["training"]["ranks"] = ranks;
   meta["training"]["seconds"] = r.seconds;
   meta["training"]["gemm_backend"] = gemm_backend_name();
-  meta["training"]["encoder_precision"] = kernels::precision_name(kernels::encoder_precision<float>());
+  meta["training"]["encoder_precision"] = products_precision<Model>();
   if (resume) meta["training"]["resumed_from_step"] = resume->state.at("step");
   if (scale != 1.0) fold_input_scale(model.params(), scale);  // the saved SAE works on raw activations
   model.set_metadata(meta);
@@ -793,7 +804,7 @@ TrainRun train_model(Model& model, const TrainSettings& a, const TrainData& data
                  {"dead_fraction", r.final_dead_fraction},
                  {"threads", num_threads()},
                  {"gemm_backend", gemm_backend_name()},
-                 {"encoder_precision", kernels::precision_name(kernels::encoder_precision<float>())}};
+                 {"encoder_precision", products_precision<Model>()}};
   if (ranks > 1) result["ranks"] = ranks;
   if (scale != 1.0) result["normalize"] = {{"method", a.normalize}, {"scale", scale}};
   if (resume) result["resumed_from_step"] = resume->state.at("step");

@@ -46,8 +46,9 @@ struct TrainSettings {
   TrainOptions opt;                       ///< steps, batch, warmup, decay, seed, log_every
   int threads = 0;                        ///< 0: all cores / OMP_NUM_THREADS
   std::string gemm = "auto";              ///< encoder GEMM: auto, eigen, blas or dnnl
-  /// Encoder product precision of the TopK family: auto, fp32 or bf16 (the codes are the same
-  /// in both: fused_encoder.hpp). Like gemm, a speed setting that is not checkpointed.
+  /// Precision of the products: auto, fp32 or bf16. TopK family: bf16 proposals, the same codes
+  /// (fused_encoder.hpp); relu/jumprelu: bf16 is mixed precision (kernels::MixedPrecision), auto
+  /// is fp32. Checkpointed and kept on resume, like gemm.
   std::string precision = "auto";
   std::optional<std::int64_t> shuffle_buffer;  ///< tokens; unset with one file: full shuffle
   std::string normalize = "none";              ///< none, expected-norm, unit-mean-square

@@ -357,8 +357,9 @@ def train(X: Union[ArrayLike, PathLike, Iterable[PathLike], None] = None, *,
     warmup, decay, seed (0), l1, l1_warmup, l0, target_l0, l0_warmup, bandwidth,
     threshold_init, ortho, chunks, aux_k, aux_coeff, dead_tokens, normalize
     (none|expected-norm|unit-mean-square), shuffle_buffer, threads (all cores), gemm
-    (auto|eigen|blas|dnnl), precision (auto|fp32|bf16: the TopK family's encoder product; the
-    weights are the same in all three, bf16 is faster on CPUs with bf16 units), log_every (100), out (also save an SAELens directory there, with
+    (auto|eigen|blas|dnnl), precision (auto|fp32|bf16: for the TopK family the encoder product,
+    with the same weights in all three, bf16 being faster on CPUs with bf16 units; for relu and
+    jumprelu bf16 is mixed precision like autocast, different weights, auto = fp32), log_every (100), out (also save an SAELens directory there, with
     train_log.jsonl), checkpoint_every / checkpoint_dir (need out or checkpoint_dir), resume
     (a run directory or checkpoint file; X or the run's data must be the same tokens).
 
