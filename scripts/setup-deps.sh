@@ -9,10 +9,14 @@
 #   scripts/setup-deps.sh --with-browser     also chromium (headless checks of the reports)
 set -euo pipefail
 
+# ocl-icd-opencl-dev: Debian's libdnnl-dev ships a CMake config that runs
+# find_package(OpenCL REQUIRED), and the OpenCL headers are only a Recommends of it (which
+# --no-install-recommends leaves out). Without them oneDNN is off (CMakeLists.txt says why).
+# ccache: scripts/test.sh compiles through it when present (the cache survives fresh roots).
 packages=(
-  build-essential cmake
+  build-essential cmake ccache
   libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev
-  libbenchmark-dev libopenblas-dev libdnnl-dev zlib1g-dev
+  libbenchmark-dev libopenblas-dev libdnnl-dev ocl-icd-opencl-dev zlib1g-dev
   libopenmpi-dev openmpi-bin
   python3-numpy python3-venv python3-dev
   strace

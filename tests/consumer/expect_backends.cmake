@@ -1,0 +1,22 @@
+# sae_expect_dnnl(<target>): when SAE_EXPECT_DNNL is set (ON or OFF), check that <target> (sae or
+# sae::sae) links oneDNN and defines SAE_HAVE_DNNL=1 exactly when expected.
+function(sae_expect_dnnl target)
+  if(NOT DEFINED SAE_EXPECT_DNNL)
+    return()
+  endif()
+  get_target_property(_defs ${target} INTERFACE_COMPILE_DEFINITIONS)
+  get_target_property(_libs ${target} INTERFACE_LINK_LIBRARIES)
+  set(_have OFF)
+  if("SAE_HAVE_DNNL=1" IN_LIST _defs)
+    set(_have ON)
+  endif()
+  set(_links OFF)
+  if("DNNL::dnnl" IN_LIST _libs)
+    set(_links ON)
+  endif()
+  if(NOT _have STREQUAL SAE_EXPECT_DNNL OR NOT _links STREQUAL SAE_EXPECT_DNNL)
+    message(FATAL_ERROR "${target}: SAE_HAVE_DNNL=1 defined ${_have}, DNNL::dnnl linked ${_links}; "
+      "expected ${SAE_EXPECT_DNNL} (definitions: ${_defs}; libraries: ${_libs})")
+  endif()
+  message(STATUS "sae_consumer: oneDNN ${SAE_EXPECT_DNNL}, as expected")
+endfunction()
