@@ -11,11 +11,20 @@ BUILD_DIR=${BUILD_DIR:-build}
 OUT_DIR=${OUT_DIR:-out}
 JOBS=${JOBS:-2}
 
-bash scripts/setup-deps.sh
+start=$SECONDS
+stage() { echo "demo.sh: $* at $((SECONDS - start)) s" >&2; }
+trap 'rc=$?; [[ $rc -eq 0 ]] || echo "demo.sh: FAILED (exit $rc) after $((SECONDS - start)) s" >&2' EXIT
 
+bash scripts/setup-deps.sh
+stage "dependencies installed"
+
+# Compiles go through ccache when it is installed (setup-deps installs it).
+command -v ccache >/dev/null && export CMAKE_CXX_COMPILER_LAUNCHER=ccache
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
   -DSAE_BUILD_TESTS=OFF -DSAE_BUILD_EXAMPLES=ON
+stage "configured"
 cmake --build "$BUILD_DIR" --target sae_cli -j "$JOBS"   # produces $BUILD_DIR/bin/sae
+stage "built"
 SAE="$BUILD_DIR/bin/sae"
 
 mkdir -p "$OUT_DIR"
@@ -44,3 +53,4 @@ if command -v python3 >/dev/null 2>&1; then
 else
   printf '%s\n' "$last"
 fi
+stage "done"
