@@ -8,13 +8,16 @@
 #     A package's own CMake config file can raise an error we cannot catch in-process: Debian's
 #     libdnnl-dev runs find_package(OpenCL REQUIRED), and OpenCL's headers are only a Recommends
 #     of it. So find_package(<package> CONFIG) runs first in a child CMake (config_probe/); only
-#     when it succeeds there is it safe to call in this process. <why-var> gets the first line of
-#     the child's error.
+#     when it succeeds there is it safe to call in this process. <why-var> gets the child's first
+#     error message, or "not found".
 #
 #   sae_check_links(<name> <ok-var> <why-var> LIBRARIES <targets...> [DEFINITIONS <-Dflags...>])
 #     A found package can still miss a header or fail to link or load. Compiles, links and runs
-#     checks/<name>.cpp (a few lines that use what libsae's headers use); <ok-var> is ON or OFF. The result is cached in the
-#     build tree, keyed by the libraries' locations and the source, so a reconfigure costs nothing.
+#     checks/<name>.cpp (a few lines that use what libsae's headers use); <ok-var> is ON or OFF.
+#     The result is cached in the build tree, keyed by the libraries' locations and the source, so
+#     a reconfigure costs nothing.
+#
+#   sae_find_dnnl(<ok-var> <why-var>): both, for oneDNN (target DNNL::dnnl).
 #
 # Both are also used by saeConfig.cmake, so the same holds for find_package(sae) consumers.
 include_guard(GLOBAL)
@@ -48,11 +51,11 @@ function(sae_find_config_safely package ok_var why_var)
       "-DSAE_PROBE_PACKAGE=${package}" "-DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}" ${_forward}
     RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
   if(_rc EQUAL 0)
-    set(${ok_var} TRUE PARENT_SCOPE)
+    set(${ok_var} ON PARENT_SCOPE)
     set(${why_var} "" PARENT_SCOPE)
     return()
   endif()
-  set(${ok_var} FALSE PARENT_SCOPE)
+  set(${ok_var} OFF PARENT_SCOPE)
   if(_err MATCHES "sae-config-probe: not found")
     set(${why_var} "not found" PARENT_SCOPE)
     return()

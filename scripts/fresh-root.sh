@@ -65,6 +65,7 @@ make_base() {
   [[ -n "$mirror" ]] || die "cannot find this machine's Debian mirror in /etc/apt"
   mkdir -p "$cache_dir"
   staging=$(mktemp -d "$tmp_dir/fresh-root-base.XXXXXX")
+  chmod 0755 "$staging"
   echo "fresh-root: making the base root once: debootstrap --variant=minbase bookworm $mirror" >&2
   if ! debootstrap --variant=minbase bookworm "$staging" "$mirror" >"$cache_dir/debootstrap.log" 2>&1; then
     rm -rf --one-file-system "$staging"
@@ -85,8 +86,24 @@ make_base() {
 
 root=$(mktemp -d "$tmp_dir/fresh-root.XXXXXX")
 mounts=()
+# The processes running inside the root (a command's background jobs outlive it: test.sh's
+# sanitizer build after a failed test, say).
+inside() {
+  local p r
+  for p in /proc/[0-9]*; do
+    r=$(readlink "$p/root" 2>/dev/null) || continue
+    [[ $r == "$root" || $r == "$root"/* ]] && echo "${p#/proc/}"
+  done
+}
 cleanup() {
-  local m
+  local i pids
+  pids=$(inside)
+  if [[ -n "$pids" ]]; then
+    kill -TERM $pids 2>/dev/null || true
+    sleep 2
+    pids=$(inside)
+    [[ -z "$pids" ]] || kill -KILL $pids 2>/dev/null || true
+  fi
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
   if awk -v r="$root/" 'index($2, r) == 1 {found = 1} END {exit !found}' /proc/mounts; then
     echo "fresh-root: something is still mounted under $root; left in place" >&2
@@ -96,7 +113,7 @@ cleanup() {
     rm -rf --one-file-system "$root"
   fi
 }
-trap cleanup EXIT
+trap 'rc=$?; set +e; cleanup; exit $rc' EXIT
 bind() {  # bind <host dir> <dir inside the root>
   mkdir -p "$1" "$root$2"
   mount --bind "$1" "$root$2"
@@ -104,6 +121,7 @@ bind() {  # bind <host dir> <dir inside the root>
 }
 
 tar -C "$root" -xf "$base"
+chmod 0755 "$root"  # the chroot's "/": mktemp's 0700 would lock out every user but root
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 
 # How this machine reaches the registries.
@@ -141,7 +159,7 @@ set +e
 chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CI=true "${access_env[@]}" \
   /bin/bash -c "cd /work/libsae && $cmd" </dev/null
-rc=$?
+status=$?
 set -e
-echo "fresh-root: '$cmd' exited $rc after $((SECONDS - start)) s" >&2
-exit $rc
+echo "fresh-root: '$cmd' exited $status after $((SECONDS - start)) s" >&2
+exit $status

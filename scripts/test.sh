@@ -93,7 +93,15 @@ asan_log="$BUILD_DIR/asan-build.log"
 asan_pid=$!
 
 step "ctest ${BUILD_DIR}"
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+ctest_log="$BUILD_DIR/ctest.log"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" 2>&1 | tee "$ctest_log"
+# A test that skips itself (exit 77: numpy, torch, Chromium or mpirun missing) has lost a
+# dependency this command installs: that is a failure here, not a quiet skip.
+if grep -E '\*\*\*Skipped|\(Skipped\)' "$ctest_log" >/dev/null; then
+  echo "test.sh: every test must run here, and these were skipped (a dependency is missing):" >&2
+  grep -E '\*\*\*Skipped' "$ctest_log" >&2
+  exit 1
+fi
 
 step "python package: pip install ./python (GEMM backend ${gemm}, as ${BUILD_DIR}), pytest python/tests"
 if ! wait "$venv_pid"; then
