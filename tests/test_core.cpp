@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 using sae::Index;
@@ -324,4 +325,67 @@ TEST_CASE("SaeConfig: cfg.json round trip and errors", "[core][config]") {
   bad = j;
   bad["d_in"] = "64";
   REQUIRE_THROWS_WITH(sae::SaeConfig::from_json(bad), Catch::Contains("d_in"));
+}
+
+TEST_CASE("SerialBelow: one thread (Eigen's products too) below min_parallel_flops, the count restored after",
+          "[core][threads]") {
+  const int before = sae::num_threads();
+  sae::set_num_threads(2);
+  {
+    const sae::detail::SerialBelow serial(sae::detail::min_parallel_flops / 2);
+    CHECK(sae::num_threads() == 1);
+    CHECK(Eigen::nbThreads() == 1);  // Eigen follows OpenMP's count (set_num_threads)
+  }
+  CHECK(sae::num_threads() == 2);
+  CHECK(Eigen::nbThreads() == 2);
+  {
+    const sae::detail::SerialBelow serial(sae::detail::min_parallel_flops);
+    CHECK(sae::num_threads() == 2);
+  }
+  CHECK(sae::detail::parallel_worth(sae::detail::product_flops(512, 512, 512)));
+  CHECK_FALSE(sae::detail::parallel_worth(sae::detail::product_flops(96, 512, 20)));
+  sae::set_num_threads(before);
+}
+
+namespace {
+/// Weights after @p steps training steps (forward_backward, Adam) of a model of @p cfg on X.
+template <class Model>
+sae::Parameters<float> core_weights_after(const sae::SaeConfig& cfg, const Mat<float>& X, int steps) {
+  Model model(cfg);
+  model.initialize(X, 3);
+  if constexpr (Model::activation_type::unit_norm_decoder) model.normalize_decoder();
+  sae::Adam<float> adam(sae::AdamOptions{}, model.params());
+  typename Model::State s;
+  sae::Parameters<float> g;
+  for (int t = 0; t < steps; ++t) {
+    model.forward_backward(X, g, s, t);
+    if constexpr (Model::activation_type::unit_norm_decoder) model.project_decoder_gradient(g);
+    adam.step(model.params(), g, 1e-3);
+    model.after_update(s);
+  }
+  return model.params();
+}
+}  // namespace
+
+TEST_CASE("A small model (below min_parallel_flops) trains to the same bits on 1 and 2 threads", "[core][threads]") {
+  // d 20, m 96, B 512 (issue 24's model): with Eigen's threads its products rounded
+  // differently on 2 threads; now every step runs on the calling thread
+  const Mat<float> X = sae_test::random_matrix<float>(20, 512, 8);
+  const int before = sae::num_threads();
+  auto both = [&](auto model_tag, const sae::SaeConfig& cfg) {
+    using Model = typename decltype(model_tag)::type;
+    sae::set_num_threads(1);
+    const auto one = core_weights_after<Model>(cfg, X, 5);
+    sae::set_num_threads(2);
+    const auto two = core_weights_after<Model>(cfg, X, 5);
+    CHECK(one.W_enc == two.W_enc);
+    CHECK(one.W_dec == two.W_dec);
+    CHECK(one.b_enc == two.b_enc);
+    CHECK(one.b_dec == two.b_dec);
+    CHECK(one.threshold == two.threshold);
+  };
+  both(std::type_identity<sae::ReluSae<float>>{}, sae_test::config(20, 96));
+  both(std::type_identity<sae::JumpReluSae<float>>{}, sae_test::config(20, 96));
+  both(std::type_identity<sae::TopKSae<float>>{}, sae_test::config(20, 96, 4));
+  sae::set_num_threads(before);
 }

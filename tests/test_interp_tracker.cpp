@@ -89,7 +89,8 @@ TEST_CASE("TopActivations: equals a brute-force top-N (ties by example index) fo
 }
 
 TEST_CASE("TopActivations: a large dense batch (parallel over latents) equals brute force", "[interp]") {
-  const Index m = 300, B = 700, n = 5;  // m * B > 65536: the threaded path
+  const Index m = 300, B = 1200, n = 5;  // large enough for threads (the threaded path)
+  REQUIRE(sae::detail::parallel_worth(sae::detail::streamed(m * B)));
   const Mat<float> F = tied_codes(m, B, 5, 0.05);
   sae::interp::TopActivations tr(m, n);
   tr.add(F, 1000);

@@ -175,9 +175,6 @@ TEST_CASE("Mixed-precision training recovers known features as well as fp32", "[
   struct Quality {
     double mmcs, fvu, l0;
   };
-  // one thread: at this size OpenMP's wake-ups would cost more than the work
-  const int threads = sae::num_threads();
-  sae::set_num_threads(1);
   auto train = [&](bool bf16) {
     sae::kernels::set_encoder_precision(bf16 ? sae::kernels::Precision::BFloat16 : sae::kernels::Precision::Native);
     sae::ReluSae<float> model(sae_test::config(o.d_in, 192));
@@ -190,7 +187,6 @@ TEST_CASE("Mixed-precision training recovers known features as well as fp32", "[
     return Quality{sae::mmcs(model.params().W_dec, data.features), ev.fvu, ev.l0};
   };
   const auto f = train(false), b = train(true);
-  sae::set_num_threads(threads);
   CAPTURE(f.fvu, b.fvu, f.mmcs, b.mmcs, f.l0, b.l0);
   REQUIRE(f.mmcs > 0.8);
   REQUIRE(b.mmcs >= f.mmcs - 0.02);

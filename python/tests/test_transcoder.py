@@ -52,9 +52,7 @@ def test_trained_transcoder_is_read_by_saelens_with_the_same_outputs(arch, skip,
     from sae_lens import SAE
 
     X, Y, V, M = pairs(linear=0.5 if skip else 0.0)
-    # threads=1: at this size OpenMP's wake-ups (OMP_WAIT_POLICY=passive in the test command)
-    # cost more than the work (measured 15 s with 2 threads for these 500 steps)
-    opts = dict(arch=arch, d_sae=96, steps=500, batch=512, seed=1, verbose=False, target=Y, skip=skip, threads=1)
+    opts = dict(arch=arch, d_sae=96, steps=500, batch=512, seed=1, verbose=False, target=Y, skip=skip)
     if arch == "batchtopk":
         opts["k"] = 3
     ours = libsae.train(X, **opts)

@@ -75,7 +75,8 @@ struct JumpReLU {
     below.offsets.assign(static_cast<std::size_t>(B) + 1, 0);
     // z - theta > 0 exactly when z > theta (IEEE subtraction, no flush-to-zero), so one
     // difference decides both tests; the loops stay branch-free where most values go.
-    SAE_OMP(parallel for schedule(static) if (B * m > 65536))
+    const bool parallel = sae::detail::parallel_worth(sae::detail::streamed(B * m));
+    SAE_OMP(parallel for schedule(static) if (parallel))
     for (Index t = 0; t < B; ++t) {
       const Scalar* z = ZF.data() + t * m;
       Index n = 0;
@@ -87,7 +88,7 @@ struct JumpReLU {
     }
     for (Index t = 0; t < B; ++t) below.offsets[t + 1] += below.offsets[t];
     below.latents.resize(static_cast<std::size_t>(below.offsets[B]));
-    SAE_OMP(parallel for schedule(static) if (B * m > 65536))
+    SAE_OMP(parallel for schedule(static) if (parallel))
     for (Index t = 0; t < B; ++t) {
       Scalar* z = ZF.data() + t * m;
       std::int32_t* out = below.latents.data() + below.offsets[t];

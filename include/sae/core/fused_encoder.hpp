@@ -380,6 +380,7 @@ void fused_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   const Index ldx = X.derived().outerStride();
   const Index bt = std::min(tiling.block_tokens, B), mc = std::min(tiling.chunk_latents, m);
   const Index blocks = (B + bt - 1) / bt;
+  const sae::detail::SerialBelow serial(sae::detail::product_flops(m, B, d));
   const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
   scratch.prepare(threads, m, B, mc, bt, cap);
   auto& bd = scratch.bounds;
@@ -496,10 +497,10 @@ void plain_top_c(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eigen:
   for (Index t0 = 0; t0 < B; t0 += kBlock) {
     const Index b = std::min(kBlock, B - t0);
     Z.resize(m, b);
-    SAE_OMP(parallel for schedule(static))
+    SAE_OMP(parallel for schedule(static) if (sae::detail::parallel_worth(sae::detail::streamed(b * p.W_enc.size()))))
     for (Index t = 0; t < b; ++t)
       for (Index j = 0; j < m; ++j) Z(j, t) = canonical_score(p.W_enc, Xc.data() + (t0 + t) * Xc.rows(), j, c[j]);
-    SAE_OMP(parallel) {
+    SAE_OMP(parallel if (sae::detail::parallel_worth(sae::detail::streamed(b * m)))) {
       std::vector<std::pair<Scalar, std::int32_t>> pos;
       SAE_OMP(for schedule(static))
       for (Index t = 0; t < b; ++t) {

@@ -303,10 +303,10 @@ inline void product_bf16(Backend backend, Index M, Index N, Index K, const std::
     Cm.noalias() = Am * Bm;
 }
 
-/// Rounds n floats to bfloat16 (to nearest, ties to even), in parallel over @p threads chunks
-/// when called outside a parallel region.
+/// Rounds n floats to bfloat16 (to nearest, ties to even), in parallel when called outside a
+/// parallel region with enough of them (sae::detail::min_parallel_flops).
 inline void to_bf16(const float* src, std::uint16_t* dst, Index n) {
-  SAE_OMP(parallel for schedule(static) if (n > (Index(1) << 16)))
+  SAE_OMP(parallel for schedule(static) if (sae::detail::parallel_worth(sae::detail::streamed(n))))
   for (Index i = 0; i < n; ++i) {
     std::uint32_t bits = std::bit_cast<std::uint32_t>(src[i]);
     if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {
@@ -353,6 +353,7 @@ template <class Tile>
 double rate_tiled(Index d, Index m, Index n, const Tiling& tiling, int reps, Tile&& tile) {
   const Index bt = std::min(tiling.block_tokens, n), mc = std::min(tiling.chunk_latents, m);
   const Index blocks = (n + bt - 1) / bt;
+  const sae::detail::SerialBelow serial(sae::detail::product_flops(m, n, d));  // as fused_top_c
   const int threads = static_cast<int>(std::min<Index>(num_threads(), blocks));
   return rate(d, m, n, reps, [&] {
     SAE_OMP(parallel num_threads(threads)) {

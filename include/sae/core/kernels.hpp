@@ -9,6 +9,10 @@
 ///     x_hat_t = W_dec f_t + b_dec
 ///
 /// Folding b_dec into the bias c means the encoder never forms the d x B matrix X - b_dec.
+///
+/// Threads: a kernel with less work than sae::detail::min_parallel_flops runs on the calling
+/// thread, Eigen's products included (detail/omp.hpp: waking threads costs a small model more
+/// than its work).
 #pragma once
 
 #include <algorithm>
@@ -95,6 +99,7 @@ void preactivations(const Parameters<Scalar>& p, const Vec<Scalar>& c, const Eig
                     Mat<Scalar>& Z, Epilogue&& epilogue, MixedPrecision* mixed = nullptr) {
   const Index m = p.d_sae(), B = X.cols(), d = p.d_in();
   Z.resize(m, B);
+  const sae::detail::SerialBelow serial(sae::detail::product_flops(m, B, d));
   const Index nj = (m + tiles::latents - 1) / tiles::latents, nt = (B + tiles::tokens - 1) / tiles::tokens;
   const bool bf16 = std::is_same_v<Scalar, float> && mixed != nullptr && mixed->on;
   if constexpr (std::is_same_v<Scalar, float>) {
@@ -138,6 +143,7 @@ template <class Scalar>
 void decode(const Parameters<Scalar>& p, const Mat<Scalar>& F, Mat<Scalar>& X_hat, MixedPrecision* mixed = nullptr) {
   const Index B = F.cols(), nt = (B + tiles::tokens - 1) / tiles::tokens, m = F.rows(), dout = p.d_out();
   X_hat.resize(dout, B);
+  const sae::detail::SerialBelow serial(sae::detail::product_flops(dout, B, m));
   const bool bf16 = std::is_same_v<Scalar, float> && mixed != nullptr && mixed->on;
   if constexpr (std::is_same_v<Scalar, float>) {
     if (bf16) {
@@ -169,7 +175,8 @@ template <class Scalar>
 void decode(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes, Mat<Scalar>& X_hat) {
   const Index B = codes.tokens();
   X_hat.resize(p.d_out(), B);
-  SAE_OMP(parallel for schedule(static))
+  const bool parallel = sae::detail::parallel_worth(sae::detail::streamed((B + codes.nnz()) * p.d_out()));
+  SAE_OMP(parallel for schedule(static) if (parallel))
   for (Index t = 0; t < B; ++t) {
     auto x = X_hat.col(t);
     x = p.b_dec;
@@ -318,11 +325,12 @@ template <class Scalar>
 void decoder_backward(const Parameters<Scalar>& p, const SparseCodes<Scalar>& codes, const LatentGroups& groups,
                       const Mat<Scalar>& G, std::vector<Scalar>& grad_codes, Parameters<Scalar>& grads) {
   const Index B = codes.tokens(), m = codes.d_sae;
-  SAE_OMP(parallel for schedule(static))
+  const bool parallel = sae::detail::parallel_worth(sae::detail::streamed(codes.nnz() * G.rows()));  // per loop
+  SAE_OMP(parallel for schedule(static) if (parallel))
   for (Index t = 0; t < B; ++t)
     for (Index i = codes.offsets[t]; i < codes.offsets[t + 1]; ++i)
       grad_codes[i] += G.col(t).dot(p.W_dec.col(codes.indices[i]));
-  SAE_OMP(parallel for schedule(dynamic, 64))
+  SAE_OMP(parallel for schedule(dynamic, 64) if (parallel))
   for (Index j = 0; j < m; ++j) {
     auto g = grads.W_dec.col(j);
     for (Index s = groups.start[j]; s < groups.start[j + 1]; ++s)
@@ -346,7 +354,8 @@ void encoder_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, co
                       const std::vector<Scalar>& grad_z, Parameters<Scalar>& grads, Vec<Scalar>& dz_sum) {
   const Index m = codes.d_sae;
   dz_sum.resize(m);
-  SAE_OMP(parallel for schedule(dynamic, 64))
+  const bool parallel = sae::detail::parallel_worth(sae::detail::streamed(codes.nnz() * X.rows()));
+  SAE_OMP(parallel for schedule(dynamic, 64) if (parallel))
   for (Index j = 0; j < m; ++j) {
     auto g = grads.W_enc.col(j);
     Scalar sum = 0;
@@ -391,6 +400,7 @@ void dense_backward(const Parameters<Scalar>& p, bool apply_b_dec_to_input, cons
                     const LatentList& below, Parameters<Scalar>& grads, Vec<Scalar>& dz_sum,
                     DenseScratch<Scalar>& scratch, MixedPrecision* mixed = nullptr) {
   const Index m = F.rows(), B = F.cols(), d = p.d_in(), dout = p.d_out();
+  const sae::detail::SerialBelow serial(sae::detail::product_flops(m, B, d + 2 * dout));  // its three products
   // mixed precision: decode() made the bf16 copies of W_dec and F, preactivations() those of
   // W_enc and X; G is converted here, each tile of D in its loop
   const bool bf16 = std::is_same_v<Scalar, float> && mixed != nullptr && mixed->on;

@@ -55,7 +55,7 @@ Scalar round_up(double v) {
 /// ŵ = w and the residual norm is 0.
 template <class Scalar>
 void column_norms(const Scalar* src, Index d, Index cols, Index ld, std::uint16_t* out, double* a, double* b) {
-  SAE_OMP(parallel for schedule(static))
+  SAE_OMP(parallel for schedule(static) if (sae::detail::parallel_worth(sae::detail::streamed(d * cols))))
   for (Index j = 0; j < cols; ++j) {
     const Scalar* w = src + j * ld;
     double sa = 0, sb = 0;

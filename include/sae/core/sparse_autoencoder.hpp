@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 
 #include "../config.hpp"
+#include "../detail/omp.hpp"
 #include "../detail/random.hpp"
 #include "../losses/combined_loss.hpp"
 #include "kernels.hpp"
@@ -50,7 +51,9 @@ inline constexpr std::string_view architecture_name_of = Activation::family;
 /// sae/variants/, one header each, and listed once in sae/variants/list.hpp.
 ///
 /// Threading: encode/decode/forward_backward use OpenMP and Eigen's threads internally
-/// (set_num_threads); one model must not run two of them concurrently on the same StepState.
+/// (set_num_threads), each kernel only when its work is worth them (detail::min_parallel_flops:
+/// a small model runs on the calling thread); one model must not run two of them concurrently
+/// on the same StepState.
 template <ActivationPolicy Activation, class Loss, class Scalar = float>
 class SparseAutoencoder {
  public:
@@ -183,7 +186,7 @@ class SparseAutoencoder {
   template <class Derived>
   void output(const Eigen::MatrixBase<Derived>& X, const Codes& codes, Mat<Scalar>& Y_hat) const {
     decode(codes, Y_hat);
-    if (params_.has_skip()) Y_hat.noalias() += params_.W_skip * X.template cast<Scalar>();
+    add_skip(X, Y_hat);
   }
 
   /// One forward and backward pass on the batch X (d x B) at 0-based training step @p step.
@@ -221,7 +224,7 @@ class SparseAutoencoder {
       output(X, s.codes, s.X_hat);
     } else {  // output() with the mixed-precision decode
       kernels::decode(params_, s.codes, s.X_hat, &s.mixed);
-      if (params_.has_skip()) s.X_hat.noalias() += params_.W_skip * X.template cast<Scalar>();
+      add_skip(X, s.X_hat);
     }
 
     if (!grads.same_shape(params_))
@@ -237,7 +240,10 @@ class SparseAutoencoder {
     s.input.emplace(X.derived());
     Report r = loss_.accumulate(Y, params_, s, grads);
     s.input.reset();
-    if (params_.has_skip()) grads.W_skip.noalias() += s.grad_xhat * X.transpose();  // y_hat += W_skip x
+    if (params_.has_skip()) {  // y_hat += W_skip x
+      const detail::SerialBelow serial(detail::product_flops(d_out(), d_in(), X.cols()));
+      grads.W_skip.noalias() += s.grad_xhat * X.transpose();
+    }
 
     if constexpr (Activation::sparse) {
       s.groups.build(s.codes);
@@ -271,7 +277,7 @@ class SparseAutoencoder {
   /// For unit-norm decoders: removes from each decoder-column gradient its component along
   /// the column, g_j <- g_j - (g_j . w_j) w_j / ||w_j||^2, so a step moves along the sphere.
   void project_decoder_gradient(Parameters<Scalar>& grads) const {
-    SAE_OMP(parallel for schedule(static))
+    SAE_OMP(parallel for schedule(static) if (detail::parallel_worth(detail::streamed(params_.W_dec.size()))))
     for (Index j = 0; j < d_sae(); ++j) {
       const auto w = params_.W_dec.col(j);
       const Scalar nn = w.squaredNorm();
@@ -290,7 +296,7 @@ class SparseAutoencoder {
 
   /// Rescales every decoder column to unit norm (columns of norm 0 are left alone).
   void normalize_decoder() {
-    SAE_OMP(parallel for schedule(static))
+    SAE_OMP(parallel for schedule(static) if (detail::parallel_worth(detail::streamed(params_.W_dec.size()))))
     for (Index j = 0; j < d_sae(); ++j) {
       auto w = params_.W_dec.col(j);
       const Scalar n = w.norm();
@@ -316,7 +322,7 @@ class SparseAutoencoder {
       auto token = [&](Index t, Vec<Scalar>& z) {  // all m canonical pre-activations of token t
         const Vec<Scalar> x = X.col(t).template cast<Scalar>();
         z.resize(m);
-        SAE_OMP(parallel for schedule(static))
+        SAE_OMP(parallel for schedule(static) if (detail::parallel_worth(detail::streamed(params_.W_enc.size()))))
         for (Index j = 0; j < m; ++j) z[j] = kernels::canonical_score(params_.W_enc, x.data(), j, s.c[j]);
       };
       if constexpr (requires { act_.select_batch(B, m, top_c, token, codes, s.encoder); }) {
@@ -345,6 +351,14 @@ class SparseAutoencoder {
             params_, s.c, X, codes, [&](auto& tile) { act_.forward_in_place(tile, params_); }, mixed);
       }
     }
+  }
+
+  /// Y_hat += W_skip x for a skip transcoder (on one thread when small).
+  template <class Derived>
+  void add_skip(const Eigen::MatrixBase<Derived>& X, Mat<Scalar>& Y_hat) const {
+    if (!params_.has_skip()) return;
+    const detail::SerialBelow serial(detail::product_flops(d_out(), X.cols(), d_in()));
+    Y_hat.noalias() += params_.W_skip * X.template cast<Scalar>();
   }
 
   Index select_capacity_hint() const {

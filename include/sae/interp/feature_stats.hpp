@@ -74,7 +74,7 @@ inline std::uint64_t hash3(std::uint64_t a, std::uint64_t b, std::uint64_t c) {
 template <class Scalar, class F>
 void for_each_active(const Mat<Scalar>& F_, F&& f) {
   const Index B = F_.cols();
-  for_latent_ranges(F_.rows(), F_.size() > 65536, [&](Index j0, Index j1) {
+  for_latent_ranges(F_.rows(), sae::detail::parallel_worth(sae::detail::streamed(F_.size())), [&](Index j0, Index j1) {
     for (Index t = 0; t < B; ++t)
       for (Index j = j0; j < j1; ++j) {
         const Scalar v = F_(j, t);

@@ -82,7 +82,7 @@ class TopActivations {
   void add(const Mat<Scalar>& F, std::int64_t first_example) {
     check_rows(F.rows());
     const Index B = F.cols();
-    SAE_OMP(parallel if (F.size() > 65536)) {
+    SAE_OMP(parallel if (sae::detail::parallel_worth(sae::detail::streamed(F.size())))) {
 #ifdef _OPENMP
       const Index nt = omp_get_num_threads(), id = omp_get_thread_num();
 #else
@@ -115,7 +115,7 @@ class TopActivations {
       throw std::invalid_argument("TopActivations::merge: shapes differ (" + std::to_string(m_) + "x" +
                                   std::to_string(n_) + " vs " + std::to_string(o.m_) + "x" + std::to_string(o.n_) +
                                   ")");
-    SAE_OMP(parallel for schedule(static) if (m_ * n_ > 65536))
+    SAE_OMP(parallel for schedule(static) if (sae::detail::parallel_worth(sae::detail::streamed(m_ * n_))))
     for (Index j = 0; j < m_; ++j) {
       const Activation* src = o.heap(j);
       for (Index i = 0; i < o.size_[static_cast<std::size_t>(j)]; ++i) push(j, src[i].value, src[i].example);

@@ -76,6 +76,8 @@ struct AuxK {
       Wd.col(a) = p.W_dec.col(dead[a]);
       cd[a] = s.c[dead[a]];
     }
+    // five products of nd x B x d (d_in for two of them) on one thread when small
+    const detail::SerialBelow serial(detail::product_flops(nd, B, 2 * p.d_in() + 3 * d));
     Mat<Scalar> Zd;
     Zd.noalias() = We.transpose() * In;
     Zd.colwise() += cd;

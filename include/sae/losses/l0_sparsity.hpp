@@ -33,7 +33,8 @@ double l0_and_threshold_gradient(const Mat<Scalar>& F, const kernels::LatentList
   // run of kRows values, so the walk over tokens reads whole cache lines. Counts are integers,
   // so the result does not depend on the order.
   constexpr Index kRows = 64;
-  SAE_OMP(parallel for schedule(static) reduction(+ : active) if (B * m > 65536))
+  const bool parallel = parallel_worth(streamed(B * m));
+  SAE_OMP(parallel for schedule(static) reduction(+ : active) if (parallel))
   for (Index j0 = 0; j0 < m; j0 += kRows) {
     const Index r = std::min(kRows, m - j0);
     Index on[kRows] = {}, near[kRows] = {};

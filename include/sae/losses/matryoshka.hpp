@@ -71,7 +71,9 @@ struct MatryoshkaInner : StatelessTerm {
     scratch.resize(d * n_in, B);
     double total = 0;
     const Scalar g2 = Scalar(2) / static_cast<Scalar>(B);
-    SAE_OMP(parallel reduction(+ : total)) {
+    // per token: its entries' decoder columns twice, and n_in residuals of d values
+    const bool parallel = detail::parallel_worth(detail::streamed((2 * codes.nnz() + 3 * n_in * B) * d));
+    SAE_OMP(parallel reduction(+ : total) if (parallel)) {
       Mat<Scalar> seg(d, n_in);  // seg.col(i): sum of f_tj W_dec[:, j] over segment i
       Vec<Scalar> r(d);
       SAE_OMP(for schedule(static))

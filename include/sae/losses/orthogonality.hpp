@@ -53,6 +53,7 @@ struct Orthogonality : StatelessTerm {
     for (std::size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.below(i)]);
     const Scalar scale = static_cast<Scalar>(coefficient / static_cast<double>(m));
     double total = 0;
+    const detail::SerialBelow serial(detail::product_flops(m, m / K, p.d_out()));  // the chunks' Gram matrices
     SAE_OMP(parallel for schedule(dynamic, 1) reduction(+ : total))
     for (Index q = 0; q < K; ++q) {
       if (part < 0 || q % parts != part) continue;

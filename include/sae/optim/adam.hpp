@@ -71,7 +71,7 @@ class Adam {
   ///     m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,  p -= step_size m / (sqrt(v) inv_sqrt_bc2 + eps)
   static void update_range(const StepConstants& c, Scalar* __restrict pp, const Scalar* __restrict gp,
                            Scalar* __restrict mp, Scalar* __restrict vp, Index i0, Index i1) {
-    SAE_OMP(parallel for simd schedule(static) if (i1 - i0 > 65536))
+    SAE_OMP(parallel for simd schedule(static) if (detail::parallel_worth(detail::streamed(i1 - i0))))
     for (Index i = i0; i < i1; ++i) {
       const Scalar gi = gp[i];
       const Scalar mi = c.b1 * mp[i] + (Scalar(1) - c.b1) * gi;

@@ -376,7 +376,8 @@ class DataParallel {
     Parameters<Scalar>& p = model.params();
     const auto [j0, j1] = rank_range(static_cast<std::size_t>(p.d_sae()), c_->rank(), c_->size());
     if constexpr (Model::activation_type::unit_norm_decoder) {  // as project_decoder_gradient
-      SAE_OMP(parallel for schedule(static))
+      const Index n = static_cast<Index>(j1 - j0) * p.W_dec.rows();
+      SAE_OMP(parallel for schedule(static) if (detail::parallel_worth(detail::streamed(n))))
       for (Index j = static_cast<Index>(j0); j < static_cast<Index>(j1); ++j) {
         const auto w = p.W_dec.col(j);
         const Scalar nn = w.squaredNorm();
