@@ -43,6 +43,8 @@
 // (gemm::encoder_backend: SAE_GEMM, else the build's measured default).
 #include <sae/sae.hpp>
 
+#include "bench_data.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -68,12 +70,7 @@ sae::SaeConfig shape() {
   return cfg;
 }
 
-Mat<float> gaussian(Index rows, Index cols, std::uint64_t seed) {
-  sae::detail::Rng rng(seed);
-  Mat<float> X(rows, cols);
-  for (Index i = 0; i < X.size(); ++i) X.data()[i] = static_cast<float>(rng.normal());
-  return X;
-}
+using bench::gaussian;
 
 /// A TopK model after one forward/backward pass: its codes, gradients and scratch are the
 /// operands of the kernel benchmarks (which only read the model).

@@ -32,6 +32,8 @@
 // GFLOP/s (products).
 #include <sae/sae.hpp>
 
+#include "bench_data.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -44,12 +46,7 @@ namespace {
 using sae::Index;
 using sae::Mat;
 
-Mat<float> gaussian(Index rows, Index cols, std::uint64_t seed) {
-  sae::detail::Rng rng(seed);
-  Mat<float> X(rows, cols);
-  for (Index i = 0; i < X.size(); ++i) X.data()[i] = static_cast<float>(rng.normal());
-  return X;
-}
+using bench::gaussian;
 
 struct Shape {
   Index d, m, B, k;
